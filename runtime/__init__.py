@@ -1,0 +1,1 @@
+"""runtime: chains exported engines; reads only the manifest (never imports tpo_core)."""
