@@ -193,8 +193,11 @@ class TemporalHeadConfig:
     num_dummy_tokens: int = 45
     max_clips: int = 75  # the most per-frame feature rows the head accepts
     dropout: float = 0.1
+    round_to_s: float = 1.0  # post-processing rounds span ends to this many seconds (release: 1 s)
 
     def __post_init__(self) -> None:
+        if not self.round_to_s >= 0:
+            raise ValueError(f"TemporalHeadConfig.round_to_s must be >= 0 (0 = no rounding), got {self.round_to_s}")
         _positive(self, "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "ffn_dim",
                   "num_queries", "num_dummy_tokens", "max_clips")
         _divisible(self, "d_model", "num_heads")
@@ -308,7 +311,8 @@ def tiny_config() -> TPOConfig:
                       tokenizer="embedded-tiny", lora=LoRAConfig(r=8, alpha=16, dropout=0.05)),
         region=RegionHeadConfig(hidden_dim=256),
         temporal=TemporalHeadConfig(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
-                                    ffn_dim=128, num_queries=10, num_dummy_tokens=4, max_clips=32, dropout=0.0),
+                                    ffn_dim=128, num_queries=10, num_dummy_tokens=4, max_clips=32, dropout=0.0,
+                                    round_to_s=0.1),
         mask=MaskHeadConfig(image_size=128, hiera_embed_dim=16, hiera_num_heads=1, hiera_stages=(1, 1, 2, 1),
                             hiera_global_attn_blocks=(3,), hiera_window_spec=(4, 4, 4, 4),
                             backbone_channel_list=(128, 64, 32, 16), hidden_dim=64, mem_dim=16, num_maskmem=7,

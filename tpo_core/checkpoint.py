@@ -1,0 +1,96 @@
+"""Checkpoints: a folder with ``model.safetensors``, ``config.json``, ``checkpoint.json`` and tokenizer files.
+
+No pickles: weights are safetensors only. Loading is strict: missing and unexpected keys are named in
+the error. ``checkpoint.json`` records whether LoRA adapters are applied (unmerged keys) and the dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import TPOConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+META = "checkpoint.json"
+TOKENIZER = "tokenizer.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(model, path: str | Path, dtype: torch.dtype | None = None, extra_meta: dict | None = None) -> Path:
+    """Write ``model`` (a TPOModel) to the folder ``path``; weights cast to ``dtype`` if given."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path / WEIGHTS), metadata={"format": "pt"})
+    model.config.to_json(path / CONFIG)
+    if model.tokenizer is not None:
+        model.tokenizer.save(str(path / TOKENIZER))
+    dtype_name = next(n for n, d in DTYPES.items() if d == next(iter(state.values())).dtype)
+    meta = {"format": "tpo-edge/checkpoint", "version": 1, "lora_applied": bool(model.llm.lora_applied),
+            "dtype": dtype_name, "num_tensors": len(state), **(extra_meta or {})}
+    (path / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """sha256 of the weights file (identifies the source checkpoint in export manifests)."""
+    h = hashlib.sha256()
+    with open(Path(path) / WEIGHTS, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Build a TPOModel from a checkpoint folder with strict key checking."""
+    from .data.tokenizer_build import load_tokenizer
+    from .model import TPOModel
+
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG, META):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} lacks {name}; a checkpoint folder is written by "
+                                  "`tpo train` or TPOModel.save_pretrained and holds "
+                                  f"{WEIGHTS}, {CONFIG}, {META} and {TOKENIZER}")
+    meta = json.loads((path / META).read_text())
+    config = TPOConfig.from_json(path / CONFIG)
+    tokenizer = load_tokenizer(str(path)) if (path / TOKENIZER).is_file() else load_tokenizer(config.llm.tokenizer)
+    model = TPOModel(config, tokenizer)
+    if meta.get("lora_applied"):
+        model.llm.apply_lora()
+    state = load_file(str(path / WEIGHTS))
+    load_state_strict(model, state, str(path))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a readable error naming missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        def show(keys):
+            return ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10} more)" if len(keys) > 10 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {show(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {show(shapes)}")
+        raise CheckpointError(f"checkpoint {source} does not match the model built from its config: "
+                              + "; ".join(parts) + ". Was it written by another toolkit version or preset?")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)

@@ -1,0 +1,145 @@
+"""TPOModel: video encoder -> Q-Former connector -> LLM with task tokens -> region / temporal / mask heads.
+
+Shapes (batch B, sampled frames T, frame size S, vision width Dv, LLM width D, queries Nq):
+- ``encode_video(frames [B, T, 3, S, S]) -> (visual [B, Nq, D], frame_feats [B, T, Dv])``
+- ``sequence_embeds(prompt, visual [B, Nq, D]) -> [B, L, D]`` with the visual tokens spliced after ``pre``
+- heads read the final-layer hidden state [B, D] at a task placeholder (see ``generation.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TPOConfig
+from .modeling.connector import QFormerConnector
+from .modeling.heads.mask import MaskHead
+from .modeling.heads.region import RegionHead
+from .modeling.heads.temporal import TemporalHead
+from .modeling.llm import TaskLLM
+from .prompting import PromptBuilder, PromptIds
+from .tokens import TaskTokenIds
+
+
+class TPOModel(nn.Module):
+    def __init__(self, config: TPOConfig, tokenizer=None):
+        super().__init__()
+        from .modeling.vision import VideoEncoder
+
+        self.config = config
+        d = config.llm.hidden_size
+        self.vision = VideoEncoder(config.vision)
+        self.connector = QFormerConnector(config.qformer, config.vision.embed_dim, d)
+        self.llm = TaskLLM(config.llm, config.loc_encoder_hidden)
+        self.region_head = RegionHead(config.region, d)
+        self.temporal_head = TemporalHead(config.temporal, d, config.vision.embed_dim)
+        self.mask_head = MaskHead(config.mask, d)
+        self.task_ids = TaskTokenIds.after_vocab(config.llm.vocab_size)
+        self.tokenizer = tokenizer
+        self._prompts: PromptBuilder | None = None
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_config(cls, config: TPOConfig, tokenizer=None, seed: int | None = 0) -> TPOModel:
+        """A freshly initialized model (task rows at the mean of the base rows), tokenizer from the config."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        if tokenizer is None:
+            from .data.tokenizer_build import load_tokenizer
+
+            tokenizer = load_tokenizer(config.llm.tokenizer)
+        model = cls(config, tokenizer)
+        model.llm.init_task_rows()
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TPOModel:
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, dtype=dtype)
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        if self._prompts is None:
+            if self.tokenizer is None:
+                raise ValueError("this TPOModel has no tokenizer; build it with TPOModel.from_config or "
+                                 "from_pretrained, or pass tokenizer=...")
+            self._prompts = PromptBuilder(self.tokenizer, self.config.llm.vocab_size, self.config.qformer.num_queries,
+                                          self.config.system_message)
+        return self._prompts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ------------------------------------------------------------------ forward pieces
+    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [B, T, 3, S, S] normalized -> (visual tokens [B, Nq, D], per-frame features [B, T, Dv])."""
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be [B, T, 3, S, S], got shape {tuple(frames.shape)}")
+        tokens = self.vision(frames)
+        return self.connector(tokens), self.vision.frame_features(tokens, frames.shape[1])
+
+    def sequence_embeds(self, prompt: PromptIds, visual: torch.Tensor, track_boxes: torch.Tensor | None = None,
+                        with_answer: bool = False) -> torch.Tensor:
+        """Input embeddings [B, L, D]: embed(pre) + visual [B, Nq, D] + embed(post [+ answer])."""
+        b = visual.shape[0]
+        dev = visual.device
+        pre = torch.tensor(prompt.pre, device=dev).expand(b, -1)
+        post_ids = prompt.post + (prompt.answer if with_answer else [])
+        post = torch.tensor(post_ids, device=dev).expand(b, -1)
+        ids = torch.cat([pre, post], dim=1)
+        emb = self.llm.embed(ids, track_boxes)
+        n_pre = len(prompt.pre)
+        return torch.cat([emb[:, :n_pre], visual.to(emb.dtype), emb[:, n_pre:]], dim=1)
+
+    def run_region(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, D] -> normalized xyxy [B, 4]."""
+        return self.region_head(h)
+
+    def run_temporal(self, h: torch.Tensor, frame_feats: torch.Tensor, frame_times: torch.Tensor,
+                     frame_mask: torch.Tensor | None = None):
+        """h [B, D], frame_feats [B, L, Dv], frame_times [B, L] in [0, 1] -> TemporalOutput."""
+        return self.temporal_head(h, frame_feats, frame_times, frame_mask)
+
+    def run_mask(self, h: torch.Tensor, mask_pixels: torch.Tensor):
+        """h [1, D], mask_pixels [T, 3, Sm, Sm] normalized -> TrackOutput (low-res logits [T, 1, s, s], ...)."""
+        prompt = self.mask_head.prompt_mlp(h)
+        return self.mask_head.track(mask_pixels, prompt)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, video, prompt: str, **kwargs):
+        """Reference inference; see ``generation.generate`` for the arguments and the returned ``TPOResult``."""
+        from .generation import generate
+
+        return generate(self, video, prompt, **kwargs)
+
+
+def parameter_breakdown(model: TPOModel) -> dict[str, int]:
+    """Parameter count per component (LoRA counted apart when applied)."""
+    lora = sum(p.numel() for p in model.llm.lora_parameters())
+    llm_total = sum(p.numel() for p in model.llm.parameters())
+    out = {
+        "vision_encoder": sum(p.numel() for p in model.vision.parameters()),
+        "connector": sum(p.numel() for p in model.connector.parameters()),
+        "llm": llm_total - lora,
+        "lora": lora,
+        "region_head": sum(p.numel() for p in model.region_head.parameters()),
+        "temporal_head": sum(p.numel() for p in model.temporal_head.parameters()),
+        "mask_head": sum(p.numel() for p in model.mask_head.parameters()),
+    }
+    out["total"] = int(np.sum(list(out.values())))
+    return out
