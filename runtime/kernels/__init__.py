@@ -1,0 +1,1 @@
+"""Triton GPU kernels for the runtime (imported lazily; needs torch + triton)."""
