@@ -1,0 +1,137 @@
+"""VideoEncoder and QFormerConnector: shapes, fewer frames, position table, 7B on meta, official names."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tpo_core.config import get_preset
+from tpo_core.modeling.connector import QFormerConnector
+from tpo_core.modeling.vision import VideoEncoder, sinusoid_table, video_pos_embed
+
+INDEX = Path(__file__).resolve().parents[2] / "shared/fixtures/videochat_tpo/model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return get_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny):
+    torch.manual_seed(0)
+    return VideoEncoder(tiny.vision).eval()
+
+
+def _frames(tiny, b=2, t=None):
+    v = tiny.vision
+    return torch.randn(b, t or v.num_frames, 3, v.img_size, v.img_size)
+
+
+def test_encoder_shapes(tiny, encoder):
+    v = tiny.vision
+    tokens = encoder(_frames(tiny))
+    assert tokens.shape == (2, v.num_tokens, v.embed_dim)
+    feats = encoder.frame_features(tokens, v.num_frames)
+    assert feats.shape == (2, v.num_frames, v.embed_dim)
+    assert torch.allclose(feats[:, 1], tokens[:, v.tokens_per_frame : 2 * v.tokens_per_frame].mean(1))
+
+
+def test_encoder_accepts_fewer_frames(tiny, encoder):
+    v = tiny.vision
+    for t in (1, 3, v.num_frames // 2):
+        out = encoder(_frames(tiny, b=1, t=t))
+        assert out.shape == (1, t * v.tokens_per_frame, v.embed_dim)
+        assert torch.isfinite(out).all()
+
+
+def test_encoder_rejects_bad_frames(tiny, encoder):
+    v = tiny.vision
+    with pytest.raises(ValueError, match="num_frames"):
+        encoder(_frames(tiny, b=1, t=v.num_frames + 1))
+    with pytest.raises(ValueError, match="only"):
+        encoder(torch.randn(1, 2, 3, v.img_size + v.patch_size, v.img_size + v.patch_size))
+    with pytest.raises(ValueError, match="num_frames"):
+        encoder.frame_features(torch.randn(1, 10, v.embed_dim), 3)
+
+
+def test_pos_embed_is_interpolated_sinusoid_and_not_persistent(tiny, encoder):
+    v = tiny.vision
+    hw, d = v.tokens_per_frame, v.embed_dim
+    base = video_pos_embed(v.pos_emb_frames, hw, d, v.pos_emb_frames)
+    assert torch.allclose(base[0], sinusoid_table(v.pos_emb_frames * hw, d))
+    assert encoder.pos_embed.shape == (1, v.num_frames * hw, d)
+    # linear, align_corners=False: 4 -> 8 slots puts slot 0 on base 0 and slot 1 at 0.75 * base0 + 0.25 * base1
+    pos = encoder.pos_embed[0].reshape(v.num_frames, hw, d)
+    ref = base[0].reshape(v.pos_emb_frames, hw, d)
+    assert torch.allclose(pos[0], ref[0], atol=1e-6)
+    assert torch.allclose(pos[1], 0.75 * ref[0] + 0.25 * ref[1], atol=1e-6)
+    assert "pos_embed" not in encoder.state_dict()
+
+
+def test_connector_shapes(tiny, encoder):
+    torch.manual_seed(0)
+    conn = QFormerConnector(tiny.qformer, tiny.vision.embed_dim, tiny.llm.hidden_size).eval()
+    with torch.no_grad():
+        out = conn(encoder(_frames(tiny)))
+    assert out.shape == (2, tiny.qformer.num_queries, tiny.llm.hidden_size)
+    assert conn.query_tokens.shape == (1, tiny.qformer.num_query_tokens, tiny.qformer.hidden_size)
+    assert conn.extra_query_tokens.shape == (1, tiny.qformer.num_extra_query_tokens, tiny.qformer.hidden_size)
+    with torch.no_grad():  # any number of vision tokens (fewer frames)
+        assert conn(torch.randn(1, 7, tiny.vision.embed_dim)).shape == (1, tiny.qformer.num_queries,
+                                                                        tiny.llm.hidden_size)
+    with pytest.raises(ValueError, match="vision tokens"):
+        conn(torch.randn(1, 7, tiny.vision.embed_dim + 1))
+
+
+def test_7b_on_meta_param_counts():
+    cfg = get_preset("videochat-tpo-7b")
+    with torch.device("meta"):
+        vision = VideoEncoder(cfg.vision)
+        conn = QFormerConnector(cfg.qformer, cfg.vision.embed_dim, cfg.llm.hidden_size)
+    n_vision = sum(p.numel() for p in vision.parameters())
+    n_conn = sum(p.numel() for p in conn.parameters())
+    assert len(vision.blocks) == 23
+    assert 0.28e9 < n_vision < 0.31e9, n_vision
+    assert 0.09e9 < n_conn < 0.19e9, n_conn
+    assert vision.pos_embed.device.type == "cpu"  # real table even on meta (assign=True loading keeps it)
+    assert next(vision.parameters()).device.type == "meta"
+
+
+def _official_names(prefix: str) -> set[str]:
+    names = json.loads(INDEX.read_text())["weight_map"]
+    return {k for k in names if k.startswith(prefix)}
+
+
+def test_vision_names_follow_documented_renames():
+    cfg = get_preset("videochat-tpo-7b")
+    with torch.device("meta"):
+        ours = set(VideoEncoder(cfg.vision).state_dict())
+    mapped = set()
+    for name in _official_names("vision_encoder."):
+        name = name.removeprefix("vision_encoder.encoder.")
+        if name.endswith("attn.v_bias"):
+            continue  # fused with q_bias into qkv.bias
+        mapped.add(name.replace("attn.q_bias", "attn.qkv.bias"))
+    assert mapped == ours
+
+
+def test_qformer_names_follow_documented_renames():
+    cfg = get_preset("videochat-tpo-7b")
+    with torch.device("meta"):
+        ours = set(QFormerConnector(cfg.qformer, cfg.vision.embed_dim, cfg.llm.hidden_size).state_dict())
+    dropped = re.compile(r"embeddings\.(word_embeddings|position_embeddings|position_ids)"
+                         r"|layer\.\d+\.(intermediate|output)\.")
+    mapped = {"proj.weight", "proj.bias", "query_tokens", "extra_query_tokens", "vision_layernorm.weight",
+              "vision_layernorm.bias"}
+    for name in _official_names("qformer.bert."):
+        if dropped.search(name):
+            continue
+        name = name.replace("qformer.bert.embeddings.LayerNorm", "qformer.layernorm")
+        name = name.replace("qformer.bert.", "qformer.").replace(".self.", ".attention.")
+        mapped.add(name)
+    assert mapped == ours
