@@ -1,0 +1,196 @@
+"""ONNX Runtime backend: CPU provider (numpy in/out) and CUDA provider with IO binding on device buffers.
+
+CPU: ``run`` takes and returns numpy arrays; preallocated numpy output buffers are bound with IO binding, so ORT
+writes into them directly. CUDA: inputs may be numpy (copied to the device) or torch CUDA tensors (bound in
+place by ``data_ptr()``); outputs are torch CUDA tensors, preallocated from the spec's symbolic dims when the
+inputs bind them all, otherwise allocated by ORT and handed over through DLPack (no copy).
+
+ORT has no per-run stream: the CUDA provider runs on its own stream (pass ``cuda_stream=`` at open to make it
+yours). A ``stream`` given to ``run`` is synchronized before the run so that its producers are done.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from runtime.engines.base import Array, Engine
+from runtime.manifest import ComponentSpec
+
+# Every exception type ORT's C++ layer raises (Fail, InvalidArgument, RuntimeException, EPFail, ...).
+ORT_ERRORS = tuple(v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception))
+OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+# Manifest dtype -> ONNX TensorProto element type (accepted by IOBinding.bind_input/bind_output).
+ONNX_ELEM = {"float32": 1, "uint8": 2, "int32": 6, "int64": 7, "bool": 9, "float16": 10, "bfloat16": 16}
+
+
+class OrtEngine(Engine):
+    """A component graph on ONNX Runtime.
+
+    Args (beyond :class:`Engine`):
+        threads: intra-op threads (None: ORT default = physical cores).
+        inter_threads: inter-op threads (None: ORT default).
+        optimization: graph optimization level, one of ``OPT_LEVELS``.
+        spinning: False sets ``session.intra_op.allow_spinning=0`` (threads sleep between runs: less CPU burn,
+            slightly higher latency on back-to-back runs).
+        cuda_stream: CUDA only: a ``torch.cuda.Stream`` (or raw ``cudaStream_t`` int) ORT should compute on.
+        provider_options: extra CUDA provider options (e.g. ``{"cudnn_conv_algo_search": "HEURISTIC"}``).
+        log_severity: ORT log level (0 verbose .. 4 fatal).
+    """
+
+    backend = "ort"
+
+    def __init__(self, name: str, spec: ComponentSpec, root: str | Path, device: str = "cpu", *,
+                 threads: int | None = None, inter_threads: int | None = None, optimization: str = "all",
+                 spinning: bool = False, cuda_stream: Any = None, provider_options: dict | None = None,
+                 log_severity: int = 3):
+        super().__init__(name, spec, root, device)
+        if optimization not in OPT_LEVELS:
+            raise ValueError(f"{name}: optimization {optimization!r} not in {list(OPT_LEVELS)}")
+        path = self.root / spec.file
+        if not path.is_file():
+            raise ValueError(f"{name}: ONNX file {path} is missing; re-export with `tpo export`.")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = OPT_LEVELS[optimization]
+        opts.log_severity_level = log_severity
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+        if inter_threads is not None:
+            opts.inter_op_num_threads = int(inter_threads)
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = self._providers(cuda_stream, provider_options or {})
+        try:
+            self.session = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
+        except ORT_ERRORS as e:
+            raise RuntimeError(f"{name}: ONNX Runtime could not load {path}: {e}") from e
+        if self.device_type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeError(f"{name}: ONNX Runtime fell back to {self.session.get_providers()}; install "
+                               "onnxruntime-gpu matching your CUDA, or open with device='cpu'.")
+        self._check_graph_io()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _providers(self, cuda_stream: Any, extra: dict) -> list:
+        if self.device_type == "cpu":
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"{self.name}: this onnxruntime has no CUDAExecutionProvider (available: "
+                               f"{ort.get_available_providers()}); install onnxruntime-gpu or use device='cpu'.")
+        cuda = {"device_id": self.device_index, **extra}
+        if cuda_stream is not None:
+            handle = getattr(cuda_stream, "cuda_stream", cuda_stream)
+            cuda.update(has_user_compute_stream="1", user_compute_stream=str(int(handle)))
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+    def _check_graph_io(self) -> None:
+        """The graph's IO names must be the manifest's; otherwise manifest and file disagree."""
+        graph_in = [i.name for i in self.session.get_inputs()]
+        graph_out = [o.name for o in self.session.get_outputs()]
+        want_in, want_out = [s.name for s in self.input_specs], [s.name for s in self.output_specs]
+        if sorted(graph_in) != sorted(want_in) or sorted(graph_out) != sorted(want_out):
+            raise ValueError(f"{self.name}: graph {self.spec.file} has inputs {graph_in} / outputs {graph_out}, "
+                             f"the manifest says {want_in} / {want_out}. Re-export to regenerate both.")
+
+    # -------------------------------------------------------------------------------------------- run
+    def _run(self, inputs: dict[str, Array], bindings: dict[str, int], profile: str, stream: Any,
+             outputs: dict[str, Array]) -> dict[str, Array]:
+        try:
+            if self.device_type == "cpu":
+                return self._run_cpu(inputs, outputs)
+            return self._run_cuda(inputs, bindings, stream, outputs)
+        except ORT_ERRORS as e:
+            shapes = {k: tuple(v.shape) for k, v in inputs.items()}
+            raise RuntimeError(f"{self.name}: ONNX Runtime failed on inputs {shapes}: {e}") from e
+
+    def _run_cpu(self, inputs: dict[str, Array], outputs: dict[str, Array]) -> dict[str, Array]:
+        feeds = {k: _as_numpy(self.name, k, v) for k, v in inputs.items()}
+        names = [s.name for s in self.output_specs]
+        if not outputs:
+            return dict(zip(names, self.session.run(names, feeds)))
+        binding = self.session.io_binding()
+        for k, v in feeds.items():
+            binding.bind_cpu_input(k, v)
+        for spec in self.output_specs:
+            buf = outputs.get(spec.name)
+            if buf is None:
+                binding.bind_output(spec.name, "cpu")
+                continue
+            if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous or not buf.flags.writeable:
+                raise ValueError(f"{self.name}: output buffer {spec.name!r} must be a writeable C-contiguous "
+                                 "numpy array on device='cpu'.")
+            binding.bind_output(spec.name, "cpu", 0, ONNX_ELEM[spec.dtype], buf.shape, buf.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        produced = dict(zip(names, binding.copy_outputs_to_cpu()))
+        return {n: outputs[n] if n in outputs else produced[n] for n in names}
+
+    def _run_cuda(self, inputs: dict[str, Array], bindings: dict[str, int], stream: Any,
+                  outputs: dict[str, Array]) -> dict[str, Array]:
+        import torch  # CUDA path only
+
+        dev = torch.device("cuda", self.device_index)
+        if stream is not None:
+            stream.synchronize()  # ORT computes on its own stream: the producers of our inputs must be done
+        binding = self.session.io_binding()
+        keep = []  # device copies of host inputs stay alive until the run returns
+        for spec in self.input_specs:
+            t = _as_device_tensor(self.name, spec.name, inputs[spec.name], dev)
+            keep.append(t)
+            binding.bind_input(spec.name, "cuda", self.device_index, ONNX_ELEM[spec.dtype], tuple(t.shape),
+                               t.data_ptr())
+        shapes = self.output_shapes(bindings)
+        result: dict[str, Any] = {}
+        for spec in self.output_specs:
+            buf = outputs.get(spec.name)
+            if buf is None and shapes[spec.name] is not None:
+                buf = torch.empty(shapes[spec.name], dtype=getattr(torch, spec.dtype), device=dev)
+            if buf is None:
+                binding.bind_output(spec.name, "cuda", self.device_index)  # ORT allocates (shape data-dependent)
+                continue
+            if not (isinstance(buf, torch.Tensor) and buf.device == dev and buf.is_contiguous()):
+                raise ValueError(f"{self.name}: output buffer {spec.name!r} must be a contiguous torch tensor on "
+                                 f"{dev}.")
+            binding.bind_output(spec.name, "cuda", self.device_index, ONNX_ELEM[spec.dtype], tuple(buf.shape),
+                                buf.data_ptr())
+            result[spec.name] = buf
+        self.session.run_with_iobinding(binding)
+        for spec, value in zip(self.output_specs, binding.get_outputs()):
+            if spec.name not in result:
+                result[spec.name] = torch.from_dlpack(value)
+        del keep
+        return {s.name: result[s.name] for s in self.output_specs}
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+
+def _as_numpy(component: str, name: str, x: Array) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    if hasattr(x, "detach"):  # torch tensor on the CPU path
+        if x.device.type != "cpu":
+            raise ValueError(f"{component}: input {name!r} is on {x.device} but the engine runs on cpu; "
+                             "pass a host array or open the engine with device='cuda'.")
+        return x.detach().contiguous().numpy()
+    raise ValueError(f"{component}: input {name!r} is a {type(x).__name__}; pass a numpy array.")
+
+
+def _as_device_tensor(component: str, name: str, x: Array, dev: Any) -> Any:
+    """A contiguous torch tensor on ``dev``: numpy/CPU tensors are copied, tensors on ``dev`` are used in place."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{component}: input {name!r} is a {type(x).__name__}; pass a numpy array or torch tensor.")
+    if t.device.type == "cuda" and t.device != dev:
+        raise ValueError(f"{component}: input {name!r} is on {t.device}, the engine on {dev}; move it first.")
+    return t.to(dev, non_blocking=False).contiguous()
