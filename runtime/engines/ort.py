@@ -6,7 +6,8 @@ place by ``data_ptr()``); outputs are torch CUDA tensors, preallocated from the 
 inputs bind them all, otherwise allocated by ORT and handed over through DLPack (no copy).
 
 ORT has no per-run stream: the CUDA provider runs on its own stream (pass ``cuda_stream=`` at open to make it
-yours). A ``stream`` given to ``run`` is synchronized before the run so that its producers are done.
+yours). The ``stream`` given to ``run`` (default: torch's current stream) is synchronized before the run so that
+the producers of the inputs are done; ORT synchronizes its outputs before ``run`` returns.
 """
 
 from __future__ import annotations
@@ -137,8 +138,6 @@ class OrtEngine(Engine):
         import torch  # CUDA path only
 
         dev = torch.device("cuda", self.device_index)
-        if stream is not None:
-            stream.synchronize()  # ORT computes on its own stream: the producers of our inputs must be done
         binding = self.session.io_binding()
         keep = []  # device copies of host inputs stay alive until the run returns
         for spec in self.input_specs:
@@ -161,6 +160,8 @@ class OrtEngine(Engine):
             binding.bind_output(spec.name, "cuda", self.device_index, ONNX_ELEM[spec.dtype], tuple(buf.shape),
                                 buf.data_ptr())
             result[spec.name] = buf
+        # ORT computes on its own stream: the producers of inputs and buffers (torch work) must be done first
+        (stream if stream is not None else torch.cuda.current_stream(dev)).synchronize()
         self.session.run_with_iobinding(binding)
         for spec, value in zip(self.output_specs, binding.get_outputs()):
             if spec.name not in result:
