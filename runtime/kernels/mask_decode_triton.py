@@ -35,7 +35,7 @@ DEFAULT_VARIANT: tuple[int, int] = (1, 0)
 _BLOCK_H = 4
 _BLOCK_WORDS = 16
 _BLOCK_RB = 128
-_BIG = 1 << 30
+_BIG = tl.constexpr(1 << 30)  # globals used inside @jit must be constexpr (real Triton rejects plain ints)
 
 
 @triton.jit
