@@ -22,7 +22,7 @@ from typing import Any
 SCHEMA = "tpo-edge/manifest"
 SCHEMA_VERSION = 1
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")  # graph types; int8/fp8 mean Q/DQ nodes
 HEADS = ("region", "temporal", "mask")
 
 
@@ -76,7 +76,9 @@ class EngineRecord:
     builder: str  # "tensorrt" or "tensorrt-rtx"
     builder_version: str
     precision: str
-    compute_target: str  # e.g. "sm_87" (Orin), "sm_90", or "rtx-jit" for TensorRT-RTX
+    # "sm_XY" (full TensorRT, e.g. sm_87 Orin, sm_90 H100), "rtx-jit" or "rtx-jit:sm_89,..." (TensorRT-RTX),
+    # "unknown" when the GPU could not be queried
+    compute_target: str
     profiles: list[str] = field(default_factory=list)
 
 
@@ -87,8 +89,9 @@ class ComponentSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     profiles: dict[str, dict[str, list[int]]]
-    precision: str = "fp32"
-    external_data: str | None = None
+    precision: str = "fp32"  # the exported graph's types
+    external_data: str | None = None  # ONNX external-data file (graphs > 2 GB), relative to the manifest
+    external_data_sha256: str | None = None
     tolerance: dict[str, float] = field(default_factory=dict)  # output name -> max abs error allowed
     engine: EngineRecord | None = None
     doc: str = ""
@@ -99,14 +102,14 @@ class ComponentSpec:
                 return t
         raise KeyError(f"no input {name!r}; inputs are {[t.name for t in self.inputs]}")
 
-    def check_shapes(self, component: str, shapes: dict[str, tuple[int, ...]], profile: str | None = None) -> None:
-        """Raise ValueError if the given input shapes fit no profile (or not the named one)."""
+    def check_shapes(self, component: str, shapes: dict[str, tuple[int, ...]], profile: str | None = None) -> str:
+        """Return the first profile (manifest order) the input shapes fit; ValueError if none (or not the named one)."""
         names = [profile] if profile else list(self.profiles)
         errors = []
         for pname in names:
             err = self._profile_error(pname, shapes)
             if err is None:
-                return
+                return pname
             errors.append(f"profile {pname!r}: {err}")
         raise ValueError(f"{component}: input shapes {shapes} fit no engine profile ({'; '.join(errors)}). "
                          "Re-export with a larger profile (see `tpo export --help`) or pass smaller inputs.")
@@ -174,7 +177,13 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, verify_hashes: bool = True) -> Manifest:
+    def load(cls, folder: str | Path, verify_hashes: bool = True, require_all: bool = True,
+             verify_engines: bool = True) -> Manifest:
+        """Read and validate ``manifest.json`` in ``folder``.
+
+        require_all: every component in ``REQUIRED_COMPONENTS`` must be present (False for partial exports).
+        verify_engines: also check built engine files (False when rebuilding them).
+        """
         folder = Path(folder)
         path = folder / "manifest.json" if folder.is_dir() else folder
         if not path.is_file():
@@ -183,13 +192,13 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ManifestError(path, [f"not valid JSON: {e}"]) from e
-        manifest = cls.from_dict(data, path)
+        manifest = cls.from_dict(data, path, require_all=require_all)
         manifest.root = path.parent
-        manifest.verify_files(verify_hashes)
+        manifest.verify_files(verify_hashes, verify_engines=verify_engines)
         return manifest
 
     @classmethod
-    def from_dict(cls, data: dict, path: str | Path = "<dict>") -> Manifest:
+    def from_dict(cls, data: dict, path: str | Path = "<dict>", require_all: bool = True) -> Manifest:
         problems: list[str] = []
         if data.get("schema") != SCHEMA:
             problems.append(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
@@ -215,15 +224,15 @@ class Manifest:
         if problems:
             raise ManifestError(path, problems)
         manifest = cls(**{**data, "components": comps})
-        manifest._validate(problems)
+        manifest._validate(problems, require_all)
         if problems:
             raise ManifestError(path, problems)
         return manifest
 
-    def _validate(self, problems: list[str]) -> None:
+    def _validate(self, problems: list[str], require_all: bool = True) -> None:
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} not in {PRECISIONS}")
-        for name in self.REQUIRED_COMPONENTS:
+        for name in self.REQUIRED_COMPONENTS if require_all else ():
             if name not in self.components:
                 problems.append(f"component {name!r} is missing")
         for name, comp in self.components.items():
@@ -236,8 +245,9 @@ class Manifest:
                 for sym in sorted(symbols - set(ranges)):
                     problems.append(f"{name}: profile {pname!r} has no range for dim {sym!r}")
                 for sym, r in ranges.items():
-                    if len(r) != 3 or not (0 < r[0] <= r[1] <= r[2]):
-                        problems.append(f"{name}: profile {pname!r} dim {sym!r} range {r} is not min<=opt<=max")
+                    if len(r) != 3 or not (0 <= r[0] <= r[1] <= r[2]) or r[2] == 0:
+                        problems.append(f"{name}: profile {pname!r} dim {sym!r} range {r} is not "
+                                        "0 <= min <= opt <= max with max > 0")
         roles = {v.get("role") for v in self.task_tokens.values()}
         if not {"begin", "placeholder"} <= roles:
             problems.append(f"task_tokens must hold begin and placeholder tokens, roles found: {sorted(roles)}")
@@ -245,17 +255,21 @@ class Manifest:
             if not isinstance(self.kv.get(key), int) or self.kv[key] <= 0:
                 problems.append(f"kv.{key} must be a positive int, got {self.kv.get(key)!r}")
 
-    def verify_files(self, verify_hashes: bool = True) -> None:
+    def verify_files(self, verify_hashes: bool = True, verify_engines: bool = True) -> None:
         """Check that every referenced file exists and (optionally) matches its sha256."""
         problems = []
         entries = [(f"component {n}", c.file, c.sha256) for n, c in self.components.items()]
-        entries += [(f"engine {n}", c.engine.file, c.engine.sha256) for n, c in self.components.items() if c.engine]
+        entries += [(f"external data of {n}", c.external_data, c.external_data_sha256)
+                    for n, c in self.components.items() if c.external_data]
+        if verify_engines:
+            entries += [(f"engine {n}", c.engine.file, c.engine.sha256) for n, c in self.components.items()
+                        if c.engine]
         entries += [(f"tensor {n}", t["file"], t["sha256"]) for n, t in self.tensors.items()]
         for what, rel, digest in entries:
             p = self.path_of(rel)
             if not p.is_file():
                 problems.append(f"{what}: file {rel} is missing")
-            elif verify_hashes and sha256_file(p) != digest:
+            elif verify_hashes and digest and sha256_file(p) != digest:
                 problems.append(f"{what}: file {rel} changed since export (sha256 mismatch)")
         for rel in self.tokenizer.get("files", []):
             if not self.path_of(rel).is_file():
