@@ -90,7 +90,8 @@ class TPOModel(nn.Module):
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, S, S], got shape {tuple(frames.shape)}")
         tokens = self.vision(frames)
-        return self.connector(tokens), self.vision.frame_features(tokens, frames.shape[1] // self.config.vision.tubelet_size)
+        num_steps = frames.shape[1] // self.config.vision.tubelet_size
+        return self.connector(tokens), self.vision.frame_features(tokens, num_steps)
 
     def sequence_embeds(self, prompt: PromptIds, visual: torch.Tensor, track_boxes: torch.Tensor | None = None,
                         with_answer: bool = False) -> torch.Tensor:
