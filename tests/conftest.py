@@ -11,3 +11,20 @@ FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / 
 def fixtures_dir() -> Path:
     assert FIXTURES.is_dir(), f"the release fixtures must sit beside the checkout at {FIXTURES}"
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset (real MP4 files + annotations), generated once per test session."""
+    from tpo_core.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, num_videos=3, seed=7, split="val")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_videos(synth_root) -> list[str]:
+    videos = sorted(str(p) for p in synth_root.rglob("*.mp4"))
+    assert videos, f"the synthetic generator wrote no MP4 under {synth_root}"
+    return videos

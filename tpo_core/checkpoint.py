@@ -30,7 +30,13 @@ def save_checkpoint(model, path: str | Path, dtype: torch.dtype | None = None, e
     """Write ``model`` (a TPOModel) to the folder ``path``; weights cast to ``dtype`` if given."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().to(dtype or v.dtype).contiguous().cpu()
+        if t.untyped_storage().data_ptr() in seen:  # tied tensors (e.g. SAM2's shared positional embedding)
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        state[k] = t
     save_file(state, str(path / WEIGHTS), metadata={"format": "pt"})
     model.config.to_json(path / CONFIG)
     if model.tokenizer is not None:

@@ -46,12 +46,15 @@ def _load_clip(model, video):
 
 def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do_sample: bool = False,
              top_p: float = 0.9, temperature: float = 1.0, seed: int = 0, track_boxes=None,
-             mask_frames: np.ndarray | None = None, mask_timestamps: np.ndarray | None = None) -> TPOResult:
+             mask_frames: np.ndarray | None = None, mask_timestamps: np.ndarray | None = None,
+             logits_processor=None) -> TPOResult:
     """Answer ``prompt`` about ``video`` (a path or a ``VideoClip``).
 
     track_boxes: normalized xyxy boxes [K, 4] for ``<track_box>`` tokens in the prompt.
     mask_frames: uint8 [Tm, H, W, 3] frames the mask head segments (default: the clip's sampled frames),
     with their ``mask_timestamps`` [Tm] in seconds.
+    logits_processor: optional ``f(step, logits [V]) -> logits`` applied before choosing each token
+    (constrained decoding, e.g. to force a task).
     Returns a ``TPOResult``: text, ids, and boxes in pixels / spans in seconds / masks at video resolution.
     """
     from .data.video import preprocess_frames
@@ -88,7 +91,10 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
         return lo, hi
 
     while len(out_ids) < max_new:
-        tok = _sample(logits[0, -1].float().cpu(), do_sample, top_p, temperature, generator)
+        scores = logits[0, -1].float().cpu()
+        if logits_processor is not None:
+            scores = logits_processor(len(out_ids), scores)
+        tok = _sample(scores, do_sample, top_p, temperature, generator)
         out_ids.append(tok)
         if tok == model.prompts.eos_id:
             break
@@ -130,7 +136,7 @@ def _run_head(model, head: str, h: torch.Tensor, clip, frame_feats, result: TPOR
     elif head == "mask":
         frames = clip.frames if mask_frames is None else mask_frames
         stamps = clip.timestamps if mask_frames is None else mask_timestamps
-        pixels = model.mask_head.preprocess(frames).to(h.device, h.dtype)
+        pixels = model.mask_head.preprocess(torch.from_numpy(np.ascontiguousarray(frames))).to(h.device, h.dtype)
         track = model.run_mask(h, pixels)
         masks = model.mask_head.masks_at_resolution(track.low_res_logits, frames.shape[1], frames.shape[2])
         masks = masks.cpu().numpy()

@@ -117,7 +117,7 @@ class TPOModel(nn.Module):
 
     def run_mask(self, h: torch.Tensor, mask_pixels: torch.Tensor):
         """h [1, D], mask_pixels [T, 3, Sm, Sm] normalized -> TrackOutput (low-res logits [T, 1, s, s], ...)."""
-        prompt = self.mask_head.prompt_mlp(h)
+        prompt = self.mask_head.sparse_prompt(h)
         return self.mask_head.track(mask_pixels, prompt)
 
     # ------------------------------------------------------------------ inference
