@@ -1,0 +1,262 @@
+"""``export_model``: a TPO checkpoint -> one folder of ONNX graphs, tensor files, tokenizer and ``manifest.json``.
+
+Folder layout (``<c>`` = component name, see ``tpo_core/export_specs.py`` and ``export/components.py``)::
+
+    manifest.json            the only contract with runtime/ (runtime/manifest.py)
+    <c>.onnx [+ <c>.onnx.data]  one graph per component (external data when the weights exceed ~1.5 GB)
+    embed_tokens.npy         LLM token-embedding table [V, D] (bfloat16 stored as its uint16 bit pattern)
+    box_token.npy, temporal_token.npy, track_token.npy   task embeddings [D] forced at the placeholders
+    mask_no_prompt.npy       the mask decoder's sparse prompt on tracking frames [2, C]
+    tokenizer.json           the checkpoint's tokenizer
+    export_report.json       per-component export seconds and sizes, peak RSS (not part of the contract)
+
+Memory: a checkpoint folder is loaded on the ``meta`` device and its tensors are *assigned* (no random init,
+no second copy); LoRA is merged in place; the wrappers share the weights; the dynamo exporter references
+the parameters lazily and streams them to the file on save. Peak RSS is about one copy of the weights in
+the export precision plus the largest graph's tracing overhead (see docs/export.md for measurements).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export.components import build_wrapper
+from export.manifest_fields import build_manifest
+from export.specs import (
+    ExportError,
+    as_args,
+    check_onnx_io,
+    check_precision,
+    component_spec,
+    dynamic_shapes,
+    example_inputs,
+    name_dims,
+    to_numpy,
+)
+from runtime.manifest import Manifest, sha256_file
+from tpo_core.export_specs import ComponentIO, ExportLimits, component_io, tensor_files
+
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 1_500_000_000  # graphs with more weight bytes than this use ONNX external data
+Log = Callable[[str], None]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------- loading
+def restore_buffers(model) -> None:
+    """Recompute the non-persistent buffers a model built on ``meta`` lacks; raise if any meta tensor is left."""
+    lm = model.llm.base_model()
+    rot = lm.model.rotary_emb
+    if any(b.is_meta for b in rot.buffers()):
+        with torch.device("cpu"):
+            lm.model.rotary_emb = type(rot)(config=lm.config)
+    mh = model.mask_head
+    if mh.pixel_mean.is_meta:
+        from tpo_core.config import IMAGENET_MEAN, IMAGENET_STD
+
+        mh.pixel_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        mh.pixel_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mattn = mh.sam.memory_attention
+    if any(b.is_meta for b in mattn.rotary_emb.buffers()):
+        with torch.device("cpu"):
+            mattn.rotary_emb = type(mattn.rotary_emb)(mh.sam_config)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors still on the meta device after loading: {left[:8]}; "
+                           "export/exporter.py:restore_buffers needs to learn how to rebuild them")
+
+
+def load_for_export(path: str | Path, dtype: torch.dtype):
+    """A checkpoint folder -> TPOModel in ``dtype``, LoRA merged, without random init or a second weight copy."""
+    from safetensors.torch import load_file
+
+    from tpo_core.checkpoint import CONFIG, META, TOKENIZER, WEIGHTS, CheckpointError
+    from tpo_core.config import TPOConfig
+    from tpo_core.data.tokenizer_build import load_tokenizer
+    from tpo_core.model import TPOModel
+
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG, META):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} lacks {name}; pass a folder written by `tpo train` or "
+                                  "TPOModel.save_pretrained, or 'embedded' / 'untrained-tiny'")
+    meta = json.loads((path / META).read_text())
+    config = TPOConfig.from_json(path / CONFIG)
+    tokenizer = load_tokenizer(str(path)) if (path / TOKENIZER).is_file() else load_tokenizer(config.llm.tokenizer)
+    with torch.device("meta"):
+        model = TPOModel(config, tokenizer)
+        if meta.get("lora_applied"):
+            model.llm.apply_lora()
+    state = load_file(str(path / WEIGHTS))
+    for k in list(state):  # cast one tensor at a time: never two full copies
+        if state[k].is_floating_point():
+            state[k] = state[k].to(dtype)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match the model built from its config: {e}") from e
+    del state
+    restore_buffers(model)
+    model.llm.merge_lora()
+    return model.eval()
+
+
+def load_source(checkpoint: str | Path, dtype: torch.dtype = torch.float32):
+    """'embedded', 'untrained-tiny' or a folder -> (TPOModel in ``dtype``, LoRA merged; source record)."""
+    from tpo_core.checkpoint import checkpoint_hash
+    from tpo_core.cli import EMBEDDED_DEFAULT, load_model
+
+    spec = str(checkpoint)
+    folder = EMBEDDED_DEFAULT if spec == "embedded" else Path(spec)
+    if spec == "untrained-tiny" or (spec == "embedded" and not (folder / "model.safetensors").is_file()):
+        model = load_model("untrained-tiny").to(dtype)
+        model.llm.merge_lora()
+        source = {"checkpoint": "untrained-tiny", "sha256": None, "seed": 0}
+    else:
+        model = load_for_export(folder, dtype)
+        source = {"checkpoint": spec if spec == "embedded" else str(folder.resolve()),
+                  "sha256": checkpoint_hash(folder)}
+    source.update(preset=model.config.preset, config=model.config.to_dict(),
+                  tokenizer_sha256=tokenizer_hash(model.tokenizer))
+    return model.eval(), source
+
+
+def tokenizer_hash(tokenizer) -> str | None:
+    """sha256 of the tokenizer's JSON (None without a tokenizer): detects a tokenizer changed since export."""
+    import hashlib
+
+    return None if tokenizer is None else hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- graphs
+def _weight_bytes(module: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: int, log: Log) -> dict:
+    """Trace one wrapper with the dynamo exporter, save ``<name>.onnx``, check its IO against ``cio``."""
+    dtype = check_precision(precision)
+    t0 = time.perf_counter()
+    wrapper = build_wrapper(cio.name, model, dtype)
+    args = as_args(cio, example_inputs(cio, precision))
+    external = _weight_bytes(wrapper) > EXTERNAL_DATA_BYTES
+    path = out / f"{cio.name}.onnx"
+    data = out / f"{cio.name}.onnx.data"
+    for p in (path, data):
+        p.unlink(missing_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(wrapper, args, dynamo=True, input_names=cio.input_names(),
+                                    output_names=cio.output_names(), dynamic_shapes=dynamic_shapes(cio),
+                                    opset_version=opset, verbose=False, optimize=True)
+    program.save(str(path), external_data=external)
+    del program
+    proto = onnx.load(str(path), load_external_data=False)
+    name_dims(proto, cio)
+    check_onnx_io(proto, cio, precision)
+    onnx.save(proto, str(path))
+    seconds = time.perf_counter() - t0
+    size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    log(f"[tpo export] {cio.name}: {size / 1e6:.2f} MB{' (+external data)' if external else ''}, "
+        f"{seconds:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
+    return {"file": path.name, "external_data": data.name if data.is_file() else None, "seconds": seconds,
+            "bytes": size, "peak_rss_mb": peak_rss_mb()}
+
+
+def write_tensors(model, out: Path, precision: str) -> dict[str, dict]:
+    """The ``.npy`` tensor files of ``tensor_files(config)``; returns manifest ``tensors`` entries."""
+    dtype = check_precision(precision)
+    llm = model.llm
+    values = {
+        "embed_tokens": llm.base_model().get_input_embeddings().weight,
+        "box_token": llm.box_token[0, 0], "temporal_token": llm.temporal_token[0, 0],
+        "track_token": llm.track_token[0, 0], "mask_no_prompt": model.mask_head.no_prompt(1)[0],
+    }
+    entries = {}
+    for spec in tensor_files(model.config):
+        t = values[spec.name].detach().to(dtype)
+        assert tuple(t.shape) == spec.shape, f"{spec.name}: shape {tuple(t.shape)} != declared {spec.shape}"
+        path = out / f"{spec.name}.npy"
+        np.save(path, to_numpy(t))
+        dtype_name = str(t.dtype).removeprefix("torch.")
+        entries[spec.name] = {"file": path.name, "sha256": sha256_file(path), "dtype": dtype_name,
+                              "shape": list(spec.shape), "doc": spec.doc,
+                              "storage": "uint16 bit pattern" if t.dtype == torch.bfloat16 else dtype_name}
+    return entries
+
+
+# ------------------------------------------------------------------------------------------- entry point
+def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                 components: Sequence[str] | None = None, limits: ExportLimits | None = None, model=None,
+                 source: dict | None = None, log: Log = print) -> Manifest:
+    """Export every component (or ``components``) of ``checkpoint`` to ``out``; returns the reloaded manifest.
+
+    checkpoint: a checkpoint folder, 'embedded' or 'untrained-tiny' (ignored when ``model`` is given).
+    precision: fp32 | fp16 | bf16 (weights, activations and KV in that type; logits float32).
+    A partial export (``components``) still writes a manifest; it fails validation on load (required
+    components missing) and is meant for measurements such as ``scripts/export_7b.py``.
+    """
+    t0 = time.perf_counter()
+    dtype = check_precision(precision)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        model, source = load_source(checkpoint, dtype)
+    else:
+        model.llm.merge_lora()
+        model = model.to(dtype).eval()
+        source = source or {"checkpoint": "in-memory", "sha256": None, "preset": model.config.preset,
+                            "config": model.config.to_dict(), "tokenizer_sha256": tokenizer_hash(model.tokenizer)}
+    log(f"[tpo export] {source['checkpoint']} ({model.config.preset}, {precision}, opset {opset}) -> {out}; "
+        f"loaded in {time.perf_counter() - t0:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
+    ios = component_io(model.config, limits)
+    names = list(components or ios)
+    unknown = sorted(set(names) - set(ios))
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; components: {list(ios)}")
+    report, specs = {}, {}
+    for name in names:
+        rec = export_component(model, ios[name], out, precision, opset, log)
+        report[name] = rec
+        specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), precision,
+                                     external_data=rec["external_data"])
+    tensors = write_tensors(model, out, precision)
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer; export a checkpoint folder (it holds tokenizer.json)")
+    model.tokenizer.save(str(out / "tokenizer.json"))
+    manifest = build_manifest(model, source, precision, opset, specs, tensors)
+    manifest.save(out)
+    total = time.perf_counter() - t0
+    (out / "export_report.json").write_text(json.dumps(
+        {"seconds": total, "peak_rss_mb": peak_rss_mb(), "components": report}, indent=2) + "\n")
+    log(f"[tpo export] done: {len(names)} graph(s) in {total:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
+    if set(Manifest.REQUIRED_COMPONENTS) <= set(specs):
+        return Manifest.load(out)
+    manifest.root = out
+    return manifest
+
+
+def remove_export(out: str | Path) -> None:
+    """Delete an export folder (used by tests and re-exports)."""
+    shutil.rmtree(out, ignore_errors=True)
+
+
+__all__ = ["DEFAULT_OPSET", "ExportError", "export_model", "export_component", "load_for_export", "load_source",
+           "restore_buffers", "write_tensors", "peak_rss_mb"]

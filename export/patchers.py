@@ -1,0 +1,134 @@
+"""Export-only rewrites: forms that the ONNX exporters emit cleanly and TensorRT 10 parses well.
+
+Nothing here changes model code in ``tpo_core``; wrappers in ``export/`` call these instead of the HF
+attention/RoPE implementations (whose SDPA/mask/cache machinery traces into control flow, ``aten::sdpa``
+variants or dynamic-cache objects).
+
+- ``rope_cos_sin``: real-valued RoPE tables from ``position_ids`` (float32 math, as HF computes them).
+- ``apply_rope``: the ``rotate_half`` form (Slice, Neg, Concat, Mul, Add) of HF Llama/Mistral.
+- ``causal_padding_mask``: bool ``[B, 1, T, P+T]`` from the cache length and a 0/1 attention mask.
+- ``grouped_attention``: MatMul -> Where(mask) -> Softmax(float32) -> MatMul with GQA as Expand+Reshape;
+  masked scores are *replaced* (``Where``), not added to, so a fully masked row (left padding) gives a
+  uniform row instead of NaN, in fp16 too.
+- ``eval_mode``: a context manager that puts a module in eval mode and restores the training flags.
+
+The SAM2 memory path needs no patch: ``MaskHead`` already uses transformers' real-valued 2D RoPE and a
+fixed-capacity memory with validity masks (see ``export/components.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, scaling: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """position_ids [B, T] int64, inv_freq [Hd/2] float32 -> cos, sin [B, 1, T, Hd] in ``dtype``."""
+    freqs = position_ids.to(torch.float32)[:, :, None] * inv_freq.to(torch.float32)[None, None, :]  # [B, T, Hd/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [B, T, Hd]
+    cos = (emb.cos() * scaling).to(dtype)[:, None]
+    sin = (emb.sin() * scaling).to(dtype)[:, None]
+    return cos, sin
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, Hd], cos/sin [B, 1, T, Hd] -> [B, H, T, Hd]."""
+    return x * cos + rotate_half(x) * sin
+
+
+def causal_padding_mask(attention_mask: torch.Tensor, past_len: torch.Tensor | int, seq_len: int) -> torch.Tensor:
+    """attention_mask [B, P+T] (1 = attend) -> bool [B, 1, T, P+T]: key j visible to query i iff
+    ``j <= P + i`` and ``attention_mask[b, j] == 1``."""
+    total = attention_mask.shape[1]
+    key_pos = torch.arange(total, device=attention_mask.device)[None, :]  # [1, P+T]
+    query_pos = torch.arange(seq_len, device=attention_mask.device)[:, None] + past_len  # [T, 1]
+    causal = key_pos <= query_pos  # [T, P+T]
+    return causal[None, None] & (attention_mask[:, None, None, :] != 0)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """q [B, H, T, Hd], k/v [B, KVH, S, Hd], mask bool [B, 1, T, S] -> [B, T, H * Hd].
+
+    Scores and softmax in float32 (HF eager does the softmax in float32), result cast back to q's dtype.
+    """
+    b, h, t, hd = q.shape
+    kvh = k.shape[1]
+    if h != kvh:
+        group = h // kvh
+        k = k[:, :, None].expand(b, kvh, group, k.shape[2], hd).reshape(b, h, k.shape[2], hd)
+        v = v[:, :, None].expand(b, kvh, group, v.shape[2], hd).reshape(b, h, v.shape[2], hd)
+    scores = torch.matmul(q, k.transpose(2, 3)).to(torch.float32) * scale  # [B, H, T, S]
+    scores = torch.where(mask, scores, torch.full_like(scores, torch.finfo(torch.float32).min))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v)  # [B, H, T, Hd]
+    return out.transpose(1, 2).reshape(b, t, h * hd)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily switch ``module`` (and children) to eval mode; the training flags are restored after."""
+    flags = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+
+
+def repeat_slots(x: torch.Tensor, repeats: int) -> torch.Tensor:
+    """``x.repeat_interleave(repeats, dim=1)`` for x [B, N, ...] as Expand + Reshape (static output size;
+    ``repeat_interleave`` traces to a data-dependent size under ``torch.export``)."""
+    b, n = x.shape[0], x.shape[1]
+    rest = tuple(x.shape[2:])
+    return x[:, :, None].expand(b, n, repeats, *rest).reshape(b, n * repeats, *rest)
+
+
+def export_memory_keys(head, state):
+    """Export form of ``MaskHead._memory_keys`` (same math; ``repeat_interleave`` -> ``repeat_slots``).
+
+    Returns memory + pointer tokens [B, L, Cm], their positions [B, L, Cm], key bias [B, 1, 1, L], pointer count.
+    """
+    from transformers.models.sam2_video.modeling_sam2_video import get_1d_sine_pe
+
+    from tpo_core.modeling.heads.mask import MAX_OBJECT_POINTERS
+
+    b, m, hw, cm = state.memory.shape
+    tpos_index = torch.remainder(state.memory_offsets - 1, head.cfg.num_maskmem)  # offset 0 (cond) -> M-1
+    tpos = head.sam.memory_temporal_positional_encoding[:, 0, 0][tpos_index]  # [B, M, Cm]
+    mem_pos = state.memory_pos + tpos[:, :, None, :]
+    p, c = state.pointers.shape[1], state.pointers.shape[2]
+    splits = c // cm
+    ptr = state.pointers.reshape(b, p * splits, cm)
+    if head.sam_config.enable_temporal_pos_encoding_for_object_pointers:
+        rel = state.pointer_offsets.to(torch.float32) / float(MAX_OBJECT_POINTERS - 1)
+        ptr_pos = head.sam.temporal_positional_encoding_projection_layer(get_1d_sine_pe(rel, dim=c).to(ptr.dtype))
+        ptr_pos = repeat_slots(ptr_pos, splits)
+    else:
+        ptr_pos = torch.zeros_like(ptr)
+    keys = torch.cat([state.memory.reshape(b, m * hw, cm), ptr], dim=1)
+    key_pos = torch.cat([mem_pos.reshape(b, m * hw, cm), ptr_pos], dim=1)
+    valid = torch.cat([repeat_slots(state.memory_valid, hw), repeat_slots(state.pointer_valid, splits)], dim=1)
+    bias = torch.zeros(valid.shape, dtype=keys.dtype, device=keys.device)
+    bias = bias.masked_fill(~valid, torch.finfo(keys.dtype).min)[:, None, None, :]
+    return keys, key_pos, bias, p * splits
+
+
+@contextlib.contextmanager
+def patched_mask_head(head) -> Iterator[None]:
+    """While exporting, ``head._memory_keys`` uses ``export_memory_keys`` (an instance attribute, removed after)."""
+    head._memory_keys = lambda state: export_memory_keys(head, state)
+    try:
+        yield
+    finally:
+        del head._memory_keys
