@@ -1,0 +1,399 @@
+"""The runtime pipeline: manifest -> engines -> ``ask`` (and ``stream``), with task-token routing to the heads.
+
+    >>> pipe = Pipeline.from_manifest("exports/tiny", backend="ort", device="cpu")
+    >>> res = pipe.ask("clip.mp4", "Where is the red circle?")
+    >>> res.text, res.region.box, res.timings_ms
+
+Stages of ``ask`` (timed in ``timings_ms``; on CUDA each clock is read after a device sync):
+
+1. ``read``: frames -- a video file is sampled (middle-of-segment, ``preprocess.num_frames``) with decord.
+2. ``preprocess``: numpy bicubic resize to the vision size (0..255, the graph normalizes).
+3. ``vision``: ``vision`` engine -> visual tokens ``[1, Nq, D]`` + frame features ``[1, T, Dv]``.
+4. ``prefill``: prompt ids (BOS per chunk) -> embedding rows gathered from ``embed_tokens.npy`` with the visual
+   tokens spliced after the first chunk -> ``llm`` engine over a preallocated :class:`KVCache`.
+5. ``decode``: greedy / top-p with stop tokens; a ``*_begin`` token routes to its head (see
+   :mod:`runtime.generator`): ``head_region`` (normalized xyxy x (W, H), ordered, clamped), ``head_temporal``
+   (softmax foreground score, (cx, w) -> seconds, clamped, rounded, sorted), mask (``mask_prompt`` + SAM2
+   tracking through the four mask engines with a ring-buffer memory bank, then fused ``decode_masks`` to the
+   video resolution).
+
+Nothing here imports torch on the CPU path; CUDA arrays are torch tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.engines import open_engine
+from runtime.generator import Generator, Sampler, TaskRoute
+from runtime.kv_cache import KVCache
+from runtime.manifest import Manifest
+from runtime.mask_decode import decode_masks
+from runtime.mask_tracker import MaskTracker
+from runtime.preprocess import Preprocessor
+from runtime.results import MaskResult, RegionResult, Span, TemporalResult, TPOResult, boxes_from_decoded
+from runtime.tokenizer import PromptTokenizer
+from runtime.video_io import MAX_SIDE, Clip, clip_from_frames, read_clip
+
+MASK_COMPONENTS = ("mask_image_encoder", "mask_prompt", "mask_memory_attention", "mask_decoder",
+                   "mask_memory_encoder")
+CORE_COMPONENTS = ("vision", "llm", "head_region", "head_temporal")
+
+
+class NumpyOps:
+    """Array ops on host numpy arrays (CPU engines)."""
+
+    device = "cpu"
+
+    def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
+        return np.ascontiguousarray(x if dtype is None else np.asarray(x).astype(dtype, copy=False))
+
+    def cast(self, x: Any, dtype: str) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(x).astype(dtype, copy=False))
+
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def gather_rows(self, table: np.ndarray, ids: list[int]) -> np.ndarray:
+        return table[np.asarray(ids, np.int64)]
+
+    def concat(self, parts: list, axis: int) -> np.ndarray:
+        return np.concatenate(parts, axis=axis)
+
+    def arange_i64(self, a: int, b: int) -> np.ndarray:
+        return np.arange(a, b, dtype=np.int64)
+
+    def ones_i64(self, n: int) -> np.ndarray:
+        return np.ones(n, np.int64)
+
+    def reshape_embedding(self, e: np.ndarray) -> np.ndarray:
+        return e.reshape(1, 1, -1)
+
+    def nbytes(self, x: np.ndarray) -> int:
+        return int(x.nbytes)
+
+    def sync(self) -> None:
+        return None
+
+
+class TorchOps(NumpyOps):
+    """Array ops on torch CUDA tensors (ORT CUDA / TensorRT engines)."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.torch, self.device = torch, device
+
+    def _dt(self, dtype: str):
+        return getattr(self.torch, dtype)
+
+    def asarray(self, x, dtype: str | None = None):
+        t = self.torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        return t.to(self.device, dtype=None if dtype is None else self._dt(dtype)).contiguous()
+
+    def cast(self, x, dtype: str):
+        return self.asarray(x, dtype)
+
+    def zeros(self, shape, dtype: str):
+        return self.torch.zeros(shape, dtype=self._dt(dtype), device=self.device)
+
+    def to_host(self, x) -> np.ndarray:
+        if isinstance(x, np.ndarray):
+            return x
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+
+    def gather_rows(self, table, ids: list[int]):
+        return table[self.torch.as_tensor(ids, dtype=self.torch.int64, device=self.device)]
+
+    def concat(self, parts: list, axis: int):
+        return self.torch.cat(parts, dim=axis)
+
+    def arange_i64(self, a: int, b: int):
+        return self.torch.arange(a, b, dtype=self.torch.int64, device=self.device)
+
+    def ones_i64(self, n: int):
+        return self.torch.ones(n, dtype=self.torch.int64, device=self.device)
+
+    def nbytes(self, x) -> int:
+        return int(x.numel() * x.element_size())
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize(self.device)
+
+
+class Pipeline:
+    """All engines of one export folder plus the runtime state (KV cache, mask tracker, tokenizer).
+
+    Use :meth:`from_manifest`. ``engines`` maps component name -> opened engine.
+    """
+
+    def __init__(self, manifest: Manifest, backend: str = "ort", device: str = "cpu", threads: int | None = None):
+        if backend not in ("ort", "tensorrt"):
+            raise ValueError(f"backend {backend!r} is not allowed; choose 'ort' or 'tensorrt'")
+        if backend == "tensorrt" and not device.startswith("cuda"):
+            raise ValueError("backend='tensorrt' runs on CUDA only; pass device='cuda' (or backend='ort' for the CPU)")
+        self.manifest, self.backend, self.device = manifest, backend, device
+        self.ops = NumpyOps() if device == "cpu" else TorchOps(device)
+        opts = {"threads": threads} if backend == "ort" and threads else {}
+        if backend == "tensorrt":
+            opts["synchronize"] = True
+        names = [n for n in CORE_COMPONENTS + MASK_COMPONENTS if n in manifest.components]
+        self.engines = {n: open_engine(manifest, n, backend=backend, device=device, **opts) for n in names}
+        self.dtype = self._input_dtype("llm", "inputs_embeds")
+        self._load_tensors()
+        self.tokenizer = PromptTokenizer(manifest.tokenizer, manifest.prompt, manifest.root, manifest.task_tokens)
+        pp = manifest.preprocess
+        self.num_frames = int(pp["num_frames"])
+        self.preprocessor = Preprocessor(size=int(pp["size"]), mean=pp["mean"], std=pp["std"],
+                                         resize=pp.get("resize", "bicubic"),
+                                         mask_size=int(manifest.mask["image_size"]),
+                                         mask_resize=_mask_resize(manifest.mask))
+        self.cache = KVCache.from_manifest(manifest.kv, self._input_dtype("llm", "past_key_0"), device)
+        self.generator = Generator(self.engines["llm"], self.cache, self.tensors["embed_tokens"], self.ops)
+        self.routes = self._routes()
+        gen = manifest.generation
+        self.max_new_tokens = int(gen.get("max_new_tokens", 200))
+        self.stop_ids = {int(i) for i in gen.get("stop_ids", [self.tokenizer.eos_id])}
+        self.round_to_s = float(manifest.heads.get("temporal", {}).get("round_to_s", 1.0))
+        self.tracker = None
+        if all(n in self.engines for n in MASK_COMPONENTS[2:]) and "mask_image_encoder" in self.engines:
+            self.tracker = MaskTracker(self.engines, manifest.mask, self.tensors["mask_no_prompt"], self.ops,
+                                       self._input_dtype("mask_decoder", "conditioned"))
+
+    @classmethod
+    def from_manifest(cls, folder: str | Path, backend: str = "ort", device: str = "cpu", threads: int | None = None,
+                      verify_hashes: bool = True) -> Pipeline:
+        """Load ``folder/manifest.json`` (validated, hashes checked) and open every engine."""
+        return cls(Manifest.load(folder, verify_hashes=verify_hashes), backend, device, threads)
+
+    # ------------------------------------------------------------------------------------------- setup
+    def _input_dtype(self, component: str, name: str) -> str:
+        return self.manifest.components[component].input(name).dtype
+
+    def _load_tensors(self) -> None:
+        self.tensors: dict[str, Any] = {}
+        for name, info in self.manifest.tensors.items():
+            arr = np.load(self.manifest.path_of(info["file"]), allow_pickle=False)
+            if list(arr.shape) != list(info["shape"]):
+                raise ValueError(f"tensor {name}: file {info['file']} has shape {list(arr.shape)}, the manifest says "
+                                 f"{info['shape']}; re-export with `tpo export`")
+            if info.get("dtype") == "bfloat16":  # stored as its uint16 bit pattern
+                if self.device == "cpu":
+                    raise ValueError(f"tensor {name} is bfloat16, which the CPU runtime cannot use; export with "
+                                     "--precision fp32 (or fp16) for the CPU, or run on device='cuda'")
+                self.tensors[name] = self.ops.torch.from_numpy(arr.view(np.int16)).view(
+                    self.ops.torch.bfloat16).to(self.device)
+                continue
+            self.tensors[name] = self.ops.asarray(arr, self.dtype if arr.dtype.kind == "f" else None)
+        for need in ("embed_tokens", "mask_no_prompt"):
+            if need not in self.tensors:
+                raise ValueError(f"the manifest has no tensor {need!r}; re-export with `tpo export`")
+
+    def _routes(self) -> dict[int, TaskRoute]:
+        """``*_begin`` id -> route, from the manifest's task_tokens (begin -> placeholder -> embedding tensor)."""
+        tt = self.manifest.task_tokens
+        routes = {}
+        for info in tt.values():
+            if info.get("role") != "begin":
+                continue
+            ph = info["placeholder"]
+            emb_name = tt[ph].get("embedding")
+            if emb_name not in self.tensors:
+                raise ValueError(f"task token {ph} names embedding {emb_name!r}, which is not a manifest tensor")
+            routes[int(info["id"])] = TaskRoute(int(info["id"]), int(tt[ph]["id"]), self.tensors[emb_name],
+                                                info["head"])
+        return routes
+
+    def close(self) -> None:
+        for eng in self.engines.values():
+            eng.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------------- ask
+    def load_clip(self, video: Any, fps: float | None = None) -> Clip:
+        """A path, a :class:`Clip` (or any object with frames/timestamps/duration/width/height), or a uint8
+        ``[N, H, W, 3]`` array of consecutive frames at ``fps`` (default 1.0) -> the sampled Clip."""
+        if isinstance(video, (str, Path)):
+            return read_clip(video, self.num_frames, MAX_SIDE)
+        if isinstance(video, Clip):
+            return video
+        if all(hasattr(video, a) for a in ("frames", "timestamps", "duration", "width", "height")):
+            return Clip(np.asarray(video.frames), np.asarray(video.timestamps, np.float64), float(video.duration),
+                        int(video.width), int(video.height), float(getattr(video, "fps", 0.0) or 0.0))
+        if isinstance(video, np.ndarray):
+            return clip_from_frames(video, self.num_frames, fps or 1.0)
+        raise ValueError(f"video must be a file path, a Clip or a uint8 [N, H, W, 3] array, got {type(video).__name__}")
+
+    def ask(self, video: Any, prompt: str, max_new_tokens: int | None = None, do_sample: bool = False,
+            top_p: float = 0.9, temperature: float = 1.0, seed: int = 0, logits_processor=None,
+            fps: float | None = None, track_mask: bool = True) -> TPOResult:
+        """Answer ``prompt`` about ``video`` -> :class:`TPOResult` (text, ids, region / temporal / mask, timings).
+
+        ``logits_processor``: optional ``f(step, logits [V]) -> logits`` applied before each choice (the same
+        hook as ``TPOModel.generate``; gets a torch tensor when torch is installed, else numpy).
+        ``track_mask``: False stops the mask head at its SAM2 prompt (``result.mask_prompt``), for streams that
+        track frame by frame themselves.
+        """
+        t_all = time.perf_counter()
+        timings: dict[str, float] = {}
+        clip = self.load_clip(video, fps)
+        timings["read_ms"] = (time.perf_counter() - t_all) * 1e3
+        if clip.frames.shape[0] != self.num_frames:
+            raise ValueError(f"the clip has {clip.frames.shape[0]} frames; the vision engine takes {self.num_frames}")
+        max_new = int(max_new_tokens or self.max_new_tokens)
+        ids = self.tokenizer.build(prompt, clip.timestamps)
+        self.cache.reset()
+        self.cache.check_fits(ids.length, max_new)
+        sampler = Sampler(do_sample, top_p, temperature, seed)
+        visual, frame_feats = self._vision(clip, timings)
+        t0 = time.perf_counter()
+        embeds = self.ops.concat([self.generator.embed_ids(ids.pre), self.ops.cast(visual, self.dtype),
+                                  self.generator.embed_ids(ids.post)], axis=1)
+        logits, _ = self.generator.append(embeds)
+        self.ops.sync()
+        timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
+        result = TPOResult(text="", token_ids=[], notes=list(clip.notes),
+                           video={"width": clip.width, "height": clip.height, "duration": clip.duration,
+                                  "fps": clip.fps, "timestamps": np.asarray(clip.timestamps).tolist()})
+
+        def on_task(head: str, hidden: Any) -> None:
+            self._run_head(head, hidden, clip, frame_feats, result, timings, track_mask)
+            self.ops.sync()
+
+        out = self.generator.decode(logits, max_new, sampler, self.stop_ids, self.routes, on_task, logits_processor)
+        timings.update(out.timings_ms)
+        timings["decode_tokens"] = float(out.steps)
+        timings["total_ms"] = (time.perf_counter() - t_all) * 1e3
+        result.token_ids, result.tasks, result.timings_ms = out.token_ids, out.tasks, timings
+        result.text = self.tokenizer.decode(out.token_ids)
+        return result
+
+    def _vision(self, clip: Clip, timings: dict) -> tuple[Any, Any]:
+        t0 = time.perf_counter()
+        frames = self.ops.asarray(self._vision_input(clip.frames), self._input_dtype("vision", "frames"))
+        self.ops.sync()
+        timings["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        out = self.engines["vision"].run({"frames": frames})
+        self.ops.sync()
+        timings["vision_ms"] = (time.perf_counter() - t0) * 1e3
+        return out["visual_tokens"], out["frame_features"]
+
+    def _vision_input(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 ``[T, H, W, 3]`` -> float32 ``[1, T, 3, S, S]`` resized, clamped, 0..255 (the graph normalizes)."""
+        return self.preprocessor.vision(frames)
+
+    def mask_pixels(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, Sm, Sm]`` (bilinear antialias, 0..255; the graph normalizes)."""
+        return self.preprocessor.mask(frames)
+
+    # ------------------------------------------------------------------------------------------- heads
+    def _run_head(self, head: str, hidden: Any, clip: Clip, frame_feats: Any, result: TPOResult,
+                  timings: dict, track_mask: bool = True) -> None:
+        """hidden ``[D]``: the final-layer hidden state at the placeholder -> post-processed head output."""
+        h = self.ops.cast(hidden, self._input_dtype("head_region", "task_embedding"))[None]
+        if head == "region":
+            norm = self.ops.to_host(self.engines["head_region"].run({"task_embedding": h})["box"])[0]
+            result.region = RegionResult(box=box_to_pixels(norm, clip.width, clip.height),
+                                         box_normalized=tuple(float(v) for v in norm))
+        elif head == "temporal":
+            result.temporal = self._temporal(h, clip, frame_feats)
+        elif head == "mask" and not track_mask:
+            result.mask_prompt = self._tracker().sparse_prompt(hidden)
+        elif head == "mask":
+            result.mask = self._mask(hidden, clip, timings)
+        else:
+            raise ValueError(f"the manifest routes to head {head!r}; this runtime knows region, temporal, mask")
+
+    def _temporal(self, h: Any, clip: Clip, frame_feats: Any) -> TemporalResult:
+        n = int(frame_feats.shape[1])
+        times = np.asarray(clip.timestamps[:n], np.float64) / max(clip.duration, 1e-6)
+        feeds = {"task_embedding": h, "frame_features": frame_feats,
+                 "frame_times": self.ops.asarray(times[None].astype(np.float32)),
+                 "frame_mask": self.ops.asarray(np.ones((1, n), bool))}
+        out = {k: self.ops.to_host(v) for k, v in self.engines["head_temporal"].run(feeds).items()}
+        windows = spans_to_seconds(out["pred_logits"][0], out["pred_spans"][0], clip.duration, self.round_to_s)
+        return TemporalResult(spans=[Span(s, e, p) for s, e, p in windows],
+                              saliency=out["saliency"][0].astype(np.float32),
+                              saliency_times=np.asarray(clip.timestamps[:n], np.float32))
+
+    def _tracker(self) -> MaskTracker:
+        if self.tracker is None:
+            raise ValueError("the model routed to the mask head but the manifest has no mask engines; re-export "
+                             "with the mask components")
+        return self.tracker
+
+    def new_tracker(self) -> MaskTracker:
+        """A separate tracker (own memory bank) over the same engines, e.g. for a stream."""
+        self._tracker()
+        return MaskTracker(self.engines, self.manifest.mask, self.tensors["mask_no_prompt"], self.ops,
+                           self._input_dtype("mask_decoder", "conditioned"))
+
+    def _mask(self, hidden: Any, clip: Clip, timings: dict) -> MaskResult:
+        tracker = self._tracker()
+        t0 = time.perf_counter()
+        pixels = self.ops.asarray(self.mask_pixels(clip.frames), self._input_dtype("mask_image_encoder", "pixels"))
+        tracked = tracker.track(pixels, tracker.sparse_prompt(hidden))
+        self.ops.sync()
+        timings["mask_track_ms"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        h, w = int(clip.frames.shape[1]), int(clip.frames.shape[2])
+        logits = self.ops.concat([f.low_res_logits for f in tracked], axis=0)
+        scores = np.asarray([f.object_score for f in tracked], np.float32)
+        dec = decode_masks(logits, (h, w), self.ops.asarray(scores)).to_numpy()
+        timings["mask_decode_ms"] = (time.perf_counter() - t0) * 1e3
+        return MaskResult(bits=dec.bits, height=h, width=w, timestamps=np.asarray(clip.timestamps, np.float32),
+                          object_scores=scores, boxes=boxes_from_decoded(dec.boxes), areas=dec.areas)
+
+    # ---------------------------------------------------------------------------------------- streaming
+    def stream(self, source: Any, prompt: str, **kwargs):
+        """Per-frame results as frames arrive; see :class:`runtime.stream.Stream` for the arguments."""
+        from runtime.stream import Stream
+
+        return Stream(self, source, prompt, **kwargs)
+
+
+def _mask_resize(mask: dict) -> str:
+    mode = mask.get("resize", "bilinear")
+    return "bilinear_aa" if mode == "bilinear" and mask.get("antialias", True) else mode
+
+
+def box_to_pixels(norm: np.ndarray, width: float, height: float) -> tuple[float, float, float, float]:
+    """Normalized xyxy ``[4]`` -> pixel xyxy: x (W, H) in float32, corners ordered, clamped to the frame."""
+    n = np.asarray(norm, np.float32)
+    xs = np.sort(n[0::2] * np.float32(width)).clip(0.0, float(width))
+    ys = np.sort(n[1::2] * np.float32(height)).clip(0.0, float(height))
+    return float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])
+
+
+def spans_to_seconds(logits: np.ndarray, spans: np.ndarray, duration: float,
+                     round_to: float = 1.0) -> list[tuple[float, float, float]]:
+    """``logits [Q, 2]`` (0 = foreground), ``spans [Q, 2]`` (cx, w) / duration -> ``(start, end, score)`` by score.
+
+    Softmax foreground score (float64); ``(cx -+ w/2) x duration`` clamped to ``[0, duration]``, rounded to a
+    multiple of ``round_to`` s (half to even; ``<= 0``: no rounding), clamped again; stable sort, best first.
+    """
+    lg = np.asarray(logits, np.float64)
+    e = np.exp(lg - lg.max(-1, keepdims=True))
+    scores = (e / e.sum(-1, keepdims=True))[:, 0]
+    sp = np.asarray(spans, np.float64)
+    d = float(duration)
+    start = np.minimum(np.maximum((sp[:, 0] - sp[:, 1] / 2) * d, 0.0), d)
+    end = np.minimum(np.maximum((sp[:, 0] + sp[:, 1] / 2) * d, 0.0), d)
+    if round_to > 0:
+        start = np.minimum(np.maximum(np.round(start / round_to) * round_to, 0.0), d)
+        end = np.minimum(np.maximum(np.round(end / round_to) * round_to, 0.0), d)
+    order = np.argsort(-scores, kind="stable")
+    return [(float(start[q]), float(end[q]), float(scores[q])) for q in order]

@@ -1,0 +1,185 @@
+"""Streaming: per-frame results as frames arrive, with bounded memory.
+
+    >>> stream = pipe.stream(0, "Track the person.", cadence=60, window=64)   # camera 0
+    >>> for r in stream:
+    ...     print(r.index, r.latency_ms, r.box, r.answer.text if r.answer else "")
+    ...     if key_pressed: stream.ask_now()
+
+Model (docs/runtime.md, "Streaming"):
+
+- Frames come from :func:`runtime.video_io.open_source` (file, camera, URL, numpy iterator). A bad frame (None,
+  wrong shape/dtype/size, a decode error) yields a :class:`FrameResult` with ``error`` set and is skipped; the
+  end of the source ends the iteration.
+- The last ``window`` good frames live in a preallocated ring ``[window, H, W, 3]`` (H, W fixed by the first
+  good frame; a frame of another size is reported as an error, not resized).
+- The LLM is re-asked over the window (``preprocess.num_frames`` frames sampled from it, middle of segment)
+  every ``cadence`` good frames (first on the first frame), or on the next frame after :meth:`Stream.ask_now`.
+  The re-ask runs synchronously on that frame: its latency shows in that frame's ``latency_ms``.
+- When an answer routes to the mask head, its SAM2 prompt (re)starts a :class:`MaskTracker` on the current
+  frame; every following frame is tracked through the ring-buffer memory bank (constant memory) and decoded with
+  the fused ``decode_masks`` at frame resolution.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from runtime.mask_decode import decode_masks
+from runtime.preprocess import sample_indices
+from runtime.results import FrameResult, MaskResult, TPOResult, boxes_from_decoded
+from runtime.video_io import MAX_SIDE, Clip, open_source
+
+
+class Stream:
+    """Iterator of :class:`FrameResult` over a source. See the module docstring.
+
+    Args:
+        pipeline: a :class:`runtime.pipeline.Pipeline`.
+        source: file path, camera index, URL, or iterable of uint8 ``[H, W, 3]`` frames.
+        prompt: the question re-asked over the window.
+        cadence: re-ask every this many good frames (None or 0: only the first frame and :meth:`ask_now`).
+        window: frames kept for re-asks (>= 1).
+        fps: timestamps of iterable sources (files/cameras give their own).
+        track: track the mask frame by frame when an answer routes to the mask head.
+        max_frames: stop after this many source frames (None: until the source ends).
+        ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, ...).
+    """
+
+    def __init__(self, pipeline, source: Any, prompt: str, cadence: int | None = 30, window: int = 32,
+                 fps: float = 30.0, track: bool = True, max_frames: int | None = None, **ask_kwargs):
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+        if cadence is not None and (not isinstance(cadence, int) or cadence < 0):
+            raise ValueError(f"cadence must be None or an int >= 0, got {cadence!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the prompt must be a non-empty string, got {prompt!r}")
+        self.pipe, self.prompt, self.cadence, self.window = pipeline, prompt, cadence or 0, window
+        self.fps, self.track, self.max_frames, self.ask_kwargs = fps, track, max_frames, ask_kwargs
+        self._frames = open_source(source, fps=fps)
+        self._ring: np.ndarray | None = None
+        self._ring_time = np.zeros(window, np.float64)
+        self._count = 0  # good frames seen
+        self._ask_flag = True
+        self._tracker = pipeline.new_tracker() if (track and pipeline.tracker is not None) else None
+        self._tracking = False
+        self._closed = False
+        self.last_answer: TPOResult | None = None
+
+    # ------------------------------------------------------------------------------------------ control
+    def ask_now(self) -> None:
+        """Re-ask the LLM on the next good frame."""
+        self._ask_flag = True
+
+    def close(self) -> None:
+        self._closed = True
+        close = getattr(self._frames, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the frame ring and the mask memory bank (constant once the first frame arrived)."""
+        ring = 0 if self._ring is None else self._ring.nbytes
+        return ring + (self._tracker.bank.nbytes if self._tracker is not None else 0)
+
+    # ------------------------------------------------------------------------------------------ iterate
+    def __iter__(self) -> Iterator[FrameResult]:
+        seen = 0
+        for sf in self._frames:
+            if self._closed or (self.max_frames is not None and seen >= self.max_frames):
+                break
+            seen += 1
+            t0 = time.perf_counter()
+            err = sf.error or self._check(sf.frame)
+            if err is not None:
+                yield FrameResult(index=sf.index, timestamp=sf.timestamp, error=err,
+                                  latency_ms=(time.perf_counter() - t0) * 1e3)
+                continue
+            try:
+                result = self._process(sf.index, sf.timestamp, sf.frame)
+            except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
+                result = FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
+            result.latency_ms = (time.perf_counter() - t0) * 1e3
+            yield result
+        self.close()
+
+    def _check(self, frame: Any) -> str | None:
+        if frame is None:
+            return "dropped frame (None)"
+        if not isinstance(frame, np.ndarray):
+            return f"bad frame: a {type(frame).__name__}, expected a uint8 [H, W, 3] numpy array"
+        if frame.ndim != 3 or frame.shape[-1] != 3 or min(frame.shape[:2]) == 0:
+            return f"bad frame: shape {frame.shape}, expected [H, W, 3]"
+        if frame.dtype != np.uint8:
+            return f"bad frame: dtype {frame.dtype}, expected uint8"
+        if max(frame.shape[:2]) > MAX_SIDE:
+            return f"bad frame: {frame.shape[1]}x{frame.shape[0]} exceeds the {MAX_SIDE} px limit per side"
+        if self._ring is not None and frame.shape != self._ring.shape[1:]:
+            return f"bad frame: shape {frame.shape} differs from the stream's {self._ring.shape[1:]}"
+        return None
+
+    def _process(self, index: int, ts: float, frame: np.ndarray) -> FrameResult:
+        if self._ring is None:
+            self._ring = np.zeros((self.window, *frame.shape), np.uint8)
+        slot = self._count % self.window
+        self._ring[slot] = frame
+        self._ring_time[slot] = ts
+        self._count += 1
+        out = FrameResult(index=index, timestamp=ts)
+        due = self._ask_flag or (self.cadence and (self._count - 1) % self.cadence == 0)
+        if due:
+            self._ask_flag = False
+            t0 = time.perf_counter()
+            out.answer = self._ask()
+            out.timings_ms["ask_ms"] = (time.perf_counter() - t0) * 1e3
+            if out.answer.mask_prompt is not None and self._tracker is not None:
+                self._tracker.start(out.answer.mask_prompt)
+                self._tracking = True
+        if self._tracking:
+            self._track(frame, out)
+        return out
+
+    def _window_clip(self) -> Clip:
+        n = min(self._count, self.window)
+        order = [(self._count - n + i) % self.window for i in range(n)]  # chronological ring slots
+        idx = sample_indices(n, self.pipe.num_frames)
+        slots = [order[i] for i in idx]
+        times = self._ring_time[slots]
+        t_first = self._ring_time[order[0]]
+        dt = 1.0 / self.fps if self.fps > 0 else 0.0
+        duration = max(float(self._ring_time[order[-1]] - t_first) + dt, 1e-3)
+        h, w = self._ring.shape[1:3]
+        return Clip(frames=self._ring[slots], timestamps=times - t_first, duration=duration, width=w, height=h,
+                    fps=self.fps)
+
+    def _ask(self) -> TPOResult:
+        res = self.pipe.ask(self._window_clip(), self.prompt, track_mask=False, **self.ask_kwargs)
+        self.last_answer = res
+        return res
+
+    def _track(self, frame: np.ndarray, out: FrameResult) -> None:
+        t0 = time.perf_counter()
+        pipe, tracker = self.pipe, self._tracker
+        pixels = pipe.ops.asarray(pipe.mask_pixels(frame[None]), pipe._input_dtype("mask_image_encoder", "pixels"))
+        fm = tracker.step(tracker.encode_images(pixels)[0], write_memory=True)
+        pipe.ops.sync()
+        out.timings_ms["track_ms"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        h, w = frame.shape[:2]
+        dec = decode_masks(fm.low_res_logits, (h, w), pipe.ops.asarray(np.asarray([fm.object_score], np.float32)))
+        dec = dec.to_numpy()
+        out.timings_ms["mask_decode_ms"] = (time.perf_counter() - t0) * 1e3
+        boxes = boxes_from_decoded(dec.boxes)
+        out.mask = MaskResult(bits=dec.bits, height=h, width=w, timestamps=np.asarray([out.timestamp], np.float32),
+                              object_scores=np.asarray([fm.object_score], np.float32), boxes=boxes, areas=dec.areas)
+        out.box, out.object_score = boxes[0], fm.object_score
