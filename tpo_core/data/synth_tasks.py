@@ -1,0 +1,158 @@
+"""Question templates, templated QA and ``task_samples``: the instruction-form training samples.
+
+``task_samples(root)`` turns a dataset written by ``tpo data synth`` (or any folder with the same four
+annotation files) into ``TaskSample``s: the question the user asks and the answer text the LLM must emit,
+with task tokens (region ``<box_begin><boxes>``, temporal ``<time_begin><temp>``, mask
+``<track_begin><tracking>``), plus the dense labels the matching head trains on. Each task has several
+phrasings (picked per record from a hash of its id, so the choice is stable), so the LLM must route by
+meaning, not by one fixed sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tpo_core.data.formats import load_conversations, load_qvhighlights, load_region, load_segmentation
+from tpo_core.data.synth_scene import BACKGROUND_COLOURS, COLOURS, SHAPES, SceneSpec
+
+REGION_TEMPLATES = ("Where is {p}?", "Find {p}.", "Locate {p} in the video.", "Give the bounding box of {p}.")
+TEMPORAL_TEMPLATES = ("When is {p} visible?", "When does {p} appear?", "At what time can you see {p}?",
+                      "During which part of the video is {p} on screen?")
+TEMPORAL_QUERY_TEMPLATES = ("When does this happen: {q}?", "Find the moment when {q}.",
+                            "At what time in the video does this occur: {q}?")  # real data: free-form query
+MASK_TEMPLATES = ("Track {p}.", "Segment {p}.", "Follow {p} through the video.", "Give the mask of {p}.")
+TASK_ANSWERS = {"region": "<box_begin><boxes>", "temporal": "<time_begin><temp>",
+                "mask": "<track_begin><tracking>"}
+TEMPORAL_QUERY = "{p} is visible"  # the declarative QVHighlights-style query stored in temporal.jsonl
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+QA_TEMPLATES = {
+    "count": "How many shapes appear in the video?",
+    "colour_of": "What colour is the {shape}?",
+    "shape_of": "What shape is {colour}?",
+    "which_moves": "Which shape moves?",
+    "does_move": "Does the {colour} {shape} move?",
+    "which_appears": "Which shape appears later in the video?",
+    "which_disappears": "Which shape disappears?",
+    "background": "What colour is the background?",
+}
+
+
+def make_qa(scene: SceneSpec, rng: np.random.Generator, max_turns: int = 4) -> list[tuple[str, str]]:
+    """Templated (question, answer) pairs whose answers are exact for ``scene``; answers are 1-2 words."""
+    objs = scene.objects
+    qa = [(QA_TEMPLATES["count"], NUMBER_WORDS[len(objs)]),
+          (QA_TEMPLATES["background"], scene.background)]
+    o = objs[int(rng.integers(len(objs)))]
+    qa.append((QA_TEMPLATES["colour_of"].format(shape=o.shape), o.colour))
+    o = objs[int(rng.integers(len(objs)))]
+    qa.append((QA_TEMPLATES["shape_of"].format(colour=o.colour), o.shape))
+    movers = [o for o in objs if o.moving]
+    if len(movers) == 1 and len(objs) > 1:
+        qa.append((QA_TEMPLATES["which_moves"], movers[0].shape))
+    else:
+        o = objs[int(rng.integers(len(objs)))]
+        qa.append((QA_TEMPLATES["does_move"].format(colour=o.colour, shape=o.shape), "yes" if o.moving else "no"))
+    late = [o for o in objs if o.on > 0]
+    if len(late) == 1:
+        qa.append((QA_TEMPLATES["which_appears"], late[0].shape))
+    gone = [o for o in objs if o.off < scene.num_frames]
+    if len(gone) == 1:
+        qa.append((QA_TEMPLATES["which_disappears"], gone[0].shape))
+    order = rng.permutation(len(qa))[:max_turns]
+    return [qa[i] for i in sorted(order)]
+
+
+def all_template_text() -> list[str]:
+    """Every question and answer the generator can produce (the tiny tokenizer's core corpus)."""
+    phrases = [f"the {c} {s}" for c in COLOURS for s in SHAPES]
+    lines = [t.format(p=p) for p in phrases for t in REGION_TEMPLATES + TEMPORAL_TEMPLATES + MASK_TEMPLATES]
+    lines += [t.format(q=TEMPORAL_QUERY.format(p=p)) for p in phrases[:4] for t in TEMPORAL_QUERY_TEMPLATES]
+    lines += [TEMPORAL_QUERY.format(p=p) for p in phrases] + phrases
+    for c in COLOURS:
+        for s in SHAPES:
+            lines += [QA_TEMPLATES["colour_of"].format(shape=s), QA_TEMPLATES["shape_of"].format(colour=c),
+                      QA_TEMPLATES["does_move"].format(colour=c, shape=s)]
+    lines += [QA_TEMPLATES[k] for k in ("count", "which_moves", "which_appears", "which_disappears", "background")]
+    lines += list(COLOURS) + list(BACKGROUND_COLOURS) + list(SHAPES) + list(NUMBER_WORDS) + ["yes", "no"]
+    lines += list(TASK_ANSWERS.values())
+    return sorted(set(lines))
+
+
+@dataclass
+class TaskSample:
+    """One instruction sample. ``video`` is an absolute path; times are seconds; boxes normalized xyxy.
+
+    region: ``box`` + ``box_frame``/``box_time`` (the frame the box refers to).
+    temporal: ``windows`` [[st, ed], ...] and ``saliency`` per ``clip_len``-second clip [ceil(duration)].
+    mask: ``mask_files`` per frame (absolute PNG path, or None where absent), ``first_frame_box`` +
+    ``first_frame_index``, ``segmentation`` (the record, for RLE masks). qa: only question/answer.
+    """
+
+    task: str
+    video: str
+    question: str
+    answer: str
+    duration: float | None = None
+    id: str = ""
+    phrase: str = ""  # the referred object ("the red circle"); empty for qa
+    box: tuple[float, float, float, float] | None = None
+    box_frame: int | None = None
+    box_time: float | None = None
+    windows: list[list[float]] = field(default_factory=list)
+    saliency: list[float] = field(default_factory=list)
+    clip_len: float = 1.0
+    mask_files: list[str | None] = field(default_factory=list)
+    first_frame_box: tuple[float, float, float, float] | None = None
+    first_frame_index: int | None = None
+    segmentation: object | None = None
+
+
+def _pick(templates: tuple[str, ...], key: str) -> str:
+    return templates[zlib.crc32(key.encode()) % len(templates)]
+
+
+def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal", "mask", "qa")) -> list[TaskSample]:
+    """All instruction samples of the dataset at ``root`` (files that are absent are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist; create one with "
+                                "`tpo data synth --out DIR --videos N --seed S`")
+    out: list[TaskSample] = []
+    if "region" in tasks and (root / "region.json").is_file():
+        for r in load_region(root / "region.json"):
+            out.append(TaskSample(task="region", video=str(root / r.video), id=r.id, answer=TASK_ANSWERS["region"],
+                                  question=_pick(REGION_TEMPLATES, r.id).format(p=r.query), phrase=r.query,
+                                  duration=r.extra.get("duration"), box=r.box, box_frame=r.frame_index,
+                                  box_time=r.time))
+    if "temporal" in tasks and (root / "temporal.jsonl").is_file():
+        for t in load_qvhighlights(root / "temporal.jsonl"):
+            clip_len = float(t.extra.get("clip_len", 1.0))
+            key, phrase = str(t.qid), t.extra.get("phrase")
+            question = (_pick(TEMPORAL_TEMPLATES, key).format(p=phrase) if phrase else
+                        _pick(TEMPORAL_QUERY_TEMPLATES, key).format(q=t.query.strip().rstrip(".").lower()))
+            out.append(TaskSample(
+                task="temporal", video=str(root / t.extra.get("video", f"videos/{t.vid}.mp4")), id=key,
+                question=question, phrase=phrase or t.query,
+                answer=TASK_ANSWERS["temporal"], duration=t.duration, windows=t.relevant_windows,
+                saliency=t.saliency_curve(math.ceil(t.duration / clip_len - 1e-9)).tolist(), clip_len=clip_len))
+    if "mask" in tasks and (root / "segmentation.json").is_file():
+        for s in load_segmentation(root / "segmentation.json", root):
+            files = [str(root / s.masks[f].file) if f in s.masks and s.masks[f].file else None
+                     for f in range(s.num_frames)]
+            out.append(TaskSample(task="mask", video=str(root / s.video), id=s.id, answer=TASK_ANSWERS["mask"],
+                                  question=_pick(MASK_TEMPLATES, s.id).format(p=s.query), phrase=s.query,
+                                  duration=s.extra.get("duration"), mask_files=files,
+                                  first_frame_box=s.first_frame_box, first_frame_index=s.first_frame_index,
+                                  segmentation=s))
+    if "qa" in tasks and (root / "conversations.json").is_file():
+        for c in load_conversations(root / "conversations.json"):
+            for j, (q, a) in enumerate(c.pairs()):
+                out.append(TaskSample(task="qa", video=str(root / c.video) if c.video else "", id=f"{c.id}_{j}",
+                                      question=q, answer=a, duration=c.extra.get("duration")))
+    return out
