@@ -1,0 +1,113 @@
+"""The training forward of a TPOModel: LM cross-entropy + head losses read through the task embeddings.
+
+One call on a ``Batch`` (B samples, L tokens, T frames):
+
+1. ``encode_video(frames [B, T, 3, S, S]) -> visual [B, Nq, D], frame_feats [B, T, Dv]``.
+2. Input embeddings ``llm.embed(input_ids) [B, L, D]`` (task placeholders -> learnable task tokens), the
+   visual tokens scattered into the visual slots; the LLM runs once with teacher forcing over the whole
+   sequence (right padding masked) -> logits [B, L, V+7], last hidden states [B, L, D].
+3. ``lm`` = token-mean cross-entropy of the answer labels (incl. ``*_begin`` and EOS).
+4. The hidden state at each sample's task placeholder [D] is its task embedding; it feeds the matching head:
+   - region: ``region_loss`` (2 * L1 + (1 - GIoU) / 5) on normalized xyxy.
+   - temporal: the DETR set loss ``temporal_loss`` (its own CG-DETR weights); the stage weight (paper 0.05)
+     scales its total.
+   - mask: per sample, the prompt MLP -> ``track`` over the ``Tm`` training frames (differentiable), then
+     ``mask_pixel`` = BCE + Dice of the pre-gating low-res logits vs the low-res target masks,
+     ``mask_object`` = BCE of the object-score logits vs presence, ``mask_distill`` = L1 between the sparse
+     prompt [3, C] and SAM2's own prompt embedding of the first-frame box (the release's distillation),
+     ``mask_box`` = L1 of the auxiliary box MLP vs that box. Samples whose object is absent on frame 0 get
+     no distillation / box term.
+
+``loss = sum(weight[term] * term)``; every term is returned (detached) for logging. Terms whose weight is 0
+are not computed (stage 1 runs no head).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.collate import IGNORE_INDEX, Batch
+from ..modeling.losses import region_loss, temporal_loss
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss, mean over the leading dim: logits/target [N, H, W] -> scalar."""
+    prob = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    inter = (prob * target).sum(-1)
+    return (1 - (2 * inter + eps) / (prob.sum(-1) + target.sum(-1) + eps)).mean()
+
+
+class TPOObjective(nn.Module):
+    """Wraps a TPOModel so one ``forward(batch)`` gives the weighted loss (a module, so DDP can wrap it)."""
+
+    def __init__(self, model, loss_weights: dict[str, float]):
+        super().__init__()
+        self.model = model
+        self.loss_weights = dict(loss_weights)
+
+    def _w(self, name: str) -> float:
+        return float(self.loss_weights.get(name, 0.0))
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """-> ``{"loss": weighted total (grad), "<term>": detached value, ...}``."""
+        model = self.model
+        visual, frame_feats = model.encode_video(batch.frames)
+        emb = model.llm.embed(batch.input_ids)
+        emb = emb.masked_scatter(batch.visual_mask.unsqueeze(-1), visual.to(emb.dtype))
+        logits, hidden, _ = model.llm(emb, attention_mask=batch.attention_mask)
+        labels = batch.labels[:, 1:]
+        lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                             ignore_index=IGNORE_INDEX)
+        terms: dict[str, torch.Tensor] = {"lm": lm}
+        total = self._w("lm") * lm
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        task_emb = hidden[rows, batch.placeholder_pos.clamp(min=0)]  # [B, D]
+        items = batch.head_items
+        if items["region"] and self._w("region"):
+            idx = torch.tensor(items["region"], device=hidden.device)
+            out = region_loss(model.region_head(task_emb[idx]).float(), batch.region_boxes)
+            terms.update(region=out["total"], region_l1=out["l1"], region_giou=out["giou"])
+            total = total + self._w("region") * out["total"]
+        if items["temporal"] and self._w("temporal"):
+            idx = torch.tensor(items["temporal"], device=hidden.device)
+            out = model.temporal_head(task_emb[idx], frame_feats[idx], batch.frame_times[idx])
+            out = type(out)(*(t.float() for t in out))
+            parts = temporal_loss(out, batch.temporal_spans, batch.temporal_relevance)
+            terms["temporal"] = parts["total"]
+            terms.update({f"temporal_{k}": v for k, v in parts.items() if k != "total"})
+            total = total + self._w("temporal") * parts["total"]
+        if items["mask"] and any(self._w(k) for k in ("mask_pixel", "mask_object", "mask_distill", "mask_box")):
+            parts = self._mask_terms(task_emb[torch.tensor(items["mask"], device=hidden.device)], batch)
+            for k, v in parts.items():
+                terms[k] = v
+                total = total + self._w(k) * v
+        out = {k: v.detach() for k, v in terms.items()}
+        out["loss"] = total
+        return out
+
+    def _mask_terms(self, task_emb: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """task_emb [Bm, D] for the batch's mask samples -> mean mask terms over them."""
+        head = self.model.mask_head
+        pixel, obj = [], []
+        for j, frames in enumerate(batch.mask_frames):
+            pixels = head.preprocess(frames).to(task_emb.dtype)  # [Tm, 3, Sm, Sm]
+            track = head.track(pixels, head.sparse_prompt(task_emb[j:j + 1]))
+            logits = track.raw_low_res_logits[:, 0].float()  # [Tm, s, s]
+            target = batch.mask_targets[j].to(logits.dtype)
+            pixel.append(F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target))
+            present = (target.flatten(1).amax(-1) > 0).to(logits.dtype)  # [Tm]
+            obj.append(F.binary_cross_entropy_with_logits(track.object_score_logits.float().view(-1), present))
+        out = {"mask_pixel": torch.stack(pixel).mean(), "mask_object": torch.stack(obj).mean()}
+        boxes = batch.mask_boxes
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if bool(valid.any()):
+            target_prompt = head.box_prompt_embedding(boxes[valid]).float()  # [n, 3, C], no grad
+            prompt = head.sparse_prompt(task_emb[valid]).float()
+            out["mask_distill"] = F.l1_loss(prompt, target_prompt)
+            out["mask_box"] = F.l1_loss(head.box(task_emb[valid]).float(), boxes[valid])
+        else:
+            out["mask_distill"] = out["mask_box"] = task_emb.sum() * 0.0
+        return out

@@ -1,0 +1,276 @@
+"""The three-stage TPO trainer (Accelerate: CPU, one GPU or DDP over several).
+
+``train(cfg, data_dir, out_dir, stages=...)`` runs the named stages in order. Per stage:
+
+- freezing + AdamW param groups from the ``StageConfig`` (``params.py``), cosine lr (``schedule.py``);
+- the sample order is a pure function of ``(seed, stage, epoch)``; global micro-batch ``m`` of a stage takes
+  positions ``[m * B * W, (m + 1) * B * W)`` of the concatenated epoch orders and process ``r`` the r-th
+  ``B``-slice (W processes), so a resume only needs the micro-batch count;
+- ``grad_accum`` micro-batches per optimizer step, gradient clipping, bf16 autocast on CUDA;
+- a checkpoint every ``save_every`` steps (``<out>/<stage>/checkpoints/step_XXXXXX``) and at the end
+  (``<out>/<stage>``, a full model folder usable by ``tpo eval`` / ``tpo ask``); ``<out>/final`` after the
+  last stage; metrics in ``<out>/<stage>/metrics.jsonl`` and a loss plot ``loss_curve.png`` beside them.
+
+Exact resume: model, AdamW state, lr step, RNG states and the data position are restored, so the loss
+trajectory equals an uninterrupted run's (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import get_preset
+from ..data.collate import ClipCache, TPOCollator
+from .objective import TPOObjective
+from .params import apply_freezing, build_optimizer
+from .schedule import CosineSchedule
+from .stages import STAGE_NAMES, StageConfig, TrainConfig
+from .state import TrainState, load_optimizer, load_rng, read_training_state, save_training_checkpoint
+
+
+@dataclass
+class StageResult:
+    stage: str
+    steps: int
+    history: list[dict] = field(default_factory=list)  # one record per logged step
+    seconds: float = 0.0
+    checkpoint: str = ""
+
+
+class SampleStream:
+    """Deterministic per-stage sample order (see module docstring); ``batch(m)`` -> this process's samples."""
+
+    def __init__(self, samples: list, stage: StageConfig, seed: int, stage_index: int, rank: int = 0,
+                 world: int = 1):
+        self.pool = [s for s in samples if s.task in stage.tasks]
+        if not self.pool:
+            have = sorted({s.task for s in samples})
+            raise ValueError(f"stage {stage.name} trains on {stage.tasks} but the data holds only {have}")
+        self.weights = self._weights(stage)
+        self.seed, self.stage_index, self.rank, self.world = seed, stage_index, rank, world
+        self.batch_size = stage.batch_size
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _weights(self, stage: StageConfig) -> np.ndarray | None:
+        if not stage.task_weights:
+            return None
+        counts = {t: sum(s.task == t for s in self.pool) for t in stage.tasks}
+        w = np.array([stage.task_weights.get(s.task, 1.0) / max(counts[s.task], 1) for s in self.pool])
+        return w / w.sum()
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, self.stage_index, epoch])
+            n = len(self.pool)
+            self._orders = {epoch: rng.permutation(n) if self.weights is None else rng.choice(n, n, p=self.weights)}
+        return self._orders[epoch]
+
+    def batch(self, micro: int) -> list:
+        n = len(self.pool)
+        start = (micro * self.world + self.rank) * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            out.append(self.pool[int(self.order(pos // n)[pos % n])])
+        return out
+
+
+def _accelerator(cpu: bool | None = None):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    use_cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    return Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16",
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def _load_samples(data_dir: str | Path) -> list:
+    from ..data.synth_tasks import task_samples
+
+    samples = task_samples(data_dir)
+    if not samples:
+        raise ValueError(f"no training samples in {data_dir}; generate data with `tpo data synth --out DIR`")
+    return samples
+
+
+def build_model(cfg: TrainConfig, init: str | Path | None):
+    from ..model import TPOModel
+
+    if init is not None:
+        return TPOModel.from_pretrained(init)
+    return TPOModel.from_config(get_preset(cfg.preset), seed=cfg.seed)
+
+
+class StageRunner:
+    """Runs one stage on a model; owns its optimizer, schedule, stream and logging."""
+
+    def __init__(self, model, stage: StageConfig, cfg: TrainConfig, samples: list, out_dir: Path, accelerator,
+                 cache: ClipCache, quiet: bool = False):
+        self.model, self.stage, self.cfg, self.acc, self.quiet = model, stage, cfg, accelerator, quiet
+        self.out = out_dir / stage.name
+        if stage.apply_lora and not model.llm.lora_applied:
+            model.llm.apply_lora()
+        model.to(accelerator.device)
+        self.freeze = apply_freezing(model, stage)
+        self.optimizer = build_optimizer(self.freeze, stage)
+        self.schedule = CosineSchedule(self.optimizer, stage.steps, stage.warmup_steps, stage.min_lr_ratio)
+        self.objective = TPOObjective(model, stage.loss_weights)
+        self.stream = SampleStream(samples, stage, cfg.seed, STAGE_NAMES.index(stage.name),
+                                   accelerator.process_index, accelerator.num_processes)
+        self.collate = TPOCollator(model.config, model.prompts, stage.mask_frames, cfg.seed, cache)
+        self.state = TrainState(stage=stage.name, step=0, micro=0, seed=cfg.seed,
+                                world_size=accelerator.num_processes)
+        self.wrapped, self.opt = accelerator.prepare(self.objective, self.optimizer)
+        self.history: list[dict] = []
+
+    def resume_from(self, path: Path) -> None:
+        state, _ = read_training_state(path)
+        load_optimizer(self.optimizer, path)
+        load_rng(path, self.acc.process_index)
+        self.state = state
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():
+            keep = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            self.history = [r for r in keep if r["step"] <= state.step]
+
+    def _micro_step(self, sync: bool) -> dict[str, float]:
+        batch = self.collate(self.stream.batch(self.state.micro), key=self.state.micro).to(self.acc.device)
+        self.state.micro += 1
+        ctx = self.acc.no_sync(self.wrapped) if not sync and self.acc.num_processes > 1 else _null()
+        with ctx:
+            out = self.wrapped(batch)
+            self.acc.backward(out["loss"] / self.stage.grad_accum)
+        return {k: float(v.detach()) for k, v in out.items()}
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches); returns the mean of each logged term."""
+        self.model.train()
+        lr_factor = self.schedule.apply(self.state.step)
+        sums: dict[str, float] = {}
+        for i in range(self.stage.grad_accum):
+            for k, v in self._micro_step(sync=i == self.stage.grad_accum - 1).items():
+                sums[k] = sums.get(k, 0.0) + v / self.stage.grad_accum
+        params = [p for _, p, _ in self.freeze.trainable]
+        sums["grad_norm"] = float(self.acc.clip_grad_norm_(params, self.stage.grad_clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.state.step += 1
+        sums["lr_factor"] = lr_factor
+        return sums
+
+    def save(self, path: Path) -> None:
+        self.acc.wait_for_everyone()
+        save_training_checkpoint(path, self.acc.unwrap_model(self.wrapped).model, self.optimizer, self.state,
+                                 self.cfg.to_dict(), self.acc.process_index, self.acc.is_main_process)
+        self.acc.wait_for_everyone()
+
+    def run(self) -> StageResult:
+        st, t_start = self.stage, time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        bar = _progress(st, self.state.step, disable=self.quiet or not self.acc.is_local_main_process)
+        samples_per_step = st.batch_size * st.grad_accum * self.acc.num_processes
+        t_last, window = time.perf_counter(), []
+        while self.state.step < st.steps:
+            rec = self.step()
+            window.append(rec)
+            if self.state.step % st.log_every == 0 or self.state.step == st.steps:
+                now = time.perf_counter()
+                mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in {k for w in window for k in w}}
+                mean.update(stage=st.name, step=self.state.step, seconds_per_step=(now - t_last) / len(window),
+                            samples_per_s=samples_per_step * len(window) / max(now - t_last, 1e-9))
+                self.history.append(mean)
+                self._write_metrics(mean)
+                bar.set_postfix_str(_postfix(mean))
+                t_last, window = now, []
+            bar.update(1)
+            if st.save_every and self.state.step % st.save_every == 0 and self.state.step < st.steps:
+                self.save(self.out / "checkpoints" / f"step_{self.state.step:06d}")
+        bar.close()
+        self.state.finished = True
+        self.save(self.out)
+        self.freeze.remove()
+        if self.acc.is_main_process:
+            from .plots import plot_losses
+
+            plot_losses(self.history, self.out / "loss_curve.png", title=f"{st.name} ({self.cfg.preset})")
+        return StageResult(stage=st.name, steps=self.state.step, history=self.history,
+                           seconds=time.perf_counter() - t_start, checkpoint=str(self.out))
+
+    def _write_metrics(self, rec: dict) -> None:
+        if not self.acc.is_main_process:
+            return
+        path = self.out / "metrics.jsonl"
+        if rec is self.history[0] or not path.is_file():
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        else:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(stage: StageConfig, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=stage.steps, initial=initial, desc=stage.name, disable=disable, dynamic_ncols=True)
+
+
+def _postfix(rec: dict) -> str:
+    keys = [k for k in ("loss", "lm", "region", "temporal", "mask_pixel") if k in rec]
+    parts = [f"{k}={rec[k]:.3f}" for k in keys] + [f"{rec['samples_per_s']:.1f} samp/s"]
+    return " ".join(parts)
+
+
+def _resume_plan(resume: Path, stages: list[str]) -> tuple[list[str], TrainState]:
+    state, _ = read_training_state(resume)
+    if state.stage not in stages:
+        raise ValueError(f"--resume {resume} is a {state.stage} checkpoint but this run trains {stages}")
+    rest = stages[stages.index(state.stage):]
+    if state.finished:
+        rest = rest[1:]
+    return rest, state
+
+
+def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: list[str] | None = None,
+          resume: str | Path | None = None, init: str | Path | None = None, cpu: bool | None = None,
+          quiet: bool = False, samples: list | None = None) -> list[StageResult]:
+    """Train ``stages`` (default: all three) in order; returns one ``StageResult`` per stage run."""
+    stages = list(stages or STAGE_NAMES)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    acc = _accelerator(cpu)
+    samples = samples if samples is not None else _load_samples(data_dir)
+    resume_state = None
+    if resume is not None:
+        resume = Path(resume)
+        stages, resume_state = _resume_plan(resume, stages)
+        init = resume
+    model = build_model(cfg, init)
+    cache = ClipCache(model.config.vision.num_frames)
+    if acc.is_main_process:
+        (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    results = []
+    for name in stages:
+        runner = StageRunner(model, cfg.stage(name), cfg, samples, out_dir, acc, cache, quiet)
+        if resume_state is not None and not resume_state.finished and resume_state.stage == name:
+            runner.resume_from(resume)
+        resume_state = None
+        results.append(runner.run())
+        model = acc.unwrap_model(runner.wrapped).model
+    if acc.is_main_process and results:
+        model.save_pretrained(out_dir / "final")
+        (out_dir / "final" / "train_summary.json").write_text(json.dumps(
+            [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2),
+              "last": r.history[-1] if r.history else None} for r in results], indent=1) + "\n")
+    return results
