@@ -29,6 +29,8 @@ setup(
         "scipy>=1.10",
         "decord>=0.6",
         "av>=12",
+        "pillow>=9",  # PNG masks (OpenCV cannot read PNGs in a process that imported decord)
+        "opencv-python-headless>=4.8",
         "tokenizers>=0.20",
         "sentencepiece>=0.2",
         "protobuf>=4",
@@ -44,9 +46,8 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0"],
         "trt": ["tensorrt-rtx>=1.0"],  # builds engines anywhere (also CPU-only machines); runs on RTX GPUs
         "tensorrt": ["tensorrt>=10.3"],  # servers; on Jetson use the JetPack TensorRT instead
-        "stream": ["opencv-python-headless>=4.8"],
         # triton: its CPU interpreter (TRITON_INTERPRET=1) tests the fused mask kernel on machines without a GPU
-        "test": ["pytest>=8", "ruff>=0.6", "tensorrt-rtx>=1.0", "opencv-python-headless>=4.8", "triton>=3.0"],
+        "test": ["pytest>=8", "ruff>=0.6", "tensorrt-rtx>=1.0", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["tpo=tpo_core.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
