@@ -45,20 +45,27 @@ class Stream:
         window: frames kept for re-asks (>= 1).
         fps: timestamps of iterable sources (files/cameras give their own).
         track: track the mask frame by frame when an answer routes to the mask head.
+        track_every: track on every N-th good frame only (the others carry no mask); the memory bank then counts
+            tracked frames (a slower effective frame rate for SAM2), for sources faster than the device.
         max_frames: stop after this many source frames (None: until the source ends).
         ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, ...).
     """
 
     def __init__(self, pipeline, source: Any, prompt: str, cadence: int | None = 30, window: int = 32,
-                 fps: float = 30.0, track: bool = True, max_frames: int | None = None, **ask_kwargs):
+                 fps: float = 30.0, track: bool = True, max_frames: int | None = None, track_every: int = 1,
+                 **ask_kwargs):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
         if cadence is not None and (not isinstance(cadence, int) or cadence < 0):
             raise ValueError(f"cadence must be None or an int >= 0, got {cadence!r}")
+        if not isinstance(track_every, int) or track_every < 1:
+            raise ValueError(f"track_every must be a positive int, got {track_every!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"the prompt must be a non-empty string, got {prompt!r}")
         self.pipe, self.prompt, self.cadence, self.window = pipeline, prompt, cadence or 0, window
         self.fps, self.track, self.max_frames, self.ask_kwargs = fps, track, max_frames, ask_kwargs
+        self.track_every = track_every
+        self._since_start = 0
         self._frames = open_source(source, fps=fps)
         self._ring: np.ndarray | None = None
         self._ring_time = np.zeros(window, np.float64)
@@ -144,9 +151,11 @@ class Stream:
             out.timings_ms["ask_ms"] = (time.perf_counter() - t0) * 1e3
             if out.answer.mask_prompt is not None and self._tracker is not None:
                 self._tracker.start(out.answer.mask_prompt)
-                self._tracking = True
+                self._tracking, self._since_start = True, 0
         if self._tracking:
-            self._track(frame, out)
+            if self._since_start % self.track_every == 0:
+                self._track(frame, out)
+            self._since_start += 1
         return out
 
     def _window_clip(self) -> Clip:

@@ -1,0 +1,289 @@
+"""``tpo run``, ``tpo stream``, ``tpo demo``, ``tpo bench`` (registered by ``add_parsers`` from ``tpo_core/cli.py``).
+
+``run``/``stream``/``bench`` need only the runtime (numpy, onnxruntime, tokenizers, decord/av). ``demo`` builds
+its inputs on a fresh install -- a synthetic sample video and an export of the embedded default model -- so it
+imports ``tpo_core`` and ``export`` lazily inside :func:`prepare_demo` (the one place under ``runtime/`` that
+does; the runtime library modules never do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+CACHE_ENV = "TPO_EDGE_CACHE"
+TASK_PROMPTS = (("qa", "What color is the background?"), ("region", "Where is the {obj}?"),
+                ("temporal", "When does the {obj} appear?"), ("mask", "Track the {obj}."))
+BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tpo-edge")
+
+
+# ------------------------------------------------------------------------------------------------ run
+def _add_common(p) -> None:
+    p.add_argument("export_dir", metavar="DIR", help="export folder (manifest.json), written by `tpo export`")
+    p.add_argument("--backend", choices=("ort", "tensorrt"), default="ort")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per engine (ORT)")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="answer a prompt about a video with an exported model (the runtime)",
+                       description="Pipeline.ask on one video: the answer, plus box (pixels), time span (seconds) "
+                                   "and per-frame masks when the model routes to a head.")
+    _add_common(p)
+    p.add_argument("--video", required=True, help="video file")
+    p.add_argument("--prompt", action="append", required=True, help="the question (repeat for several)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: greedy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--out", default=None, help="folder for results.json and annotated.mp4")
+    p.set_defaults(func=run_run)
+
+
+def print_result(prompt: str, res, file=sys.stdout) -> None:
+    print(f"\nQ: {prompt}\nA: {res.text!r}  tasks={res.tasks}", file=file)
+    if res.region is not None:
+        print(f"   box (px): {[round(v, 1) for v in res.region.box]}", file=file)
+    if res.temporal is not None and res.temporal.best is not None:
+        b = res.temporal.best
+        print(f"   span: {b.start:.1f}-{b.end:.1f} s (score {b.score:.2f})", file=file)
+    if res.mask is not None:
+        print(f"   masks: {res.mask.num_frames} frames at {res.mask.width}x{res.mask.height}, areas "
+              f"{[int(a) for a in res.mask.areas]}", file=file)
+    for note in res.notes:
+        print(f"   note: {note}", file=file)
+    t = res.timings_ms
+    print("   ms: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in t.items() if k.endswith("_ms")), file=file)
+
+
+def write_outputs(out: Path, video, clip, prompts: list[str], results: list) -> tuple[Path, Path]:
+    """``results.json`` and ``annotated.mp4`` (masks, boxes, the best span on a timeline bar) into ``out``."""
+    from runtime.video_io import write_annotated
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"video": str(video), "width": clip.width, "height": clip.height, "duration": clip.duration,
+            "results": [{"prompt": p, **r.to_dict()} for p, r in zip(prompts, results)]}
+    rpath = out / "results.json"
+    rpath.write_text(json.dumps(data, indent=2) + "\n")
+    labels = [f"{r.tasks[0] if r.tasks else 'qa'}: {r.text[:24]}" for r in results]
+    vpath = write_annotated(out / "annotated.mp4", video, clip, results, labels)
+    return rpath, vpath
+
+
+def run_run(args) -> int:
+    from runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_manifest(args.export_dir, backend=args.backend, device=args.device, threads=args.threads)
+    clip = pipe.load_clip(args.video)
+    results = [pipe.ask(clip, q, max_new_tokens=args.max_new_tokens, do_sample=args.top_p is not None,
+                        top_p=args.top_p or 0.9, temperature=args.temperature, seed=args.seed) for q in args.prompt]
+    if args.json:
+        print(json.dumps({"video": args.video, "results": [{"prompt": q, **r.to_dict()}
+                                                             for q, r in zip(args.prompt, results)]}, indent=2))
+    else:
+        print(f"video: {args.video} ({clip.width}x{clip.height}, {clip.duration:.1f} s)")
+        for q, r in zip(args.prompt, results):
+            print_result(q, r)
+    if args.out:
+        rpath, vpath = write_outputs(Path(args.out), args.video, clip, args.prompt, results)
+        print(f"wrote {rpath} and {vpath}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- stream
+def _add_stream(sub) -> None:
+    p = sub.add_parser("stream", help="per-frame results from a video file, camera or stream URL")
+    _add_common(p)
+    p.add_argument("--source", required=True, help="video file, camera index (0, 1, ...) or URL (rtsp://...)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--cadence", type=int, default=30, help="re-ask the LLM every N frames (0: only at the start)")
+    p.add_argument("--window", type=int, default=32, help="recent frames the LLM sees on a re-ask")
+    p.add_argument("--track-every", type=int, default=1, help="track the mask on every N-th frame")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="one JSON line per frame")
+    p.set_defaults(func=run_stream)
+
+
+def run_stream(args) -> int:
+    from runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_manifest(args.export_dir, backend=args.backend, device=args.device, threads=args.threads)
+    stream = pipe.stream(args.source, args.prompt, cadence=args.cadence, window=args.window,
+                         track_every=args.track_every, max_frames=args.max_frames,
+                         max_new_tokens=args.max_new_tokens)
+    errors = 0
+    for r in stream:
+        errors += r.error is not None
+        if args.json:
+            print(json.dumps(r.to_dict()), flush=True)
+            continue
+        line = f"#{r.index:6d} t={r.timestamp:8.2f}s {r.latency_ms:7.1f} ms"
+        if r.error:
+            line += f"  ERROR {r.error}"
+        if r.box is not None:
+            line += f"  box={list(r.box)} score={r.object_score:.2f}"
+        if r.answer is not None:
+            line += f"  answer={r.answer.text!r} tasks={r.answer.tasks}"
+        print(line, flush=True)
+    print(f"stream ended ({errors} bad frame(s))", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="fresh-install demo: sample video, export (cached), 4 task requests on CPU",
+                       description="Generates a sample video, exports the embedded default model (cached under "
+                                   "~/.cache/tpo-edge keyed by the checkpoint and code hash), runs a QA, a grounding, "
+                                   "a temporal and a segmentation request through the runtime on the CPU, prints the "
+                                   "answers and writes an annotated video.")
+    p.add_argument("--checkpoint", default="embedded", help="'embedded' (default), 'untrained-tiny' or a folder")
+    p.add_argument("--out", default="tpo-demo", help="folder for results.json and annotated.mp4")
+    p.add_argument("--force-routing", choices=("auto", "on", "off"), default="auto",
+                   help="force each task's *_begin token (auto: only for the untrained fallback model)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run_demo)
+
+
+def _code_hash() -> str:
+    """Hash of the model + export code and the tokenizer assets: an export is stale when any of them changed."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    files = sorted([*(root / "tpo_core").rglob("*.py"), *(root / "export").rglob("*.py"),
+                    *(root / "tpo_core" / "assets").rglob("*.json")])
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_export(checkpoint: str = "embedded", cache: Path | None = None, log=print) -> Path:
+    """Export ``checkpoint`` once into ``cache/exports/<key>`` (key: checkpoint weights hash + code hash)."""
+    from export.exporter import export_model
+    from runtime.manifest import Manifest, ManifestError
+    from tpo_core.checkpoint import checkpoint_hash
+    from tpo_core.cli import EMBEDDED_DEFAULT
+
+    folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
+    weights = checkpoint_hash(folder)[:16] if (folder / "model.safetensors").is_file() else "untrained-tiny"
+    out = (cache or cache_root()) / "exports" / f"{weights}-{_code_hash()}"
+    try:
+        Manifest.load(out)
+        return out
+    except (FileNotFoundError, ManifestError):
+        pass
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    log(f"[tpo demo] exporting {checkpoint} to {out} (once; cached)")
+    export_model(checkpoint, tmp, log=log)
+    if out.exists():  # a concurrent run finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple[Path, Path, str, bool]:
+    """-> (export folder, sample video, object phrase, whether the model is the untrained fallback)."""
+    from tpo_core.cli import EMBEDDED_DEFAULT
+    from tpo_core.data.synth import generate
+    from tpo_core.data.synth_tasks import task_samples
+
+    sample = (cache or cache_root()) / "sample"
+    if not (sample / "manifest.json").is_file():
+        generate(sample, 1, 12345, "val", overwrite=True)
+    samples = task_samples(sample)
+    video = Path(samples[0].video)
+    phrase = next((s.phrase for s in samples if s.phrase), "red circle")
+    folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
+    untrained = checkpoint == "untrained-tiny" or not (folder / "model.safetensors").is_file()
+    return cached_export(checkpoint, cache, log), video, phrase, untrained
+
+
+def force_token(token_id: int, at_step: int = 0):
+    """A ``logits_processor`` forcing ``token_id`` at decode step ``at_step`` (constrained decoding)."""
+
+    def processor(step, logits):
+        if step != at_step:
+            return logits
+        logits = logits.clone() if hasattr(logits, "clone") else logits.copy()
+        logits[:] = -1e9
+        logits[token_id] = 0.0
+        return logits
+
+    return processor
+
+
+def run_demo(args) -> int:
+    from runtime.pipeline import Pipeline
+
+    t0 = time.perf_counter()
+    export_dir, video, phrase, untrained = prepare_demo(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    t_prep = time.perf_counter() - t0
+    pipe = Pipeline.from_manifest(export_dir, threads=args.threads)
+    clip = pipe.load_clip(video)
+    force = args.force_routing == "on" or (args.force_routing == "auto" and untrained)
+    if untrained:
+        print("note: no trained embedded model is installed; the untrained tiny model answers (gibberish text)"
+              + (" and each task's routing token is forced" if force else ""))
+    prompts, results = [], []
+    for task, template in TASK_PROMPTS:
+        q = template.format(obj=phrase)
+        lp = None
+        if force and task in BEGIN_TOKEN:
+            lp = force_token(int(pipe.manifest.task_tokens[BEGIN_TOKEN[task]]["id"]))
+        res = pipe.ask(clip, q, max_new_tokens=16 if untrained else None, logits_processor=lp)
+        prompts.append(q)
+        results.append(res)
+        print_result(q, res)
+    rpath, vpath = write_outputs(Path(args.out), video, clip, prompts, results)
+    total = time.perf_counter() - t0
+    print(f"\nvideo: {video} ({clip.width}x{clip.height}, {clip.duration:.1f} s); export: {export_dir}")
+    print(f"wrote {rpath} and {vpath}; {total:.1f} s total ({t_prep:.1f} s sample + export/cache)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="per-stage latency (p50/p90/p99) and peak memory of an export")
+    _add_common(p)
+    p.add_argument("--video", default=None, help="video file (default: random frames at --size)")
+    p.add_argument("--size", default="480x640", help="HxW of the random frames (no --video)")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=32, help="decode steps timed per iteration")
+    p.add_argument("--json", action="store_true", help="print the JSON report only")
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.set_defaults(func=run_bench_cli)
+
+
+def run_bench_cli(args) -> int:
+    from runtime.bench import print_report, run_bench
+
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    report = run_bench(args.export_dir, backend=args.backend, device=args.device, threads=args.threads,
+                       video=args.video, size=(h, w), iters=args.iters, warmup=args.warmup, tokens=args.tokens)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text) if args.json else print_report(report)
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``run``, ``stream``, ``demo`` and ``bench`` on the top-level ``tpo`` subparsers."""
+    _add_run(subparsers)
+    _add_stream(subparsers)
+    _add_demo(subparsers)
+    _add_bench(subparsers)
