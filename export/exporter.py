@@ -210,8 +210,8 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
 
     checkpoint: a checkpoint folder, 'embedded' or 'untrained-tiny' (ignored when ``model`` is given).
     precision: fp32 | fp16 | bf16 (weights, activations and KV in that type; logits float32).
-    A partial export (``components``) still writes a manifest; it fails validation on load (required
-    components missing) and is meant for measurements such as ``scripts/export_7b.py``.
+    A partial export (``components``) writes a manifest that loads only with ``Manifest.load(dir,
+    require_all=False)``; it is meant for measurements such as ``scripts/export_7b.py``.
     """
     t0 = time.perf_counter()
     dtype = check_precision(precision)
@@ -235,8 +235,9 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
     for name in names:
         rec = export_component(model, ios[name], out, precision, opset, log)
         report[name] = rec
+        ext = rec["external_data"]
         specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), precision,
-                                     external_data=rec["external_data"])
+                                     external_data=ext, external_data_sha256=sha256_file(out / ext) if ext else None)
     tensors = write_tensors(model, out, precision)
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; export a checkpoint folder (it holds tokenizer.json)")
@@ -247,10 +248,7 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
     (out / "export_report.json").write_text(json.dumps(
         {"seconds": total, "peak_rss_mb": peak_rss_mb(), "components": report}, indent=2) + "\n")
     log(f"[tpo export] done: {len(names)} graph(s) in {total:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
-    if set(Manifest.REQUIRED_COMPONENTS) <= set(specs):
-        return Manifest.load(out)
-    manifest.root = out
-    return manifest
+    return Manifest.load(out, require_all=set(Manifest.REQUIRED_COMPONENTS) <= set(specs))
 
 
 def remove_export(out: str | Path) -> None:

@@ -1,0 +1,83 @@
+"""``tpo export``, ``tpo verify`` and ``tpo build`` (registered by ``tpo_core.cli`` through ``add_parsers``).
+
+    tpo export --checkpoint DIR|embedded|untrained-tiny --out DIR [--precision fp32|fp16|bf16] [--opset N]
+    tpo verify DIR [--checkpoint DIR] [--videos N] [--json]
+    tpo build DIR [--builder auto|tensorrt|tensorrt-rtx] ...      (export/trt_build.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _add_export(sub) -> None:
+    from export.exporter import DEFAULT_OPSET
+
+    p = sub.add_parser("export", help="split a TPO model into ONNX graphs + manifest.json",
+                       description="Write one ONNX graph per component (vision, llm, heads, mask graphs), the "
+                                   "embedding/task tensors, tokenizer.json and manifest.json into --out.")
+    p.add_argument("--checkpoint", default="embedded",
+                   help="checkpoint folder, 'embedded' (the shipped default model) or 'untrained-tiny'")
+    p.add_argument("--out", required=True, help="output folder (created; files in it are replaced)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="weights/activations/KV type of the graphs (logits stay float32)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--components", nargs="+", default=None,
+                   help="only these components (a partial export, for measurements)")
+    p.add_argument("--max-batch", type=int, default=1, help="profile max for the batch dim (default 1)")
+    p.add_argument("--max-objects", type=int, default=4, help="profile max for mask objects (default 4)")
+    p.add_argument("--verify", action="store_true", help="run `tpo verify` on the result")
+    p.set_defaults(func=run_export)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check an export folder against the PyTorch reference (ONNX Runtime)",
+                       description="Every graph vs the PyTorch model on random inputs per profile and on real "
+                                   "frames, then greedy decoding through the ONNX graphs vs TPOModel.generate. "
+                                   "Exits 1 if anything is out of tolerance.")
+    p.add_argument("dir", help="export folder holding manifest.json")
+    p.add_argument("--checkpoint", default=None, help="reference checkpoint (default: the manifest's source)")
+    p.add_argument("--videos", type=int, default=2, help="generated videos for real-frame and end-to-end checks")
+    p.add_argument("--provider", default="CPUExecutionProvider",
+                   help="ONNX Runtime execution provider (CUDAExecutionProvider for bf16 exports)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generation check")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=run_verify)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.exporter import export_model
+    from tpo_core.export_specs import ExportLimits
+
+    manifest = export_model(args.checkpoint, args.out, precision=args.precision, opset=args.opset,
+                            components=args.components,
+                            limits=ExportLimits(max_batch=args.max_batch, max_objects=args.max_objects))
+    print(json.dumps({"out": str(args.out), "components": list(manifest.components), "precision": args.precision,
+                      "opset": args.opset}))
+    if args.verify:
+        from export.verify import verify_export
+
+        report = verify_export(args.out)
+        print(report.summary())
+        return 0 if report.ok else 1
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from export.verify import run_verify as run
+
+    return run(args)
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``export``, ``verify`` and (when export/trt_build.py is present) ``build``."""
+    _add_export(subparsers)
+    _add_verify(subparsers)
+    try:
+        from export.trt_build import add_build_parser
+    except ModuleNotFoundError as e:
+        if e.name != "export.trt_build":
+            raise
+        return
+    add_build_parser(subparsers)
