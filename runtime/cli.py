@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 CACHE_ENV = "TPO_EDGE_CACHE"
-TASK_PROMPTS = (("qa", "What color is the background?"), ("region", "Where is the {obj}?"),
-                ("temporal", "When does the {obj} appear?"), ("mask", "Track the {obj}."))
+TASK_PROMPTS = (("qa", "What color is the background?"), ("region", "Where is {obj}?"),
+                ("temporal", "When does {obj} appear?"), ("mask", "Track {obj}."))
 BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
 
 
@@ -158,8 +158,11 @@ def _code_hash() -> str:
     """Hash of the model + export code and the tokenizer assets: an export is stale when any of them changed."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    files = sorted([*(root / "tpo_core").rglob("*.py"), *(root / "export").rglob("*.py"),
-                    *(root / "tpo_core" / "assets").rglob("*.json")])
+    core = root / "tpo_core"
+    files = sorted([*(core / "modeling").rglob("*.py"), *(core / "assets").rglob("*.json"),
+                    *(root / "export").rglob("*.py"),
+                    *(core / n for n in ("config.py", "model.py", "tokens.py", "prompting.py", "export_specs.py",
+                                         "checkpoint.py", "cli.py")), core / "data" / "tokenizer_build.py"])
     for f in files:
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
@@ -204,7 +207,9 @@ def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple
         generate(sample, 1, 12345, "val", overwrite=True)
     samples = task_samples(sample)
     video = Path(samples[0].video)
-    phrase = next((s.phrase for s in samples if s.phrase), "red circle")
+    phrase = next((s.phrase for s in samples if s.phrase), "the red circle")
+    if not phrase.lower().startswith(("the ", "a ", "an ")):
+        phrase = "the " + phrase
     folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
     untrained = checkpoint == "untrained-tiny" or not (folder / "model.safetensors").is_file()
     return cached_export(checkpoint, cache, log), video, phrase, untrained
