@@ -5,9 +5,15 @@
 1. Correctness gate on the GPU: Triton bits/boxes/areas vs ``F.interpolate(...) > 0`` on CUDA (bit-exact)
    for float32/float16/bfloat16 and several sizes; plus a float-level probe of every arithmetic variant
    (``VARIANTS``) vs the CUDA kernel's values. Exits 1 on any mismatch of the default variant.
-2. Timing (median over reps, CUDA events, warm-up, rotating among several input sets):
-   (a) naive: interpolate(fp32) -> sigmoid -> > 0.5 -> .cpu() per frame,
-   (b) fused kernel + copy of bits/boxes/areas to pinned host memory, (c) fused kernel alone.
+2. Timing (medians, warm-up, rotating among several input sets), in two kinds:
+   * GPU-only (``*_gpu_ms``): 20 calls captured in one CUDA graph, replay time / 20 -- the device work with
+     no Python or launch overhead: naive ``interpolate(...) > 0``, and the fused decode (2 kernels).
+   * With host overhead (``*_ms``): CUDA events around one call from Python. When the host is slower than
+     the GPU these measure the host. ``*_host_cpu_ms`` is the CPU time spent inside one call.
+     naive: interpolate(fp32) -> sigmoid -> > 0.5 -> .cpu(); fused_host: decode_masks + copy of
+     bits/boxes/areas to pinned host memory; fused: decode_masks (fresh outputs); decoder: ``MaskDecoder``
+     (outputs reused); decoder_graph: ``MaskDecoder(cuda_graph=True)`` replay with the input already in its
+     static buffer.
    Memory floor = (logits bytes + bitmask bytes + boxes/areas bytes) / measured D2D copy bandwidth.
 3. Writes JSON to ``$OUT/mask_decode_<device>.json`` if OUT is set, else ``benchmarks/results/``.
 
@@ -23,6 +29,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +51,34 @@ def _time_ms(torch, fn, inputs: list, reps: int, warmup: int = 10) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def _host_cpu_ms(torch, fn, inputs: list, reps: int) -> float:
+    """Median CPU milliseconds spent inside one call (GPU idle before each call)."""
+    times = []
+    for i in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(inputs[i % len(inputs)])
+        times.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    return statistics.median(times) * 1e3
+
+
+def _gpu_ms(torch, fn, inputs: list, reps: int, inner: int = 20) -> float:
+    """GPU-only milliseconds per call: ``inner`` calls captured in one CUDA graph, median replay / inner."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, allocator) outside the capture
+        for i in range(3):
+            fn(inputs[i % len(inputs)])
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(inner):
+            fn(inputs[i % len(inputs)])
+    return _time_ms(torch, lambda _: graph.replay(), [None], max(10, reps // 4), warmup=3) / inner
 
 
 def copy_bandwidth_gbs(torch, reps: int) -> float:
@@ -94,6 +129,7 @@ def check_correctness(torch, F, quick: bool) -> dict:
 
 
 def bench_case(torch, F, n: int, hw: tuple[int, int], lowres: int, reps: int, bw: float) -> dict:
+    from runtime.kernels.mask_decode_triton import MaskDecoder
     from runtime.mask_decode import decode_masks
 
     H, W = hw
@@ -102,6 +138,9 @@ def bench_case(torch, F, n: int, hw: tuple[int, int], lowres: int, reps: int, bw
     host_bits = torch.empty((n, H, words), dtype=torch.int32, pin_memory=True)
     host_boxes = torch.empty((n, 4), dtype=torch.int32, pin_memory=True)
     host_areas = torch.empty((n,), dtype=torch.int64, pin_memory=True)
+    dec = MaskDecoder(n, (lowres, lowres), hw)
+    dec_graph = MaskDecoder(n, (lowres, lowres), hw, cuda_graph=True)
+    dec_graph.logits.copy_(sets[0])
 
     def naive(x):
         return (torch.sigmoid(F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False)[0])
@@ -113,14 +152,24 @@ def bench_case(torch, F, n: int, hw: tuple[int, int], lowres: int, reps: int, bw
         host_boxes.copy_(r.boxes, non_blocking=True)
         host_areas.copy_(r.areas, non_blocking=True)
 
-    t_naive = _time_ms(torch, naive, sets, reps)
-    t_fused_host = _time_ms(torch, fused_host, sets, reps)
-    t_fused = _time_ms(torch, lambda x: decode_masks(x, hw), sets, reps)
+    fns = {"naive": naive, "fused_host": fused_host, "fused": lambda x: decode_masks(x, hw),
+           "decoder": dec, "decoder_graph": lambda _: dec_graph()}
+    row = {"n": n, "lowres": lowres, "H": H, "W": W}
+    for name, fn in fns.items():
+        row[f"{name}_ms"] = _time_ms(torch, fn, sets, reps)
+        row[f"{name}_host_cpu_ms"] = _host_cpu_ms(torch, fn, sets, reps)
+    row["naive_gpu_ms"] = _gpu_ms(torch, lambda x: F.interpolate(x[None], size=hw, mode="bilinear",
+                                                                 align_corners=False)[0] > 0, sets, reps)
+    row["fused_gpu_ms"] = _gpu_ms(torch, dec, sets, reps)
     bytes_moved = n * lowres * lowres * 4 + n * H * words * 4 + n * (16 + 8)
     floor_ms = bytes_moved / (bw * 1e9) * 1e3
-    return {"n": n, "lowres": lowres, "H": H, "W": W, "naive_ms": t_naive, "fused_host_ms": t_fused_host,
-            "fused_ms": t_fused, "floor_ms": floor_ms, "naive_over_fused_host": t_naive / t_fused_host,
-            "fused_over_floor": t_fused / floor_ms, "bytes": bytes_moved}
+    row.update(floor_ms=floor_ms, bytes=bytes_moved,
+               naive_over_fused_host=row["naive_ms"] / row["fused_host_ms"],
+               naive_over_fused=row["naive_ms"] / row["fused_ms"],
+               naive_gpu_over_fused_gpu=row["naive_gpu_ms"] / row["fused_gpu_ms"],
+               fused_over_floor=row["fused_ms"] / floor_ms, fused_gpu_over_floor=row["fused_gpu_ms"] / floor_ms,
+               decoder_graph_over_floor=row["decoder_graph_ms"] / floor_ms)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,13 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     for hw in sizes:
         for n in (1, 4, 16):
             rows.append(bench_case(torch, F, n, hw, 256, reps, bw))
-    hdr = f"{'N':>3} {'out':>10} {'naive ms':>9} {'fused+D2H':>10} {'fused':>8} {'floor':>8} " \
-          f"{'naive/fused+D2H':>16} {'fused/floor':>12}"
-    print(f"\nD2D copy bandwidth: {bw:.0f} GB/s\n{hdr}")
+    cols = ["naive_ms", "fused_host_ms", "fused_ms", "decoder_ms", "decoder_graph_ms", "fused_host_cpu_ms",
+            "decoder_host_cpu_ms", "naive_gpu_ms", "fused_gpu_ms", "floor_ms"]
+    print(f"\nD2D copy bandwidth: {bw:.0f} GB/s (times in ms)\n  N out       " + " ".join(
+        f"{c.replace('_ms', ''):>13}" for c in cols))
     for r in rows:
-        print(f"{r['n']:>3} {r['H']}x{r['W']:<5} {r['naive_ms']:>9.3f} {r['fused_host_ms']:>10.3f} "
-              f"{r['fused_ms']:>8.3f} {r['floor_ms']:>8.4f} {r['naive_over_fused_host']:>16.1f} "
-              f"{r['fused_over_floor']:>12.1f}")
+        print(f"{r['n']:>3} {r['H']}x{r['W']:<5} " + " ".join(f"{r[c]:>13.4f}" for c in cols))
     dev = torch.cuda.get_device_name()
     out = {"device": dev, "torch": torch.__version__, "triton": triton.__version__,
            "cuda": torch.version.cuda, "python": platform.python_version(),

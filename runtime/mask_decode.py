@@ -80,6 +80,15 @@ class MaskDecodeResult:
         return unpack_bits(_to_numpy(self.bits), self.width)
 
 
+def __getattr__(name: str) -> Any:
+    """``MaskDecoder`` (steady-state Triton decoder) is imported lazily: it needs torch and triton."""
+    if name == "MaskDecoder":
+        from runtime.kernels.mask_decode_triton import MaskDecoder
+
+        return MaskDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
@@ -382,7 +391,8 @@ def decode_masks(
         fma: numpy backend only, see :func:`decode_masks_numpy`.
 
     Returns:
-        :class:`MaskDecodeResult` -- numpy arrays, or CUDA tensors for the Triton backend.
+        :class:`MaskDecodeResult` -- numpy arrays, or CUDA tensors for the Triton backend (fresh outputs
+        per call; for a stream of frames of one shape ``MaskDecoder`` reuses them and can use a CUDA graph).
         Bits equal ``F.interpolate(logits[None], (H, W), mode="bilinear", align_corners=False)[0] > 0``
         bit for bit (CPU reference for numpy, CUDA reference for Triton).
     """
