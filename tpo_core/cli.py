@@ -10,8 +10,7 @@ from pathlib import Path
 from . import __version__
 
 EMBEDDED_DEFAULT = Path(__file__).parent / "assets" / "default"
-SAMPLE_PROMPTS = ("What color is the background?", "Where is the {obj}?", "When does the {obj} appear?",
-                  "Track the {obj}.")
+SAMPLE_PROMPTS = ("What color is the background?", "Where is {obj}?", "When does {obj} appear?", "Track {obj}.")
 
 
 def _add_ask(sub) -> None:
@@ -63,8 +62,8 @@ def sample_video(cache: Path | None = None) -> tuple[Path, str]:
 
     samples = task_samples(cache)
     video = Path(samples[0].video)
-    phrase = next((s.phrase for s in samples if getattr(s, "phrase", None)), "red circle")
-    return video, phrase
+    phrase = next((s.phrase for s in samples if getattr(s, "phrase", None)), "the red circle")
+    return video, phrase if phrase.startswith("the ") else "the " + phrase
 
 
 def run_ask(args) -> int:
