@@ -22,6 +22,7 @@ import json
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -162,7 +163,8 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
     data = out / f"{cio.name}.onnx.data"
     for p in (path, data):
         p.unlink(missing_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # shared Dim names: expected
         program = torch.onnx.export(wrapper, args, dynamo=True, input_names=cio.input_names(),
                                     output_names=cio.output_names(), dynamic_shapes=dynamic_shapes(cio),
                                     opset_version=opset, verbose=False, optimize=True)
