@@ -7,6 +7,12 @@ files). The final-layer hidden state of that step ``[D]`` goes to the head (``on
 decoding continues from that step's logits. Both ids count towards ``max_new_tokens``; the placeholder is
 only forced when there is budget left for it.
 
+Tokens that need an *input* (``<track_box>``: role ``input`` in the manifest, embedded from a box by the
+``loc_encoder`` graph) are never generated: when one is chosen, the choice is made again with their logits at -inf.
+(The reference ``generate`` raises a ValueError there; a runtime must not fail mid-answer. Everywhere else the
+choice, and the sampler's random stream, are the reference's.) A generated placeholder
+id is embedded with its learnable embedding, as the reference does.
+
 Sampling: greedy (argmax) or nucleus (top-p). Nucleus sampling uses torch's ``multinomial`` with a seeded
 ``torch.Generator`` when torch is installed (so a seed picks the same tokens as the reference), else numpy.
 """
@@ -96,15 +102,23 @@ class Generator:
         ops: the pipeline's array ops (numpy on the CPU, torch on CUDA).
     """
 
-    def __init__(self, engine, cache: KVCache, embed_table: Any, ops):
+    def __init__(self, engine, cache: KVCache, embed_table: Any, ops, placeholders: dict[int, Any] | None = None,
+                 banned_ids: list[int] | None = None):
         self.engine, self.cache, self.table, self.ops = engine, cache, embed_table, ops
+        self.placeholders = dict(placeholders or {})  # placeholder id -> its learnable input embedding [D]
+        self.banned_ids = np.asarray(sorted(banned_ids or []), np.int64)
 
     def reset(self) -> None:
         self.cache.reset()
 
     def embed_ids(self, ids: list[int]) -> Any:
-        """Token ids -> ``[1, len(ids), D]`` rows of the embedding table."""
-        return self.ops.gather_rows(self.table, ids)[None]
+        """Token ids -> ``[1, len(ids), D]`` rows of the embedding table; a task placeholder id gets its learnable
+        embedding instead of its row (as ``TaskLLM.embed`` does)."""
+        rows = self.ops.gather_rows(self.table, ids)
+        for i, tok in enumerate(ids):
+            if tok in self.placeholders:
+                rows[i] = self.placeholders[tok]
+        return rows[None]
 
     def append(self, embeds: Any) -> tuple[np.ndarray, Any]:
         """Feed ``embeds [1, S, D]`` after the cached positions -> (host logits ``[V]`` float32, hidden ``[S, D]``)."""
@@ -129,6 +143,10 @@ class Generator:
             if logits_processor is not None:
                 logits = _as_numpy_logits(logits_processor(len(out.token_ids), _for_processor(logits)))
             tok = sampler(logits)
+            if self.banned_ids.size and tok in self.banned_ids:  # where the reference raises: choose again
+                logits = logits.copy()
+                logits[self.banned_ids] = -np.inf
+                tok = sampler(logits)
             out.token_ids.append(tok)
             if tok in stop_ids:
                 break

@@ -156,8 +156,11 @@ class Pipeline:
                                          mask_size=int(manifest.mask["image_size"]),
                                          mask_resize=_mask_resize(manifest.mask))
         self.cache = KVCache.from_manifest(manifest.kv, self._input_dtype("llm", "past_key_0"), device)
-        self.generator = Generator(self.engines["llm"], self.cache, self.tensors["embed_tokens"], self.ops)
         self.routes = self._routes()
+        tt = manifest.task_tokens
+        self.generator = Generator(self.engines["llm"], self.cache, self.tensors["embed_tokens"], self.ops,
+                                   placeholders={r.placeholder_id: r.embedding for r in self.routes.values()},
+                                   banned_ids=[int(v["id"]) for v in tt.values() if v.get("role") == "input"])
         gen = manifest.generation
         self.max_new_tokens = int(gen.get("max_new_tokens", 200))
         self.stop_ids = {int(i) for i in gen.get("stop_ids", [self.tokenizer.eos_id])}
@@ -254,6 +257,10 @@ class Pipeline:
             raise ValueError(f"the clip has {clip.frames.shape[0]} frames; the vision engine takes {self.num_frames}")
         max_new = int(max_new_tokens or self.max_new_tokens)
         ids = self.tokenizer.build(prompt, clip.timestamps)
+        needs_input = set(ids.pre + ids.post) & {int(i) for i in self.generator.banned_ids}
+        if needs_input:
+            raise ValueError(f"the prompt holds token id(s) {sorted(needs_input)} (<track_box>) that need a box input; "
+                             "the runtime does not take box prompts yet: remove the token from the question")
         self.cache.reset()
         self.cache.check_fits(ids.length, max_new)
         sampler = Sampler(do_sample, top_p, temperature, seed)

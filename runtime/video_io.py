@@ -194,9 +194,14 @@ class SourceFrame:
 
 
 def _file_frames(path: Path, batch: int = 8) -> Iterator[SourceFrame]:
+    """Open (errors raise here, at once) and return the frame generator."""
     _sniff(path)
     vr = _decord_open(path)
     fps = float(vr.get_avg_fps()) or 30.0
+    return _decode_batches(vr, path, fps, batch)
+
+
+def _decode_batches(vr, path: Path, fps: float, batch: int) -> Iterator[SourceFrame]:
     n = len(vr)
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
