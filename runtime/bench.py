@@ -172,7 +172,8 @@ def _bench_mask(pipe, clip, h, stages: dict, iters: int, warmup: int) -> None:
     stages["e2e_frame"] = _time(e2e, sync, iters, warmup)
 
 
-def print_report(report: dict, file=sys.stdout) -> None:
+def print_report(report: dict, file=None) -> None:
+    file = file or sys.stdout
     print(f"{report['export']} on {report.get('gpu') or report['processor']} ({report['backend']}, "
           f"{report['device']}); frames {report['frames']}, prompt {report['prompt_tokens']} tokens", file=file)
     print(f"{'stage':15s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'mean':>9s}  (ms)", file=file)

@@ -49,7 +49,8 @@ def _add_run(sub) -> None:
     p.set_defaults(func=run_run)
 
 
-def print_result(prompt: str, res, file=sys.stdout) -> None:
+def print_result(prompt: str, res, file=None) -> None:
+    file = file or sys.stdout
     print(f"\nQ: {prompt}\nA: {res.text!r}  tasks={res.tasks}", file=file)
     if res.region is not None:
         print(f"   box (px): {[round(v, 1) for v in res.region.box]}", file=file)

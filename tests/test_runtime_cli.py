@@ -1,0 +1,89 @@
+"""``tpo run`` / ``tpo stream`` / ``tpo bench`` / ``tpo demo`` end to end on the exported tiny model (CPU), and the
+runtime's import hygiene."""
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tpo_core.cli import main
+
+pytestmark = pytest.mark.slow
+RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+
+
+def _cache(tmp_path_factory) -> Path:
+    env = os.environ.get("TPO_EDGE_CACHE")
+    return Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    from runtime.cli import cached_export
+
+    return cached_export("embedded", _cache(tmp_path_factory), log=lambda m: None)
+
+
+def test_run_json_and_out(export_dir, sample_videos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(export_dir), "--video", sample_videos[0], "--prompt", "What is it?", "--prompt",
+                 "When does it start?", "--max-new-tokens", "5", "--json", "--out", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["prompt"] for r in data["results"]] == ["What is it?", "When does it start?"]
+    assert all(len(r["token_ids"]) <= 5 and "timings_ms" in r for r in data["results"])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"][0]["token_ids"] == data["results"][0]["token_ids"]
+    import av
+
+    with av.open(str(out / "annotated.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) > 1
+
+
+def test_stream_json_lines(export_dir, sample_videos, capsys):
+    assert main(["stream", str(export_dir), "--source", sample_videos[0], "--prompt", "What is it?",
+                 "--cadence", "5", "--max-frames", "7", "--max-new-tokens", "2", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["index"] for x in lines] == list(range(7))
+    assert [x["index"] for x in lines if "answer" in x] == [0, 5]
+
+
+def test_bench_json(export_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(export_dir), "--iters", "2", "--warmup", "1", "--tokens", "4", "--size", "48x64",
+                 "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == report
+    stages = report["stages_ms"]
+    for name in ("preprocess", "vision", "prefill", "decode_token", "head_region", "head_temporal", "mask_frame",
+                 "mask_decode", "e2e_frame", "ask"):
+        assert {"p50", "p90", "p99"} <= set(stages[name]), name
+    assert report["peak_rss_mb"] > 0 and "onnxruntime" in report["versions"] and report["device"] == "cpu"
+
+
+def test_demo_runs_every_task(export_dir, tmp_path, tmp_path_factory, monkeypatch, capsys):
+    monkeypatch.setenv("TPO_EDGE_CACHE", str(_cache(tmp_path_factory)))  # the export above is the demo's cache
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    text = capsys.readouterr().out
+    assert text.count("\nQ: ") == 4
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    tasks = [r["tasks"] for r in saved["results"]]
+    assert tasks[1:] == [["region"], ["temporal"], ["mask"]]  # forced with the untrained model, else its own
+    assert (tmp_path / "demo" / "annotated.mp4").stat().st_size > 0
+
+
+def test_runtime_library_does_not_import_the_toolkit():
+    """runtime/ never imports tpo_core, transformers, peft or export -- except the demo's build step in cli.py."""
+    banned = ("tpo_core", "transformers", "peft", "export")
+    for path in RUNTIME.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in banned:
+                    assert path.name == "cli.py", f"{path} imports {name}"
