@@ -1,0 +1,113 @@
+"""GPU runtime checks (deselected on CPU machines): ORT CUDA and TensorRT pipelines equal the reference, streams
+keep device memory flat, and the per-stage benchmark is written to ``$OUT`` (when set).
+
+One command on the GPU machine (writes results under $OUT)::
+
+    OUT=${OUT:-/tmp/out} python -m pytest -m gpu tests/test_runtime_gpu.py -q -rA 2>&1 | tee $OUT/runtime_gpu.log
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    from runtime.cli import cached_export
+
+    env = os.environ.get("TPO_EDGE_CACHE")
+    cache = Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
+    return cached_export("embedded", cache, log=print)
+
+
+@pytest.fixture(scope="session")
+def engine_dir(export_dir, tmp_path_factory) -> Path:
+    """A copy of the export with TensorRT engines built by ``tpo build``."""
+    from tpo_core.cli import main
+
+    out = tmp_path_factory.mktemp("trt") / "export"
+    shutil.copytree(export_dir, out)
+    assert main(["build", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference():
+    from tpo_core.cli import load_model
+
+    return load_model("embedded")
+
+
+def _compare(pipe, reference, videos, questions):
+    from test_runtime_parity import assert_same  # tests/ is on sys.path (pytest rootdir-less import)
+
+    from runtime.cli import force_token
+    from tpo_core.data.video import read_video
+
+    for video in videos:
+        clip = read_video(video, reference.config.vision.num_frames)
+        for q in questions:
+            assert_same(reference.generate(clip, q, max_new_tokens=10), pipe.ask(video, q, max_new_tokens=10))
+        for begin in ("<box_begin>", "<time_begin>", "<track_begin>"):
+            lp = force_token(int(pipe.manifest.task_tokens[begin]["id"]), 1)
+            assert_same(reference.generate(clip, "Find it.", max_new_tokens=6, logits_processor=lp),
+                        pipe.ask(video, "Find it.", max_new_tokens=6, logits_processor=lp))
+
+
+QUESTIONS = ("What is in the video?", "When does the red circle appear?")
+
+
+def test_ort_cuda_matches_reference(export_dir, reference, sample_videos):
+    from runtime.pipeline import Pipeline
+
+    _compare(Pipeline.from_manifest(export_dir, backend="ort", device="cuda"), reference, sample_videos, QUESTIONS)
+
+
+@pytest.mark.trt
+def test_tensorrt_matches_reference(engine_dir, reference, sample_videos):
+    from runtime.pipeline import Pipeline
+
+    _compare(Pipeline.from_manifest(engine_dir, backend="tensorrt", device="cuda"), reference, sample_videos,
+             QUESTIONS)
+
+
+@pytest.mark.parametrize("backend", ["ort", pytest.param("tensorrt", marks=pytest.mark.trt)])
+def test_cuda_stream_memory_is_flat(export_dir, request, backend):
+    import torch
+
+    from runtime.cli import force_token
+    from runtime.pipeline import Pipeline
+
+    folder = request.getfixturevalue("engine_dir") if backend == "tensorrt" else export_dir
+    pipe = Pipeline.from_manifest(folder, backend=backend, device="cuda")
+    lp = force_token(int(pipe.manifest.task_tokens["<track_begin>"]["id"]), 0)
+    frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    seen, mem = 0, []
+    for r in pipe.stream((frame for _ in range(1500)), "Track it.", cadence=500, window=16, max_new_tokens=3,
+                         logits_processor=lp):
+        assert r.ok, r.error
+        seen += 1
+        if seen in (300, 1500):
+            torch.cuda.synchronize()
+            mem.append(torch.cuda.memory_allocated())
+    assert seen == 1500 and mem[1] - mem[0] < 8 * 2**20
+
+
+@pytest.mark.parametrize("backend", ["ort", pytest.param("tensorrt", marks=pytest.mark.trt)])
+def test_bench_cuda_writes_json(export_dir, request, backend):
+    from runtime.bench import print_report, run_bench
+
+    folder = request.getfixturevalue("engine_dir") if backend == "tensorrt" else export_dir
+    report = run_bench(folder, backend=backend, device="cuda", size=(1080, 1920), iters=50, warmup=5, tokens=64)
+    print_report(report)
+    assert report["gpu"] and report["stages_ms"]["decode_token"]["p50"] > 0
+    out = os.environ.get("OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"runtime_bench_{backend}_cuda.json").write_text(json.dumps(report, indent=2) + "\n")
