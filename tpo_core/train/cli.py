@@ -31,7 +31,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (`tpo data synth --out DIR`)")
     p.add_argument("--out", required=True, help="output folder: <out>/stageN, <out>/final, metrics, plots")
     p.add_argument("--config", help="train config YAML/JSON (defaults for the preset otherwise; configs/train/)")
-    p.add_argument("--resume", help="training checkpoint folder to continue from exactly (optimizer, RNG, data)")
+    p.add_argument("--resume", help="training checkpoint folder to continue from exactly (optimizer, RNG, data); "
+                                    "'auto' = the newest one under --out, or a fresh start if there is none")
+    p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much wall time "
+                                                      "(continue later with --resume auto)")
     p.add_argument("--init", help="start from this model checkpoint (weights only), e.g. <out>/stage1")
     p.add_argument("--steps", type=int, help="override the optimizer steps of every selected stage")
     p.add_argument("--batch-size", type=int, help="override the per-process micro-batch size")
@@ -58,12 +61,15 @@ def run_train(args) -> int:
                 overrides.setdefault("stages", {}).setdefault(st, {})[field] = value
     cfg = load_train_config(args.config, preset=args.preset, seed=args.seed, overrides=overrides)
     results = train(cfg, args.data, args.out, stages=args.stage, resume=args.resume, init=args.init,
-                    cpu=True if args.cpu else None, quiet=args.quiet)
+                    cpu=True if args.cpu else None, quiet=args.quiet, max_minutes=args.max_minutes)
     for r in results:
         last = r.history[-1] if r.history else {}
         print(f"{r.stage}: {r.steps} steps in {r.seconds:.1f} s, last loss {last.get('loss', float('nan')):.4f} "
               f"-> {r.checkpoint}")
-    if args.eval_data and results:
+    if results and results[-1].interrupted:
+        print(f"time budget reached: continue with `--resume auto --out {args.out}` ({results[-1].checkpoint})")
+        return 0
+    if args.eval_data and (Path(args.out) / "final" / "model.safetensors").is_file():
         return _eval_and_report(Path(args.out) / "final", args.eval_data, None, args.eval_limit,
                                 Path(args.out) / "eval.json", as_json=False)
     return 0

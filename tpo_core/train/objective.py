@@ -12,11 +12,11 @@ One call on a ``Batch`` (B samples, L tokens, T frames):
    - temporal: the DETR set loss ``temporal_loss`` (its own CG-DETR weights); the stage weight (paper 0.05)
      scales its total.
    - mask: per sample, the prompt MLP -> ``track`` over the ``Tm`` training frames (differentiable), then
-     ``mask_pixel`` = BCE + Dice of the pre-gating low-res logits vs the low-res target masks,
-     ``mask_object`` = BCE of the object-score logits vs presence, ``mask_distill`` = L1 between the sparse
-     prompt [3, C] and SAM2's own prompt embedding of the first-frame box (the release's distillation),
-     ``mask_box`` = L1 of the auxiliary box MLP vs that box. Samples whose object is absent on frame 0 get
-     no distillation / box term.
+     ``mask_head_losses``: ``mask_pixel`` = BCE + Dice of the pre-gating low-res logits vs the low-res
+     targets (frames where the object is visible), ``mask_object`` = BCE of the object-score logits vs
+     presence (all frames), ``mask_distill`` = L1 between the sparse prompt [3, C] and SAM2's own prompt
+     embedding of the first-frame box (the release's distillation), ``mask_box`` = L1 of the auxiliary box
+     MLP vs that box. Samples whose object is absent on frame 0 get no distillation / box term.
 
 ``loss = sum(weight[term] * term)``; every term is returned (detached) for logging. Terms whose weight is 0
 are not computed (stage 1 runs no head).
@@ -24,20 +24,15 @@ are not computed (stage 1 runs no head).
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.collate import IGNORE_INDEX, Batch
 from ..modeling.losses import region_loss, temporal_loss
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss, mean over the leading dim: logits/target [N, H, W] -> scalar."""
-    prob = logits.sigmoid().flatten(1)
-    target = target.flatten(1)
-    inter = (prob * target).sum(-1)
-    return (1 - (2 * inter + eps) / (prob.sum(-1) + target.sum(-1) + eps)).mean()
+from ..modeling.mask_losses import mask_head_losses
 
 
 class TPOObjective(nn.Module):
@@ -89,25 +84,26 @@ class TPOObjective(nn.Module):
         return out
 
     def _mask_terms(self, task_emb: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        """task_emb [Bm, D] for the batch's mask samples -> mean mask terms over them."""
+        """task_emb [Bm, D] for the batch's mask samples -> mask terms (``mask_head_losses``), mean over samples.
+
+        Distillation / box terms average over the samples whose object is visible on mask frame 0 only.
+        """
         head = self.model.mask_head
-        pixel, obj = [], []
+        run_track = bool(self._w("mask_pixel") or self._w("mask_object"))  # distillation alone needs no track
+        sums = {"mask_pixel": [], "mask_object": [], "mask_distill": [], "mask_box": []}
         for j, frames in enumerate(batch.mask_frames):
-            pixels = head.preprocess(frames).to(task_emb.dtype)  # [Tm, 3, Sm, Sm]
-            track = head.track(pixels, head.sparse_prompt(task_emb[j:j + 1]))
-            logits = track.raw_low_res_logits[:, 0].float()  # [Tm, s, s]
-            target = batch.mask_targets[j].to(logits.dtype)
-            pixel.append(F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target))
-            present = (target.flatten(1).amax(-1) > 0).to(logits.dtype)  # [Tm]
-            obj.append(F.binary_cross_entropy_with_logits(track.object_score_logits.float().view(-1), present))
-        out = {"mask_pixel": torch.stack(pixel).mean(), "mask_object": torch.stack(obj).mean()}
-        boxes = batch.mask_boxes
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if bool(valid.any()):
-            target_prompt = head.box_prompt_embedding(boxes[valid]).float()  # [n, 3, C], no grad
-            prompt = head.sparse_prompt(task_emb[valid]).float()
-            out["mask_distill"] = F.l1_loss(prompt, target_prompt)
-            out["mask_box"] = F.l1_loss(head.box(task_emb[valid]).float(), boxes[valid])
-        else:
-            out["mask_distill"] = out["mask_box"] = task_emb.sum() * 0.0
-        return out
+            h = task_emb[j:j + 1]
+            prompt = head.sparse_prompt(h)  # [1, 3, C]
+            box = batch.mask_boxes[j:j + 1]
+            valid = bool(box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1])
+            if valid:
+                sums["mask_distill"].append(F.l1_loss(prompt.float(), head.box_prompt_embedding(box).float()))
+                sums["mask_box"].append(F.l1_loss(head.box(h).float(), box))
+            if run_track:
+                track = head.track(head.preprocess(frames).to(task_emb.dtype), prompt)  # pixels [Tm, 3, Sm, Sm]
+                track = type(track)(**{f.name: getattr(track, f.name).float() for f in fields(track)})
+                parts = mask_head_losses(track, batch.mask_targets[j])
+                sums["mask_pixel"].append(parts["mask_bce"] + parts["mask_dice"])
+                sums["mask_object"].append(parts["object_score"])
+        zero = task_emb.sum() * 0.0
+        return {k: torch.stack(v).mean() if v else zero for k, v in sums.items()}

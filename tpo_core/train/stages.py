@@ -63,6 +63,7 @@ class StageConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     mask_frames: int = 4
+    gradient_checkpointing: bool = False  # recompute LLM block activations in backward (7B memory plan)
     save_every: int = 0  # 0 = only at the end of the stage
     log_every: int = 10
 

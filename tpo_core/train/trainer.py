@@ -41,6 +41,7 @@ class StageResult:
     history: list[dict] = field(default_factory=list)  # one record per logged step
     seconds: float = 0.0
     checkpoint: str = ""
+    interrupted: bool = False  # stopped by the time budget; resume with --resume auto
 
 
 class SampleStream:
@@ -115,6 +116,11 @@ class StageRunner:
         if stage.apply_lora and not model.llm.lora_applied:
             model.llm.apply_lora()
         model.to(accelerator.device)
+        base = model.llm.base_model()
+        if stage.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif base.is_gradient_checkpointing:
+            base.gradient_checkpointing_disable()
         self.freeze = apply_freezing(model, stage)
         self.optimizer = build_optimizer(self.freeze, stage)
         self.schedule = CosineSchedule(self.optimizer, stage.steps, stage.warmup_steps, stage.min_lr_ratio)
@@ -136,6 +142,8 @@ class StageRunner:
         if metrics.is_file():
             keep = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             self.history = [r for r in keep if r["step"] <= state.step]
+            if self.acc.is_main_process:  # drop records of steps after the checkpoint (a crashed run's)
+                metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def _micro_step(self, sync: bool) -> dict[str, float]:
         batch = self.collate(self.stream.batch(self.state.micro), key=self.state.micro).to(self.acc.device)
@@ -155,7 +163,9 @@ class StageRunner:
             for k, v in self._micro_step(sync=i == self.stage.grad_accum - 1).items():
                 sums[k] = sums.get(k, 0.0) + v / self.stage.grad_accum
         params = [p for _, p, _ in self.freeze.trainable]
-        sums["grad_norm"] = float(self.acc.clip_grad_norm_(params, self.stage.grad_clip))
+        norm = self.acc.clip_grad_norm_(params, self.stage.grad_clip)  # None under DeepSpeed (it clips itself)
+        if norm is not None:
+            sums["grad_norm"] = float(norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.state.step += 1
@@ -168,7 +178,8 @@ class StageRunner:
                                  self.cfg.to_dict(), self.acc.process_index, self.acc.is_main_process)
         self.acc.wait_for_everyone()
 
-    def run(self) -> StageResult:
+    def run(self, deadline: float | None = None) -> StageResult:
+        """Train to ``stage.steps``; if ``time.time()`` passes ``deadline``, checkpoint and stop early."""
         st, t_start = self.stage, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         bar = _progress(st, self.state.step, disable=self.quiet or not self.acc.is_local_main_process)
@@ -189,6 +200,13 @@ class StageRunner:
             bar.update(1)
             if st.save_every and self.state.step % st.save_every == 0 and self.state.step < st.steps:
                 self.save(self.out / "checkpoints" / f"step_{self.state.step:06d}")
+            if deadline is not None and time.time() > deadline and self.state.step < st.steps:
+                bar.close()
+                path = self.out / "checkpoints" / f"step_{self.state.step:06d}"
+                self.save(path)
+                self.freeze.remove()
+                return StageResult(stage=st.name, steps=self.state.step, history=self.history,
+                                   seconds=time.perf_counter() - t_start, checkpoint=str(path), interrupted=True)
         bar.close()
         self.state.finished = True
         self.save(self.out)
@@ -204,7 +222,7 @@ class StageRunner:
         if not self.acc.is_main_process:
             return
         path = self.out / "metrics.jsonl"
-        if rec is self.history[0] or not path.is_file():
+        if len(self.history) == 1 or not path.is_file():
             path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         else:
             with open(path, "a") as fh:
@@ -231,6 +249,21 @@ def _postfix(rec: dict) -> str:
     return " ".join(parts)
 
 
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint ``--resume auto`` continues from: the newest unfinished-stage checkpoint, else the last
+    finished stage folder, else None (fresh start)."""
+    out_dir = Path(out_dir)
+    for name in reversed(STAGE_NAMES):
+        stage_dir = out_dir / name
+        steps = sorted((stage_dir / "checkpoints").glob("step_*"))
+        steps = [p for p in steps if (p / "trainer_state.json").is_file()]
+        if (stage_dir / "trainer_state.json").is_file():
+            return stage_dir
+        if steps:
+            return steps[-1]
+    return None
+
+
 def _resume_plan(resume: Path, stages: list[str]) -> tuple[list[str], TrainState]:
     state, _ = read_training_state(resume)
     if state.stage not in stages:
@@ -243,10 +276,17 @@ def _resume_plan(resume: Path, stages: list[str]) -> tuple[list[str], TrainState
 
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: list[str] | None = None,
           resume: str | Path | None = None, init: str | Path | None = None, cpu: bool | None = None,
-          quiet: bool = False, samples: list | None = None) -> list[StageResult]:
-    """Train ``stages`` (default: all three) in order; returns one ``StageResult`` per stage run."""
+          quiet: bool = False, samples: list | None = None, max_minutes: float | None = None) -> list[StageResult]:
+    """Train ``stages`` (default: all three) in order; returns one ``StageResult`` per stage run.
+
+    ``resume="auto"`` continues from ``latest_checkpoint(out_dir)`` (or starts fresh); ``max_minutes`` stops
+    at a step boundary with a checkpoint once that much wall time has passed (re-run with ``resume="auto"``).
+    """
+    deadline = None if max_minutes is None else time.time() + 60.0 * max_minutes
     stages = list(stages or STAGE_NAMES)
     out_dir = Path(out_dir)
+    if resume == "auto":
+        resume = latest_checkpoint(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     acc = _accelerator(cpu)
@@ -256,6 +296,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: l
         resume = Path(resume)
         stages, resume_state = _resume_plan(resume, stages)
         init = resume
+        if not stages:
+            return []
     model = build_model(cfg, init)
     cache = ClipCache(model.config.vision.num_frames)
     if acc.is_main_process:
@@ -266,8 +308,10 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: l
         if resume_state is not None and not resume_state.finished and resume_state.stage == name:
             runner.resume_from(resume)
         resume_state = None
-        results.append(runner.run())
+        results.append(runner.run(deadline))
         model = acc.unwrap_model(runner.wrapped).model
+        if results[-1].interrupted:
+            return results
     if acc.is_main_process and results:
         model.save_pretrained(out_dir / "final")
         (out_dir / "final" / "train_summary.json").write_text(json.dumps(
