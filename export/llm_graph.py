@@ -53,8 +53,11 @@ class LLMGraph(nn.Module):
         rotary = lm.model.rotary_emb
         if getattr(rotary, "rope_type", "default") != "default":
             raise NotImplementedError(f"LLM export supports default RoPE only, got {rotary.rope_type!r}")
-        self.register_buffer("inv_freq", rotary.inv_freq.detach().to("cpu", torch.float32).clone(), persistent=False)
-        self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        # recomputed in float32 from the config: the module's buffer is rounded once the model is cast to fp16/bf16
+        # (an inv_freq error of 2^-11 is an angle error of ~1 rad at position 2000)
+        inv_freq, scaling = rotary.rope_init_fn(cfg, "cpu")
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        self.rope_scaling = float(scaling)
 
     def _attention(self, layer, x, cos, sin, past_k, past_v, mask):
         attn = layer.self_attn

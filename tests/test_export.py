@@ -78,6 +78,14 @@ def test_llm_graph_equals_hf_mistral_prefill_then_decode():
         assert torch.allclose(got, ref, atol=2e-5)
 
 
+def test_llm_graph_rope_frequencies_stay_float32_after_a_cast():
+    llm = _lora_llm()
+    llm.merge_lora()
+    exact = LLMGraph(llm.lm).inv_freq
+    graph = LLMGraph(llm.lm.to(torch.float16))  # the module's own buffer is now rounded to fp16
+    assert graph.inv_freq.dtype == torch.float32 and torch.equal(graph.inv_freq, exact)
+
+
 def test_llm_graph_left_padding_matches_unpadded_rows():
     torch.manual_seed(1)
     llm = _lora_llm()
