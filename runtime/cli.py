@@ -170,8 +170,19 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+_EXPORTS: dict[tuple[str, str], Path] = {}  # per process: one export per (checkpoint, cache) even if code changes
+
+
 def cached_export(checkpoint: str = "embedded", cache: Path | None = None, log=print) -> Path:
     """Export ``checkpoint`` once into ``cache/exports/<key>`` (key: checkpoint weights hash + code hash)."""
+    memo = (str(checkpoint), str(cache or cache_root()))
+    if memo in _EXPORTS and (_EXPORTS[memo] / "manifest.json").is_file():
+        return _EXPORTS[memo]
+    _EXPORTS[memo] = _cached_export(checkpoint, cache, log)
+    return _EXPORTS[memo]
+
+
+def _cached_export(checkpoint: str, cache: Path | None, log) -> Path:
     from export.exporter import export_model
     from runtime.manifest import Manifest, ManifestError
     from tpo_core.checkpoint import checkpoint_hash
