@@ -131,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ask(sub)
     _add_info(sub)
     data = sub.add_parser("data", help="datasets: generate synthetic videos with exact labels")
-    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     from .data.synth import add_synth_parser
 
-    add_synth_parser(data_sub)
+    add_synth_parser(sub)  # finds the "data" parser above and adds "synth" to its subcommands
     for module, attr in _OPTIONAL_COMMANDS:
         try:
             mod = __import__(module, fromlist=[attr])
