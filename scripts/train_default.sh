@@ -24,9 +24,9 @@ WORKERS=${WORKERS:-8}
 mkdir -p "$WORK" "$OUT"
 
 # 1. data (skipped when already there)
-[ -f "$WORK/data/train/manifest.json" ] || $PYTHON -m tpo_core.data.synth --out "$WORK/data/train" \
+[ -f "$WORK/data/train/manifest.json" ] || $PYTHON -m tpo_core.cli data synth --out "$WORK/data/train" \
     --videos "$N_TRAIN" --seed 1 --split train --workers "$WORKERS"
-[ -f "$WORK/data/val/manifest.json" ] || $PYTHON -m tpo_core.data.synth --out "$WORK/data/val" \
+[ -f "$WORK/data/val/manifest.json" ] || $PYTHON -m tpo_core.cli data synth --out "$WORK/data/val" \
     --videos "$N_VAL" --seed 2 --split val --workers "$WORKERS"
 
 # 2. train all three stages (continues from the newest checkpoint in $WORK/run)

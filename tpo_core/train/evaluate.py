@@ -3,7 +3,9 @@
 Per sample (``TaskSample``):
 - routing: the heads the model ran must be exactly ``[task]`` for region/temporal/mask and ``[]`` for QA.
 - region: IoU of the predicted box (pixels) with the label box (pixels); Acc@0.5 = share with IoU >= 0.5.
-- temporal: IoU of the top-scoring window (seconds) with the best-overlapping label window; R1@0.5/0.7, mIoU.
+- temporal: IoU of the top-scoring window (seconds) with the best-overlapping label window; R1@0.5/0.7, mIoU;
+  also the same metrics for the trivial "whole video" window (a baseline: synthetic objects are often
+  visible for most of the video).
 - mask: per sampled frame, the predicted mask at video resolution vs the label mask: J (IoU) and F (boundary
   F-measure, ``metrics.boundary_f``); per sample the frame means; "mean IoU" = mean J over samples.
 - QA: exact match after ``metrics.normalize_answer``.
@@ -50,6 +52,7 @@ def score_sample(model, sample, clip, acc: MetricAccumulator) -> dict:
             top = res.temporal.spans[0]
             iou = best_window_iou((top.start, top.end), sample.windows)
         acc.add("temporal_iou", iou)
+        acc.add("temporal_iou_whole_video", best_window_iou((0.0, clip.duration), sample.windows))
         rec["iou"] = iou
     elif sample.task == "mask":
         gts = np.stack([sample.segmentation.mask(int(i)) for i in clip.indices])
@@ -108,7 +111,9 @@ def format_report(summary: dict) -> str:
         f"task routing       {pct(summary['routing_accuracy'])}   by task: "
         + ", ".join(f"{k} {pct(v)}" for k, v in summary["routing_by_task"].items()),
         f"region   (n={r['count']:4d}) Acc@0.5 {pct(r['acc@0.5'])}  mean IoU {pct(r['mean_iou'])}",
-        f"temporal (n={t['count']:4d}) R1@0.5 {pct(t['r1@0.5'])}  R1@0.7 {pct(t['r1@0.7'])}  mIoU {pct(t['miou'])}",
+        f"temporal (n={t['count']:4d}) R1@0.5 {pct(t['r1@0.5'])}  R1@0.7 {pct(t['r1@0.7'])}  mIoU {pct(t['miou'])}"
+        f"   (whole-video baseline: R1@0.5 {pct(t['baseline_whole_video']['r1@0.5'])}, "
+        f"mIoU {pct(t['baseline_whole_video']['miou'])})",
         f"mask     (n={m['count']:4d}) mean IoU (J) {pct(m['J'])}  F {pct(m['F'])}  J&F {pct(m['J&F'])}",
         f"qa       (n={q['count']:4d}) exact match {pct(q['accuracy'])}",
     ]
