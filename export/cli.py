@@ -71,13 +71,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers) -> None:
-    """Register ``export``, ``verify`` and (when export/trt_build.py is present) ``build``."""
+    """Register ``export``, ``verify``, ``build`` and ``demo``."""
+    from export.demo import add_parsers as add_demo
+    from export.trt_build import add_build_parser
+
     _add_export(subparsers)
     _add_verify(subparsers)
-    try:
-        from export.trt_build import add_build_parser
-    except ModuleNotFoundError as e:
-        if e.name != "export.trt_build":
-            raise
-        return
     add_build_parser(subparsers)
+    add_demo(subparsers)

@@ -22,7 +22,7 @@ def _cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory) -> Path:
-    from runtime.cli import cached_export
+    from export.demo import cached_export
 
     return cached_export("embedded", _cache(tmp_path_factory), log=lambda m: None)
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory) -> Path:
-    from runtime.cli import cached_export
+    from export.demo import cached_export
 
     env = os.environ.get("TPO_EDGE_CACHE")
     cache = Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"

@@ -135,23 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.synth import add_synth_parser
 
     add_synth_parser(sub)  # finds the "data" parser above and adds "synth" to its subcommands
-    for module, attr in _OPTIONAL_COMMANDS:
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ModuleNotFoundError as e:
-            if e.name and e.name.split(".")[0] in ("export", "runtime", "tpo_core"):
-                continue  # that part of the toolkit is not built yet
-            raise
-        getattr(mod, attr)(sub)
+    from export.cli import add_parsers as add_export
+    from runtime.cli import add_parsers as add_runtime
+
+    from .train.cli import add_parsers as add_train
+
+    add_train(sub)
+    add_export(sub)
+    add_runtime(sub)
     return parser
-
-
-# (module, function registering its subcommands) for parts that live outside this file.
-_OPTIONAL_COMMANDS = (
-    ("tpo_core.train.cli", "add_parsers"),
-    ("export.cli", "add_parsers"),
-    ("runtime.cli", "add_parsers"),
-)
 
 
 def main(argv: list[str] | None = None) -> int:

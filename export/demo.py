@@ -1,0 +1,138 @@
+"""``tpo demo``: the fresh-install demo, and the cached export of the embedded model it runs on.
+
+It bridges the model side and the runtime (a synthetic sample video and an export of the embedded default
+model, then four requests through the runtime on the CPU), so it lives in ``export/`` rather than ``runtime/``
+(which never imports ``tpo_core``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from runtime.cli import cache_root, force_token, print_result, write_outputs
+
+TASK_PROMPTS = (("qa", "What color is the background?"), ("region", "Where is {obj}?"),
+                ("temporal", "When does {obj} appear?"), ("mask", "Track {obj}."))
+BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="fresh-install demo: sample video, export (cached), 4 task requests on CPU",
+                       description="Generates a sample video, exports the embedded default model (cached under "
+                                   "~/.cache/tpo-edge keyed by the checkpoint and code hash), runs a QA, a grounding, "
+                                   "a temporal and a segmentation request through the runtime on the CPU, prints the "
+                                   "answers and writes an annotated video.")
+    p.add_argument("--checkpoint", default="embedded", help="'embedded' (default), 'untrained-tiny' or a folder")
+    p.add_argument("--out", default="tpo-demo", help="folder for results.json and annotated.mp4")
+    p.add_argument("--force-routing", choices=("auto", "on", "off"), default="auto",
+                   help="force each task's *_begin token (auto: only for the untrained fallback model)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run_demo)
+
+
+def _code_hash() -> str:
+    """Hash of the model + export code and the tokenizer assets: an export is stale when any of them changed."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    core = root / "tpo_core"
+    files = sorted([*(core / "modeling").rglob("*.py"), *(core / "assets").rglob("*.json"),
+                    *(root / "export").rglob("*.py"),
+                    *(core / n for n in ("config.py", "model.py", "tokens.py", "prompting.py", "export_specs.py",
+                                         "checkpoint.py", "cli.py")), core / "data" / "tokenizer_build.py"])
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+_EXPORTS: dict[tuple[str, str], Path] = {}  # per process: one export per (checkpoint, cache) even if code changes
+
+
+def cached_export(checkpoint: str = "embedded", cache: Path | None = None, log=print) -> Path:
+    """Export ``checkpoint`` once into ``cache/exports/<key>`` (key: checkpoint weights hash + code hash)."""
+    memo = (str(checkpoint), str(cache or cache_root()))
+    if memo in _EXPORTS and (_EXPORTS[memo] / "manifest.json").is_file():
+        return _EXPORTS[memo]
+    _EXPORTS[memo] = _cached_export(checkpoint, cache, log)
+    return _EXPORTS[memo]
+
+
+def _cached_export(checkpoint: str, cache: Path | None, log) -> Path:
+    from export.exporter import export_model
+    from runtime.manifest import Manifest, ManifestError
+    from tpo_core.checkpoint import checkpoint_hash
+    from tpo_core.cli import EMBEDDED_DEFAULT
+
+    folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
+    weights = checkpoint_hash(folder)[:16] if (folder / "model.safetensors").is_file() else "untrained-tiny"
+    out = (cache or cache_root()) / "exports" / f"{weights}-{_code_hash()}"
+    try:
+        Manifest.load(out)
+        return out
+    except (FileNotFoundError, ManifestError):
+        pass
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    log(f"[tpo demo] exporting {checkpoint} to {out} (once; cached)")
+    export_model(checkpoint, tmp, log=log)
+    if out.exists():  # a concurrent run finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple[Path, Path, str, bool]:
+    """-> (export folder, sample video, object phrase, whether the model is the untrained fallback)."""
+    from tpo_core.cli import EMBEDDED_DEFAULT
+    from tpo_core.data.synth import generate
+    from tpo_core.data.synth_tasks import task_samples
+
+    sample = (cache or cache_root()) / "sample"
+    if not (sample / "manifest.json").is_file():
+        generate(sample, 1, 12345, "val", overwrite=True)
+    samples = task_samples(sample)
+    video = Path(samples[0].video)
+    phrase = next((s.phrase for s in samples if s.phrase), "the red circle")
+    if not phrase.lower().startswith(("the ", "a ", "an ")):
+        phrase = "the " + phrase
+    folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
+    untrained = checkpoint == "untrained-tiny" or not (folder / "model.safetensors").is_file()
+    return cached_export(checkpoint, cache, log), video, phrase, untrained
+
+
+def run_demo(args) -> int:
+    from runtime.pipeline import Pipeline
+
+    t0 = time.perf_counter()
+    export_dir, video, phrase, untrained = prepare_demo(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    t_prep = time.perf_counter() - t0
+    pipe = Pipeline.from_manifest(export_dir, threads=args.threads)
+    clip = pipe.load_clip(video)
+    force = args.force_routing == "on" or (args.force_routing == "auto" and untrained)
+    if untrained:
+        print("note: no trained embedded model is installed; the untrained tiny model answers (gibberish text)"
+              + (" and each task's routing token is forced" if force else ""))
+    prompts, results = [], []
+    for task, template in TASK_PROMPTS:
+        q = template.format(obj=phrase)
+        lp = None
+        if force and task in BEGIN_TOKEN:
+            lp = force_token(int(pipe.manifest.task_tokens[BEGIN_TOKEN[task]]["id"]))
+        res = pipe.ask(clip, q, max_new_tokens=16 if untrained else None, logits_processor=lp)
+        prompts.append(q)
+        results.append(res)
+        print_result(q, res)
+    rpath, vpath = write_outputs(Path(args.out), video, clip, prompts, results)
+    total = time.perf_counter() - t0
+    print(f"\nvideo: {video} ({clip.width}x{clip.height}, {clip.duration:.1f} s); export: {export_dir}")
+    print(f"wrote {rpath} and {vpath}; {total:.1f} s total ({t_prep:.1f} s sample + export/cache)")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    _add_demo(subparsers)
