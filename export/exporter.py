@@ -19,6 +19,7 @@ the export precision plus the largest graph's tracing overhead (see docs/export.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import shutil
 import time
@@ -170,6 +171,8 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
     data = out / f"{cio.name}.onnx.data"
     for p in (path, data):
         p.unlink(missing_ok=True)
+    # torch's ONNX registry logs one warning per torchvision op when torchvision is absent: not our ops, noise
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # shared Dim names: expected
         program = torch.onnx.export(wrapper, args, dynamo=True, input_names=cio.input_names(),
