@@ -28,3 +28,23 @@ def sample_videos(synth_root) -> list[str]:
     videos = sorted(str(p) for p in synth_root.rglob("*.mp4"))
     assert videos, f"the synthetic generator wrote no MP4 under {synth_root}"
     return videos
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    """The embedded default exported once per session (or reused from $TPO_EDGE_CACHE across sessions)."""
+    import os
+
+    from export.demo import cached_export
+
+    env = os.environ.get("TPO_EDGE_CACHE")
+    cache = Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
+    return cached_export("embedded", cache, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def pipe(export_dir):
+    """A CPU runtime pipeline over ``export_dir``."""
+    from runtime.pipeline import Pipeline
+
+    return Pipeline.from_manifest(export_dir, threads=2)

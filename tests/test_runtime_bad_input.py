@@ -14,22 +14,6 @@ from runtime.video_io import SourceError, VideoReadError
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory) -> Path:
-    from export.demo import cached_export
-
-    env = os.environ.get("TPO_EDGE_CACHE")
-    cache = Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
-    return cached_export("embedded", cache, log=lambda m: None)
-
-
-@pytest.fixture(scope="session")
-def pipe(export_dir):
-    from runtime.pipeline import Pipeline
-
-    return Pipeline.from_manifest(export_dir, threads=2)
-
-
 def test_corrupt_empty_missing_and_image_files(pipe, sample_videos, tmp_path):
     data = Path(sample_videos[0]).read_bytes()
     cases = {"truncated.mp4": (data[: len(data) // 2], "truncated"), "empty.mp4": (b"", "empty"),

@@ -3,7 +3,6 @@ runtime's import hygiene."""
 
 import ast
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,6 @@ from tpo_core.cli import main
 
 pytestmark = pytest.mark.slow
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
-
-
-def _cache(tmp_path_factory) -> Path:
-    env = os.environ.get("TPO_EDGE_CACHE")
-    return Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
-
-
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory) -> Path:
-    from export.demo import cached_export
-
-    return cached_export("embedded", _cache(tmp_path_factory), log=lambda m: None)
 
 
 def test_run_json_and_out(export_dir, sample_videos, tmp_path, capsys):
@@ -62,8 +49,8 @@ def test_bench_json(export_dir, tmp_path, capsys):
     assert report["peak_rss_mb"] > 0 and "onnxruntime" in report["versions"] and report["device"] == "cpu"
 
 
-def test_demo_runs_every_task(export_dir, tmp_path, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.setenv("TPO_EDGE_CACHE", str(_cache(tmp_path_factory)))  # the export above is the demo's cache
+def test_demo_runs_every_task(export_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TPO_EDGE_CACHE", str(export_dir.parents[1]))  # <cache>/exports/<key>: the demo's cache
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out
     assert text.count("\nQ: ") == 4

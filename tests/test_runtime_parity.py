@@ -6,8 +6,6 @@ Free decoding is compared token for token; since an untrained model may never em
 forced with the same ``logits_processor`` on both sides and every head's output is compared.
 """
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,30 +13,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _cache(tmp_path_factory) -> Path:
-    env = os.environ.get("TPO_EDGE_CACHE")
-    return Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
-
-
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory) -> Path:
-    from export.demo import cached_export
-
-    return cached_export("embedded", _cache(tmp_path_factory), log=lambda m: None)
-
-
 @pytest.fixture(scope="session")
 def reference():
     from tpo_core.cli import load_model
 
     return load_model("embedded")
-
-
-@pytest.fixture(scope="session")
-def pipe(export_dir):
-    from runtime.pipeline import Pipeline
-
-    return Pipeline.from_manifest(export_dir, threads=2)
 
 
 @pytest.fixture(scope="session")

@@ -4,28 +4,11 @@ bounded memory bank, constant memory over 10,000 frames."""
 import gc
 import os
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory) -> Path:
-    from export.demo import cached_export
-
-    env = os.environ.get("TPO_EDGE_CACHE")
-    cache = Path(env) if env else tmp_path_factory.getbasetemp() / "tpo-edge-cache"
-    return cached_export("embedded", cache, log=lambda m: None)
-
-
-@pytest.fixture(scope="session")
-def pipe(export_dir):
-    from runtime.pipeline import Pipeline
-
-    return Pipeline.from_manifest(export_dir, threads=2)
 
 
 def _track_forcer(pipe):
