@@ -109,9 +109,15 @@ def test_routing_at_the_budget_edge_and_sampling(pipe, reference, sample_videos,
 
     clip = read_video(sample_videos[0], reference.config.vision.num_frames)
     tid = int(pipe.manifest.task_tokens["<box_begin>"]["id"])
-    ref = reference.generate(clip, "Where is it?", max_new_tokens=2, logits_processor=forcing(tid))
-    got = pipe.ask(clip, "Where is it?", max_new_tokens=2, logits_processor=forcing(tid))
-    assert got.token_ids == ref.token_ids and got.tasks == ref.tasks == []
+    word = reference.prompts.encode_text("red")[0]  # a plain token first, so <box_begin> is the last allowed one
+    first, second = forcing(word, 0), forcing(tid, 1)
+
+    def both(step, logits):
+        return second(step, first(step, logits))
+
+    ref = reference.generate(clip, "Where is it?", max_new_tokens=2, logits_processor=both)
+    got = pipe.ask(clip, "Where is it?", max_new_tokens=2, logits_processor=both)
+    assert got.token_ids == ref.token_ids == [word, tid] and got.tasks == ref.tasks == []
     compared = 0
     for seed in range(6):
         kw = {"max_new_tokens": 10, "do_sample": True, "top_p": 0.9, "temperature": 1.3, "seed": seed}
