@@ -43,7 +43,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.patchers import patched_mask_head
 from tpo_core.modeling.heads.mask import ImageFeatures, MemoryState
 
 
@@ -156,8 +155,7 @@ class MaskMemoryAttentionGraph(nn.Module):
                 pointer_offsets, pointer_valid):
         state = MemoryState(memory, memory_pos, memory_offsets, memory_valid, pointers, pointer_offsets, pointer_valid)
         same_batch(embedding, embedding_pos, *state.as_tuple())
-        with patched_mask_head(self.head):
-            return self.head.memory_attention(embedding, embedding_pos, state)
+        return self.head.memory_attention(embedding, embedding_pos, state)
 
 
 class MaskMemoryEncoderGraph(nn.Module):

@@ -205,6 +205,14 @@ def _rope_attention(attn: Sam2VideoRoPEAttention, query: Tensor, key: Tensor, va
     return attn.o_proj(out.transpose(1, 2).reshape(b, -1, heads * head_dim))
 
 
+def repeat_slots(x: Tensor, repeats: int) -> Tensor:
+    """``x.repeat_interleave(repeats, dim=1)`` for x [B, N, ...] as Expand + Reshape: the same values with a
+    static output size (``repeat_interleave`` traces to a data-dependent size under ``torch.export``)."""
+    b, n = x.shape[0], x.shape[1]
+    rest = tuple(x.shape[2:])
+    return x[:, :, None].expand(b, n, repeats, *rest).reshape(b, n * repeats, *rest)
+
+
 class MaskHead(nn.Module):
     """SAM2 (transformers' ``Sam2VideoModel`` parts, in ``self.sam``) + TPO's prompt MLP and auxiliary box MLP.
 
@@ -313,13 +321,12 @@ class MaskHead(nn.Module):
             rel = state.pointer_offsets.to(torch.float32) / float(MAX_OBJECT_POINTERS - 1)
             ptr_pos = self.sam.temporal_positional_encoding_projection_layer(
                 get_1d_sine_pe(rel, dim=c).to(ptr.dtype))  # [B, P, Cm]
-            ptr_pos = ptr_pos.repeat_interleave(splits, dim=1)
+            ptr_pos = repeat_slots(ptr_pos, splits)
         else:
             ptr_pos = torch.zeros_like(ptr)
         keys = torch.cat([state.memory.reshape(b, m * hw, cm), ptr], dim=1)
         key_pos = torch.cat([mem_pos.reshape(b, m * hw, cm), ptr_pos], dim=1)
-        valid = torch.cat([state.memory_valid.repeat_interleave(hw, dim=1),
-                           state.pointer_valid.repeat_interleave(splits, dim=1)], dim=1)
+        valid = torch.cat([repeat_slots(state.memory_valid, hw), repeat_slots(state.pointer_valid, splits)], dim=1)
         bias = torch.zeros(valid.shape, dtype=keys.dtype, device=keys.device)
         bias = bias.masked_fill(~valid, torch.finfo(keys.dtype).min)[:, None, None, :]
         return keys, key_pos, bias, p * splits
