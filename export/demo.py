@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from runtime.cli import cache_root, force_token, print_result, write_outputs
+from tpo_core.cli import SAMPLE_PROMPTS
 
-TASK_PROMPTS = (("qa", "What color is the background?"), ("region", "Where is {obj}?"),
-                ("temporal", "When does {obj} appear?"), ("mask", "Track {obj}."))
+TASK_PROMPTS = tuple(zip(("qa", "region", "temporal", "mask"), SAMPLE_PROMPTS))  # one request per task
 BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
 
 def _add_demo(sub) -> None:
@@ -88,18 +88,9 @@ def _cached_export(checkpoint: str, cache: Path | None, log) -> Path:
 
 def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple[Path, Path, str, bool]:
     """-> (export folder, sample video, object phrase, whether the model is the untrained fallback)."""
-    from tpo_core.cli import EMBEDDED_DEFAULT
-    from tpo_core.data.synth import generate
-    from tpo_core.data.synth_tasks import task_samples
+    from tpo_core.cli import EMBEDDED_DEFAULT, sample_video
 
-    sample = (cache or cache_root()) / "sample"
-    if not (sample / "manifest.json").is_file():
-        generate(sample, 1, 12345, "val", overwrite=True)
-    samples = task_samples(sample)
-    video = Path(samples[0].video)
-    phrase = next((s.phrase for s in samples if s.phrase), "the red circle")
-    if not phrase.lower().startswith(("the ", "a ", "an ")):
-        phrase = "the " + phrase
+    video, phrase = sample_video((cache or cache_root()) / "sample")
     folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
     untrained = checkpoint == "untrained-tiny" or not (folder / "model.safetensors").is_file()
     return cached_export(checkpoint, cache, log), video, phrase, untrained

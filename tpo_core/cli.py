@@ -53,18 +53,20 @@ def load_model(spec: str):
 
 
 def sample_video(cache: Path | None = None) -> tuple[Path, str]:
-    """Generate (once) a sample video with the synthetic generator; returns (path, an object phrase in it)."""
-    from .data.synth import generate_dataset
+    """Generate (once) a sample video with the synthetic generator; returns (path, an object phrase in it).
+
+    ``cache`` defaults to ``~/.cache/tpo-edge/sample``; ``tpo ask --sample`` and ``tpo demo`` share it.
+    """
+    from .data.synth import generate, task_samples
 
     cache = cache or Path.home() / ".cache" / "tpo-edge" / "sample"
     if not (cache / "manifest.json").is_file():
-        generate_dataset(cache, num_videos=1, seed=12345, split="val")
-    from .data.synth import task_samples
-
+        generate(cache, 1, 12345, "val", overwrite=True)
     samples = task_samples(cache)
-    video = Path(samples[0].video)
-    phrase = next((s.phrase for s in samples if getattr(s, "phrase", None)), "the red circle")
-    return video, phrase if phrase.startswith("the ") else "the " + phrase
+    phrase = next((s.phrase for s in samples if s.phrase), "the red circle")
+    if not phrase.lower().startswith(("the ", "a ", "an ")):
+        phrase = "the " + phrase
+    return Path(samples[0].video), phrase
 
 
 def run_ask(args) -> int:
