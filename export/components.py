@@ -49,6 +49,8 @@ from tpo_core.modeling.heads.mask import ImageFeatures, MemoryState
 def same_batch(*tensors: torch.Tensor) -> None:
     """Tell ``torch.export`` that every input shares dim 0 (else ``view(b, -1, ...)`` of one input's batch over
     another's numel becomes an unsimplifiable FloorDiv and a data-dependent slice)."""
+    if torch.jit.is_tracing():  # the TorchScript tracer records shapes as tensors; nothing to tell it
+        return
     for t in tensors[1:]:
         torch._check(t.shape[0] == tensors[0].shape[0])
 
