@@ -1,15 +1,24 @@
-"""Small-scale ablation for the issue's claim table (tiny preset, synthetic data, one step budget).
+"""TPO's claim at small scale: the ablation table, and the embedded default model, from one run.
 
-Variants (all from one shared stage-1 checkpoint, the same data and the same number of head-training steps S):
-  a_region / a_temporal / a_mask: stage 2 trained on that one task only (one head alone)
-  b_cotrain:                      stage 2 on all three tasks (heads co-trained)
-  c_full:                         stage 2 for S/2 + stage 3 (joint, conversation mixed in) for S/2
-  d_stage3_qa / d_stage3_noqa:    from b_cotrain, stage 3 for S3 steps with vs without the conversation data
-Each variant is evaluated on the held-out val split; the script writes ``ablation.json`` and ``ablation.md``
-into $OUT (or --out). Variants already finished in --work are reused, so the script can be re-run after a
-time limit cut it short.
+Variants (tiny preset, one synthetic train split, one shared stage-1 checkpoint, batch ``--batch-size``):
+  stage1:                         task assignment (LM loss; everything of the tiny model trainable)
+  a_region / a_temporal / a_mask: stage 2 on that one task only (one head alone), S steps
+  b_cotrain:                      stage 2 on all three head tasks (heads co-trained), S steps
+  c_full:                         stage 2 for S/2 + stage 3 (joint, conversation mixed in) for S/2: b's budget
+  d_stage3_qa / d_stage3_noqa:    from b_cotrain, stage 3 for S3 steps with / without the conversation (QA) data
+``d_stage3_qa`` is the full three-stage schedule at the largest budget: the embedded default is made from it
+(``scripts/ship_default.py``).
 
-    OUT=/dir python scripts/ablation.py --videos 1500 --stage1-steps 800 --steps 1200 --stage3-steps 600
+Variants run as parallel worker processes (``--parallel``) as soon as their parent checkpoint exists; each
+worker trains (resumably: ``--resume auto`` inside its folder, so a re-run after a time limit continues), then
+evaluates its final checkpoint on the held-out val split (seed 2) into ``<work>/<variant>/eval.json``. The step
+budgets come from the command line, or with ``--budget-minutes`` from a short calibration run of each stage
+(seconds per step measured on this machine, written to ``<work>/plan.json``; a re-run re-uses the plan).
+
+    python scripts/ablation.py --work /tmp/abl --out OUT --budget-minutes 18 --parallel 6
+    python scripts/ablation.py --work /tmp/abl --out OUT --stage1-steps 800 --steps 600 --stage3-steps 800
+
+Writes ``ablation.json`` (plan, measured seconds, every variant's eval summary) and ``ablation.md`` into --out.
 """
 
 from __future__ import annotations
@@ -26,6 +35,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HEAD_TASKS = ("region", "temporal", "mask")
+# name -> (parent variant, stages trained); the stage overrides come from the plan (``overrides``)
+GRAPH = {
+    "stage1": ("", ["stage1"]),
+    "a_region": ("stage1", ["stage2"]), "a_temporal": ("stage1", ["stage2"]), "a_mask": ("stage1", ["stage2"]),
+    "b_cotrain": ("stage1", ["stage2"]),
+    "c_full": ("stage1", ["stage2", "stage3"]),
+    "d_stage3_qa": ("b_cotrain", ["stage3"]), "d_stage3_noqa": ("b_cotrain", ["stage3"]),
+}
+
+
+def overrides(name: str, plan: dict) -> dict:
+    """Stage overrides of variant ``name`` under ``plan`` (steps, batch size, tasks)."""
+    common = {"batch_size": plan["batch_size"], "save_every": plan.get("save_every", 200), "log_every": 10}
+    s, s3 = plan["steps"], plan["stage3_steps"]
+    if name == "stage1":
+        return {"stage1": {"steps": plan["stage1_steps"], **common}}
+    if name.startswith("a_"):
+        return {"stage2": {"steps": s, "tasks": [name[2:]], **common}}
+    if name == "b_cotrain":
+        return {"stage2": {"steps": s, **common}}
+    if name == "c_full":
+        return {"stage2": {"steps": max(1, s // 2), **common}, "stage3": {"steps": s - max(1, s // 2), **common}}
+    if name == "d_stage3_qa":
+        return {"stage3": {"steps": s3, **common}}
+    if name == "d_stage3_noqa":
+        return {"stage3": {"steps": s3, "tasks": list(HEAD_TASKS), **common}}
+    raise ValueError(f"unknown variant {name!r}; variants: {list(GRAPH)}")
 
 
 def ensure_data(work: Path, videos: int, val_videos: int, workers: int) -> tuple[Path, Path]:
@@ -38,103 +74,189 @@ def ensure_data(work: Path, videos: int, val_videos: int, workers: int) -> tuple
     return train, val
 
 
-def run_variant(name: str, work: Path, samples, overrides: dict, stages: list[str], init: Path | None,
-                deadline: float | None) -> Path | None:
-    """Train one variant into work/<name>; returns its final checkpoint (None when cut by the deadline)."""
+# ------------------------------------------------------------------------------------------------ worker
+def run_worker(args) -> int:
+    """Train variant ``args.variant`` (resumable), then evaluate it on val into eval.json."""
+    from tpo_core.data.synth_tasks import task_samples
+    from tpo_core.model import TPOModel
+    from tpo_core.train.evaluate import evaluate
     from tpo_core.train.stages import load_train_config
     from tpo_core.train.trainer import train
 
+    work = Path(args.work)
+    plan = json.loads((work / "plan.json").read_text())
+    name = args.variant
+    parent, stages = GRAPH[name]
     out = work / name
-    if (out / "final" / "model.safetensors").is_file():
-        return out / "final"
-    minutes = None if deadline is None else max(0.1, (deadline - time.time()) / 60)
-    cfg = load_train_config(None, preset="tiny", overrides={"stages": overrides})
-    results = train(cfg, None, out, stages=stages, resume="auto", init=init, quiet=True, samples=samples,
-                    max_minutes=minutes)
-    if results and results[-1].interrupted:
-        return None
-    return out / "final"
+    final = out / "final"
+    t0 = time.time()
+    if not (final / "model.safetensors").is_file():
+        init = work / parent / "final" if parent else None
+        cfg = load_train_config(None, preset="tiny", seed=plan.get("seed", 0),
+                                overrides={"stages": overrides(name, plan)})
+        results = train(cfg, work / "data" / "train", out, stages=stages, resume="auto", init=init, quiet=True,
+                        max_minutes=args.max_minutes)
+        if results and results[-1].interrupted:
+            print(f"{name}: stopped by --max-minutes at {results[-1].stage} step {results[-1].steps}; re-run")
+            return 3
+    train_seconds = time.time() - t0
+    if not (out / "eval.json").is_file():
+        torch_threads(args.threads)
+        summary, _ = evaluate(TPOModel.from_pretrained(final), task_samples(work / "data" / "val"),
+                              per_task_limit=plan["per_task"])
+        summary["train_seconds_this_run"] = round(train_seconds, 1)
+        (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"{name}: done")
+    return 0
 
 
-def evaluate_variant(ckpt: Path, val_samples, per_task: int, cache_file: Path) -> dict:
-    from tpo_core.model import TPOModel
-    from tpo_core.train.evaluate import evaluate
+def torch_threads(n: int) -> None:
+    import torch
 
-    if cache_file.is_file():
-        return json.loads(cache_file.read_text())
-    summary, _ = evaluate(TPOModel.from_pretrained(ckpt), val_samples, per_task_limit=per_task)
-    cache_file.write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+    torch.set_num_threads(max(1, n))
 
 
-def variants(args) -> list[tuple[str, dict, list[str], str]]:
-    """(name, stage overrides, stages, init variant) in run order; init 'stage1' = the shared stage-1 run."""
-    s, half = args.steps, max(1, args.steps // 2)
-    common = {"batch_size": args.batch_size, "save_every": 0}
-    out = [("stage1", {"stage1": {"steps": args.stage1_steps, **common}}, ["stage1"], "")]
-    for task in HEAD_TASKS:
-        out.append((f"a_{task}", {"stage2": {"steps": s, "tasks": [task], **common}}, ["stage2"], "stage1"))
-    out.append(("b_cotrain", {"stage2": {"steps": s, **common}}, ["stage2"], "stage1"))
-    out.append(("c_full", {"stage2": {"steps": half, **common}, "stage3": {"steps": s - half, **common}},
-                ["stage2", "stage3"], "stage1"))
-    out.append(("d_stage3_qa", {"stage3": {"steps": args.stage3_steps, **common}}, ["stage3"], "b_cotrain"))
-    out.append(("d_stage3_noqa", {"stage3": {"steps": args.stage3_steps, "tasks": list(HEAD_TASKS), **common}},
-                ["stage3"], "b_cotrain"))
-    return out
+# ------------------------------------------------------------------------------------------------ planning
+def calibrate(work: Path, batch_size: int, steps: int = 16) -> dict[str, float]:
+    """Seconds per optimizer step of each stage at ``batch_size`` (one process; mean of the 2nd log window)."""
+    from tpo_core.train.stages import load_train_config
+    from tpo_core.train.trainer import train
+
+    out = work / "calibration"
+    over = {f"stage{i}": {"steps": steps, "batch_size": batch_size, "log_every": steps // 2, "warmup_steps": 0}
+            for i in (1, 2, 3)}
+    cfg = load_train_config(None, preset="tiny", overrides={"stages": over})
+    results = train(cfg, work / "data" / "train", out, quiet=True)
+    return {r.stage: float(r.history[-1]["seconds_per_step"]) for r in results}
 
 
-def markdown(rows: dict[str, dict], args) -> str:
+def make_plan(args, work: Path) -> dict:
+    path = work / "plan.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    plan = {"batch_size": args.batch_size, "per_task": args.per_task, "seed": 0, "videos": args.videos,
+            "val_videos": args.val_videos, "parallel": args.parallel}
+    if args.budget_minutes:
+        sec = calibrate(work, args.batch_size)
+        # critical path: stage1 -> b_cotrain -> d_stage3_qa (+ eval); the other variants run beside it and
+        # slow each step down by ``contention``; budget split 30 % / 25 % / 45 %
+        avail = 60 * args.budget_minutes - 90  # eval + start-up reserve
+        k = args.contention
+        plan.update(calibration_s_per_step=sec, budget_minutes=args.budget_minutes, contention=k,
+                    stage1_steps=int(0.30 * avail / sec["stage1"]),
+                    steps=int(0.25 * avail / (k * sec["stage2"])),
+                    stage3_steps=int(0.45 * avail / (k * sec["stage3"])))
+    else:
+        plan.update(stage1_steps=args.stage1_steps, steps=args.steps, stage3_steps=args.stage3_steps)
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=1) + "\n")
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def orchestrate(args, work: Path) -> dict[str, int]:
+    """Run every variant as a worker process once its parent is final; returns exit codes by variant."""
+    todo = [n for n in GRAPH if not (work / n / "eval.json").is_file()]
+    running: dict[str, subprocess.Popen] = {}
+    codes: dict[str, int] = {n: 0 for n in GRAPH if n not in todo}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "PYTHONUNBUFFERED": "1"}
+    while todo or running:
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                codes[name] = proc.returncode
+                del running[name]
+                print(f"[ablation] {name} exited {proc.returncode} ({time.strftime('%H:%M:%S')})", flush=True)
+        for name in list(todo):
+            parent = GRAPH[name][0]
+            if parent and codes.get(parent) not in (0,):
+                if parent in codes:  # the parent failed or was cut: its children cannot start in this run
+                    todo.remove(name)
+                continue
+            if len(running) >= args.parallel:
+                break
+            todo.remove(name)
+            (work / name).mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, __file__, "--variant", name, "--work", str(work), "--threads", str(args.threads)]
+            if args.max_minutes:
+                cmd += ["--max-minutes", str(max(0.2, (args.deadline - time.time()) / 60))]
+            log = open(work / name / "worker.log", "a")
+            running[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            print(f"[ablation] started {name} ({time.strftime('%H:%M:%S')})", flush=True)
+        time.sleep(2)
+    return codes
+
+
+def markdown(rows: dict[str, dict], plan: dict) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}"
 
-    lines = [f"Tiny preset, {args.videos} synthetic train videos, held-out val ({args.val_videos} videos, "
-             f"<= {args.per_task} samples per task); stage 1 {args.stage1_steps} steps, head budget S = "
-             f"{args.steps} steps, stage-3 comparison {args.stage3_steps} steps, batch {args.batch_size}.", "",
-             "| variant | routing | region Acc@0.5 | region mIoU | temporal R1@0.5 | temporal mIoU | mask J | mask J&F "
-             "| QA |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Tiny preset, {plan['videos']} synthetic train videos (seed 1), held-out val ({plan['val_videos']} "
+             f"videos, seed 2, <= {plan['per_task']} samples per task); batch {plan['batch_size']}; stage 1 "
+             f"{plan['stage1_steps']} steps, head budget S = {plan['steps']} steps, stage-3 comparison "
+             f"{plan['stage3_steps']} steps.", "",
+             "| variant | routing | region Acc@0.5 | region mIoU | temporal R1@0.5 | temporal mIoU | mask J | "
+             "mask J&F | QA |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in rows.items():
         lines.append(f"| {name} | {pct(s['routing_accuracy'])} | {pct(s['region']['acc@0.5'])} | "
                      f"{pct(s['region']['mean_iou'])} | {pct(s['temporal']['r1@0.5'])} | {pct(s['temporal']['miou'])} "
                      f"| {pct(s['mask']['J'])} | {pct(s['mask']['J&F'])} | {pct(s['qa']['accuracy'])} |")
-    lines += ["", "a_*: one head trained alone (only its task's samples, same S steps); b: heads co-trained; "
-              "c: S/2 stage 2 + S/2 stage 3; d: stage 3 from b with / without the conversation (QA) data."]
+    lines += ["", "a_*: one head trained alone (only its task's samples, S steps); b: heads co-trained (S steps); "
+              "c: S/2 stage 2 + S/2 stage 3; d: S3 steps of stage 3 from b, with / without the conversation (QA) "
+              "data."]
     return "\n".join(lines) + "\n"
+
+
+def collect(work: Path, out: Path, plan: dict) -> dict[str, dict]:
+    rows = {n: json.loads((work / n / "eval.json").read_text()) for n in GRAPH if (work / n / "eval.json").is_file()}
+    seconds = {}
+    for n in GRAPH:
+        summary = work / n / "final" / "train_summary.json"
+        if summary.is_file():
+            seconds[n] = {r["stage"]: r["seconds"] for r in json.loads(summary.read_text())}
+    (out / "ablation.json").write_text(json.dumps({"plan": plan, "train_seconds": seconds, "results": rows},
+                                                  indent=1) + "\n")
+    (out / "ablation.md").write_text(markdown(rows, plan))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "ablation_out"))
     p.add_argument("--work", default=os.environ.get("WORK", "/tmp/tpo_ablation"))
-    p.add_argument("--videos", type=int, default=1500)
-    p.add_argument("--val-videos", type=int, default=150)
+    p.add_argument("--videos", type=int, default=3000)
+    p.add_argument("--val-videos", type=int, default=200)
     p.add_argument("--stage1-steps", type=int, default=800)
-    p.add_argument("--steps", type=int, default=1200, help="head-training budget S per variant")
-    p.add_argument("--stage3-steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--per-task", type=int, default=150, help="val samples per task")
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--steps", type=int, default=600, help="head-training budget S per variant")
+    p.add_argument("--stage3-steps", type=int, default=800)
+    p.add_argument("--budget-minutes", type=float, help="derive the three budgets from a calibration run")
+    p.add_argument("--contention", type=float, default=2.0,
+                   help="assumed slow-down of a step while the parallel variants share the GPU (planning only)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--per-task", type=int, default=200, help="val samples per task")
+    p.add_argument("--parallel", type=int, default=5, help="variants trained at once")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per worker")
+    p.add_argument("--workers", type=int, default=8, help="data-synthesis processes")
     p.add_argument("--max-minutes", type=float, help="stop (resumably) after this long; re-run to continue")
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # worker mode
     args = p.parse_args(argv)
-    out, work = Path(args.out), Path(args.work)
+    work = Path(args.work)
+    if args.variant:
+        return run_worker(args)
+    args.deadline = time.time() + 60 * (args.max_minutes or 1e6)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    deadline = None if args.max_minutes is None else time.time() + 60 * args.max_minutes
-    train_dir, val_dir = ensure_data(work, args.videos, args.val_videos, args.workers)
-    from tpo_core.data.synth_tasks import task_samples
-
-    samples, val_samples = task_samples(train_dir), task_samples(val_dir)
-    rows: dict[str, dict] = {}
-    for name, over, stages, init in variants(args):
-        init_path = work / init / "final" if init else None
-        ckpt = run_variant(name, work, samples, over, stages, init_path, deadline)
-        if ckpt is None:
-            print(f"time budget reached during {name}; run the script again to continue")
-            break
-        rows[name] = evaluate_variant(ckpt, val_samples, args.per_task, work / name / "eval.json")
-        print(f"{name}: {json.dumps({k: rows[name][k] for k in ('routing_accuracy', 'region', 'temporal')})}")
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=1) + "\n")
-    (out / "ablation.md").write_text(markdown(rows, args))
+    ensure_data(work, args.videos, args.val_videos, args.workers)
+    plan = make_plan(args, work)
+    print(f"[ablation] plan: {json.dumps(plan)}", flush=True)
+    codes = orchestrate(args, work)
+    rows = collect(work, out, plan)
     print((out / "ablation.md").read_text())
+    missing = [n for n in GRAPH if n not in rows]
+    if missing:
+        print(f"[ablation] not finished: {missing} (exit codes {codes}); run again with the same --work")
+        return 3
     return 0
 
 

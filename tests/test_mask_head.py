@@ -21,7 +21,7 @@ from tpo_core.modeling.heads.mask import (
     MemoryState,
     count_parameters,
 )
-from tpo_core.modeling.heads.mask_track import MaskMemoryBank
+from tpo_core.modeling.heads.mask_track import MaskMemoryBank, track_batch
 from tpo_core.modeling.mask_losses import LOSS_NAMES, boxes_from_masks, mask_head_losses
 
 LLM_DIM = 256
@@ -105,6 +105,21 @@ def test_track_shapes_and_determinism(head):
     assert torch.equal(a.raw_low_res_logits, b.raw_low_res_logits) and torch.equal(a.iou, b.iou)
     masks = head.masks_at_resolution(a.low_res_logits, 48, 64)
     assert masks.shape == (5, 48, 64) and masks.dtype == torch.bool
+
+
+def test_track_batch_rows_equal_track_per_video(head):
+    """Training tracks all mask samples of a batch at once; each row must be that video tracked alone."""
+    torch.manual_seed(3)
+    px, prompts = torch.randn(3, 9, 3, 128, 128), torch.randn(3, 3, 64)
+    with torch.no_grad():
+        batched = track_batch(head, px, prompts)
+        alone = [head.track(px[i], prompts[i:i + 1]) for i in range(3)]
+    assert batched.low_res_logits.shape == (3, 9, 1, 32, 32) and batched.iou.shape == (3, 9, 1)
+    for i, one in enumerate(alone):
+        for name in ("low_res_logits", "object_score_logits", "iou", "raw_low_res_logits"):
+            torch.testing.assert_close(getattr(batched, name)[i], getattr(one, name), atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one object per video"):
+        track_batch(head, px, prompts[:2])
 
 
 def test_memory_shape_constant_past_capacity(head, monkeypatch):

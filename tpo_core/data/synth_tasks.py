@@ -117,8 +117,24 @@ def _pick(templates: tuple[str, ...], key: str) -> str:
     return templates[zlib.crc32(key.encode()) % len(templates)]
 
 
-def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal", "mask", "qa")) -> list[TaskSample]:
-    """All instruction samples of the dataset at ``root`` (files that are absent are skipped)."""
+def visible_at_start(record) -> bool:
+    """Whether a segmentation record's object is visible on every frame of the first eighth of its video.
+
+    TPO's mask head is prompted on the first sampled frame (the middle of the first of T >= 8 segments, so
+    inside the first eighth) and propagates from there; an object that only appears later cannot be found
+    from that prompt (its memory holds nothing to track). Such queries are answered by the temporal task.
+    """
+    n = int(record.num_frames)
+    return all(f in record.masks for f in range(0, max(1, n // 8) + 1) if f < n)
+
+
+def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal", "mask", "qa"),
+                 mask_from_start_only: bool = True) -> list[TaskSample]:
+    """All instruction samples of the dataset at ``root`` (files that are absent are skipped).
+
+    ``mask_from_start_only``: mask samples only for objects ``visible_at_start`` (training and ``tpo eval``
+    both read samples through here, so they agree; docs/data.md gives the counts of a generated split).
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist; create one with "
@@ -143,6 +159,8 @@ def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal
                 saliency=t.saliency_curve(math.ceil(t.duration / clip_len - 1e-9)).tolist(), clip_len=clip_len))
     if "mask" in tasks and (root / "segmentation.json").is_file():
         for s in load_segmentation(root / "segmentation.json", root):
+            if mask_from_start_only and not visible_at_start(s):
+                continue
             files = [str(root / s.masks[f].file) if f in s.masks and s.masks[f].file else None
                      for f in range(s.num_frames)]
             out.append(TaskSample(task="mask", video=str(root / s.video), id=s.id, answer=TASK_ANSWERS["mask"],

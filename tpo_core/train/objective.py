@@ -11,7 +11,8 @@ One call on a ``Batch`` (B samples, L tokens, T frames):
    - region: ``region_loss`` (2 * L1 + (1 - GIoU) / 5) on normalized xyxy.
    - temporal: the DETR set loss ``temporal_loss`` (its own CG-DETR weights); the stage weight (paper 0.05)
      scales its total.
-   - mask: per sample, the prompt MLP -> ``track`` over the ``Tm`` training frames (differentiable), then
+   - mask: the prompt MLP -> ``track_batch`` over the ``Tm`` training frames of all mask samples at once
+     (differentiable), then per sample
      ``mask_head_losses``: ``mask_pixel`` = BCE + Dice of the pre-gating low-res logits vs the low-res
      targets (frames where the object is visible), ``mask_object`` = BCE of the object-score logits vs
      presence (all frames), ``mask_distill`` = L1 between the sparse prompt [3, C] and SAM2's own prompt
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.collate import IGNORE_INDEX, Batch
+from ..modeling.heads.mask_track import TrackOutput, track_batch
 from ..modeling.losses import region_loss, temporal_loss
 from ..modeling.mask_losses import mask_head_losses
 
@@ -86,24 +88,31 @@ class TPOObjective(nn.Module):
     def _mask_terms(self, task_emb: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         """task_emb [Bm, D] for the batch's mask samples -> mask terms (``mask_head_losses``), mean over samples.
 
-        Distillation / box terms average over the samples whose object is visible on mask frame 0 only.
+        All Bm samples are tracked together (``track_batch``: one image-encoder call over Bm * Tm frames, one
+        decode / memory step per frame for the Bm videos); the per-sample losses equal those of ``track`` on
+        each video alone. Distillation / box terms average over the samples whose object is visible on mask
+        frame 0 only.
         """
         head = self.model.mask_head
         run_track = bool(self._w("mask_pixel") or self._w("mask_object"))  # distillation alone needs no track
-        sums = {"mask_pixel": [], "mask_object": [], "mask_distill": [], "mask_box": []}
-        for j, frames in enumerate(batch.mask_frames):
-            h = task_emb[j:j + 1]
-            prompt = head.sparse_prompt(h)  # [1, 3, C]
-            box = batch.mask_boxes[j:j + 1]
-            valid = bool(box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1])
-            if valid:
-                sums["mask_distill"].append(F.l1_loss(prompt.float(), head.box_prompt_embedding(box).float()))
-                sums["mask_box"].append(F.l1_loss(head.box(h).float(), box))
-            if run_track:
-                track = head.track(head.preprocess(frames).to(task_emb.dtype), prompt)  # pixels [Tm, 3, Sm, Sm]
-                track = type(track)(**{f.name: getattr(track, f.name).float() for f in fields(track)})
-                parts = mask_head_losses(track, batch.mask_targets[j])
-                sums["mask_pixel"].append(parts["mask_bce"] + parts["mask_dice"])
-                sums["mask_object"].append(parts["object_score"])
+        prompts = head.sparse_prompt(task_emb)  # [Bm, 3, C]
+        boxes = batch.mask_boxes  # [Bm, 4]
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         zero = task_emb.sum() * 0.0
-        return {k: torch.stack(v).mean() if v else zero for k, v in sums.items()}
+        out = {"mask_distill": zero, "mask_box": zero, "mask_pixel": zero, "mask_object": zero}
+        if bool(valid.any()):
+            p, bx, h = prompts[valid], boxes[valid], task_emb[valid]
+            out["mask_distill"] = F.l1_loss(p.float(), head.box_prompt_embedding(bx).float(), reduction="none"
+                                            ).mean(dim=(1, 2)).mean()
+            out["mask_box"] = F.l1_loss(head.box(h).float(), bx, reduction="none").mean(dim=1).mean()
+        if run_track:
+            pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])  # [Bm, Tm, 3, S, S]
+            track = track_batch(head, pixels.to(task_emb.dtype), prompts)
+            pixel, obj = [], []
+            for j in range(pixels.shape[0]):
+                one = TrackOutput(*(getattr(track, f.name)[j].float() for f in fields(TrackOutput)))
+                parts = mask_head_losses(one, batch.mask_targets[j])
+                pixel.append(parts["mask_bce"] + parts["mask_dice"])
+                obj.append(parts["object_score"])
+            out["mask_pixel"], out["mask_object"] = torch.stack(pixel).mean(), torch.stack(obj).mean()
+        return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,8 @@ class StageRunner:
                                 world_size=accelerator.num_processes)
         self.wrapped, self.opt = accelerator.prepare(self.objective, self.optimizer)
         self.history: list[dict] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collate-{stage.name}")
+        self._prefetch = None  # (micro index, future) of the batch being collated in the background
 
     def resume_from(self, path: Path) -> None:
         state, _ = read_training_state(path)
@@ -145,32 +148,48 @@ class StageRunner:
             if self.acc.is_main_process:  # drop records of steps after the checkpoint (a crashed run's)
                 metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
-    def _micro_step(self, sync: bool) -> dict[str, float]:
-        batch = self.collate(self.stream.batch(self.state.micro), key=self.state.micro).to(self.acc.device)
+    def _batch(self, micro: int):
+        """Micro-batch ``micro`` collated; the next one is collated on a background thread meanwhile (decoding,
+        mask targets and tokenization overlap the GPU step). Collation is a pure function of ``micro``, so the
+        prefetch never changes what a step sees (resume included)."""
+        pending = self._prefetch
+        batch = pending[1].result() if pending is not None and pending[0] == micro else self._collate(micro)
+        self._prefetch = (micro + 1, self._pool.submit(self._collate, micro + 1))
+        return batch
+
+    def _collate(self, micro: int):
+        return self.collate(self.stream.batch(micro), key=micro)
+
+    def _micro_step(self, sync: bool) -> dict[str, torch.Tensor]:
+        batch = self._batch(self.state.micro).to(self.acc.device)
         self.state.micro += 1
         ctx = self.acc.no_sync(self.wrapped) if not sync and self.acc.num_processes > 1 else _null()
         with ctx:
             out = self.wrapped(batch)
             self.acc.backward(out["loss"] / self.stage.grad_accum)
-        return {k: float(v.detach()) for k, v in out.items()}
+        return {k: v.detach() for k, v in out.items()}
 
     def step(self) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches); returns the mean of each logged term."""
+        """One optimizer step (``grad_accum`` micro-batches); returns the mean of each logged term (the terms
+        are read back from the device once per step, not once per term)."""
         self.model.train()
         lr_factor = self.schedule.apply(self.state.step)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for i in range(self.stage.grad_accum):
             for k, v in self._micro_step(sync=i == self.stage.grad_accum - 1).items():
-                sums[k] = sums.get(k, 0.0) + v / self.stage.grad_accum
+                sums[k] = sums.get(k, 0.0) + v.float() / self.stage.grad_accum
         params = [p for _, p, _ in self.freeze.trainable]
         norm = self.acc.clip_grad_norm_(params, self.stage.grad_clip)  # None under DeepSpeed (it clips itself)
         if norm is not None:
-            sums["grad_norm"] = float(norm)
+            sums["grad_norm"] = norm.detach().float()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.state.step += 1
-        sums["lr_factor"] = lr_factor
-        return sums
+        keys = list(sums)
+        values = torch.stack([sums[k].reshape(()) for k in keys]).tolist()
+        rec = dict(zip(keys, values))
+        rec["lr_factor"] = lr_factor
+        return rec
 
     def save(self, path: Path) -> None:
         self.acc.wait_for_everyone()
@@ -205,18 +224,24 @@ class StageRunner:
                 path = self.out / "checkpoints" / f"step_{self.state.step:06d}"
                 self.save(path)
                 self.freeze.remove()
+                self._close()
                 return StageResult(stage=st.name, steps=self.state.step, history=self.history,
                                    seconds=time.perf_counter() - t_start, checkpoint=str(path), interrupted=True)
         bar.close()
         self.state.finished = True
         self.save(self.out)
         self.freeze.remove()
+        self._close()
         if self.acc.is_main_process:
             from .plots import plot_losses
 
             plot_losses(self.history, self.out / "loss_curve.png", title=f"{st.name} ({self.cfg.preset})")
         return StageResult(stage=st.name, steps=self.state.step, history=self.history,
                            seconds=time.perf_counter() - t_start, checkpoint=str(self.out))
+
+    def _close(self) -> None:
+        self._prefetch = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _write_metrics(self, rec: dict) -> None:
         if not self.acc.is_main_process:

@@ -128,12 +128,33 @@ def track(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: in
         raise ValueError(f"pixels must be [T >= 1, 3, {s}, {s}], got {tuple(pixels.shape)}")
     if sparse_prompt.ndim != 3 or sparse_prompt.shape[0] != 1 or sparse_prompt.shape[2] != c:
         raise ValueError(f"sparse_prompt must be [1, N, {c}] (one object), got {tuple(sparse_prompt.shape)}")
-    num_frames = pixels.shape[0]
-    feats = _encode_frames(head, pixels, image_batch)
-    bank = MaskMemoryBank.for_head(head, batch=1, device=pixels.device, dtype=feats.embedding.dtype)
+    out = track_batch(head, pixels[None], sparse_prompt, image_batch)
+    return TrackOutput(*(t[0] for t in (out.low_res_logits, out.object_score_logits, out.iou,
+                                        out.raw_low_res_logits)))
+
+
+def track_batch(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: int | None = None) -> TrackOutput:
+    """``track`` for B videos at once (one object each, same frame count): pixels [B, T, 3, S, S],
+    sparse_prompt [B, N, C] -> ``TrackOutput`` whose fields have a leading batch dim ([B, T, 1, s, s], [B, T, 1]).
+
+    Training runs every mask sample of a batch through one call: the image encoder sees all B*T frames at once
+    and each frame step decodes / attends / encodes memories for the B videos together (B memory banks side by
+    side in one ``MaskMemoryBank`` of batch B). Row b equals ``track`` on video b alone.
+    """
+    s, c = head.image_size, head.cfg.hidden_dim
+    if pixels.ndim != 5 or tuple(pixels.shape[2:]) != (3, s, s) or pixels.shape[1] < 1:
+        raise ValueError(f"pixels must be [B, T >= 1, 3, {s}, {s}], got {tuple(pixels.shape)}")
+    b, num_frames = pixels.shape[:2]
+    if sparse_prompt.ndim != 3 or sparse_prompt.shape[0] != b or sparse_prompt.shape[2] != c:
+        raise ValueError(f"sparse_prompt must be [{b}, N, {c}] (one object per video), got "
+                         f"{tuple(sparse_prompt.shape)}")
+    flat = _encode_frames(head, pixels.reshape(b * num_frames, 3, s, s), image_batch)
+    rows = torch.arange(b, device=pixels.device) * num_frames  # row of video i's frame 0 in the flat batch
+    bank = MaskMemoryBank.for_head(head, batch=b, device=pixels.device, dtype=flat.embedding.dtype)
     outs = []
     for t in range(num_frames):
-        f = feats.frame(t)
+        idx = rows + t
+        f = ImageFeatures(flat.feat_s0[idx], flat.feat_s1[idx], flat.embedding[idx], flat.embedding_pos[idx])
         if t == 0:
             dec = head.decode(f, head.condition_without_memory(f.embedding), sparse_prompt.to(f.embedding.dtype))
         else:
@@ -143,11 +164,11 @@ def track(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: in
             bank.add(t, mem, pos, dec.object_pointer, conditioning=t == 0)
         outs.append(dec)
     return TrackOutput(
-        low_res_logits=torch.cat([o.low_res_logits for o in outs]),
-        object_score_logits=torch.cat([o.object_score_logits for o in outs]),
-        iou=torch.cat([o.iou for o in outs]),
-        raw_low_res_logits=torch.cat([o.raw_low_res_logits for o in outs]),
+        low_res_logits=torch.stack([o.low_res_logits for o in outs], 1),
+        object_score_logits=torch.stack([o.object_score_logits for o in outs], 1),
+        iou=torch.stack([o.iou for o in outs], 1),
+        raw_low_res_logits=torch.stack([o.raw_low_res_logits for o in outs], 1),
     )
 
 
-__all__ = ["TrackOutput", "MaskMemoryBank", "track"]
+__all__ = ["TrackOutput", "MaskMemoryBank", "track", "track_batch"]
