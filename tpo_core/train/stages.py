@@ -133,12 +133,12 @@ def _tiny_stages() -> dict[str, dict]:
     and the SAM2 parts of the mask head train with the heads. The 7B config keeps the paper's freezing."""
     head_lr = {"region_head": 1e-3, "temporal_head": 5e-4, "mask_prompt": 1e-3, "mask_sam": 5e-4, "task_tokens": 1e-3}
     return {
-        "stage1": {"steps": 1500, "batch_size": 16, "tasks": list(TASKS),
+        "stage1": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS),
                    "lr": {"vision": 5e-4, "connector": 5e-4, "llm_base": 5e-4, "lora": 5e-4, "task_tokens": 1e-3},
                    "loss_weights": {k: 0.0 for k in LOSS_TERMS if k != "lm"}, "warmup_steps": 50},
-        "stage2": {"steps": 2000, "batch_size": 16, "tasks": ["region", "temporal", "mask"], "lr": head_lr,
+        "stage2": {"steps": 600, "batch_size": 64, "tasks": ["region", "temporal", "mask"], "lr": head_lr,
                    "warmup_steps": 50},
-        "stage3": {"steps": 2000, "batch_size": 16, "tasks": list(TASKS), "warmup_steps": 50,
+        "stage3": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS), "warmup_steps": 50,
                    "lr": {"vision": 2e-4, "connector": 2e-4, "llm_base": 2e-4, "lora": 2e-4, **head_lr}},
     }
 

@@ -1,0 +1,57 @@
+"""scripts/ablation.py (variant plan) and scripts/ship_default.py (LoRA merge + fp16 + token check)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_variants_share_budgets_and_parents():
+    abl = _load("ablation")
+    plan = {"batch_size": 64, "stage1_steps": 450, "steps": 350, "stage3_steps": 500}
+    o = {name: abl.overrides(name, plan) for name in abl.GRAPH}
+    assert o["stage1"]["stage1"]["steps"] == 450
+    for task in abl.HEAD_TASKS:  # one head alone: only its task, the full head budget S
+        assert o[f"a_{task}"]["stage2"]["tasks"] == [task] and o[f"a_{task}"]["stage2"]["steps"] == 350
+    assert "tasks" not in o["b_cotrain"]["stage2"] and o["b_cotrain"]["stage2"]["steps"] == 350
+    c = o["c_full"]
+    assert c["stage2"]["steps"] + c["stage3"]["steps"] == 350  # same head budget as b
+    assert "tasks" not in o["d_stage3_qa"]["stage3"]  # default stage-3 tasks include qa
+    assert o["d_stage3_noqa"]["stage3"]["tasks"] == list(abl.HEAD_TASKS)
+    assert abl.GRAPH["d_stage3_qa"][0] == abl.GRAPH["d_stage3_noqa"][0] == "b_cotrain"
+    assert all(v["batch_size"] == 64 for ov in o.values() for v in ov.values())
+    with pytest.raises(ValueError, match="unknown variant"):
+        abl.overrides("e_other", plan)
+
+
+def test_ship_default_merges_lora_and_halves_without_changing_tokens(tmp_path, synth_root):
+    from tpo_core.config import get_preset
+    from tpo_core.model import TPOModel
+
+    model = TPOModel.from_config(get_preset("tiny"), seed=0)
+    model.llm.apply_lora()
+    for name, p in model.llm.lm.named_parameters():
+        if "lora_B" in name:  # non-zero deltas, so the merge matters
+            torch.nn.init.normal_(p, std=0.02)
+    model.save_pretrained(tmp_path / "src")
+    ship = _load("ship_default")
+    rc = ship.main([str(tmp_path / "src"), str(tmp_path / "dst"), "--data", str(synth_root), "--samples", "4"])
+    report = json.loads((tmp_path / "dst" / "ship_report.json").read_text())
+    assert rc == 0 and report["merge_changed_tokens"] == 0 and report["samples"] == 4
+    shipped = TPOModel.from_pretrained(tmp_path / "dst")
+    assert not shipped.llm.lora_applied
+    assert next(shipped.parameters()).dtype == torch.float32  # loaded as float32 from fp16 storage
+    assert report["bytes"] < ship.BUDGET_BYTES
