@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from runtime.cli import cache_root, force_token, print_result, write_outputs
 from tpo_core.cli import SAMPLE_PROMPTS
 
@@ -100,6 +102,49 @@ def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple
     return cached_export(checkpoint, cache, log), video, phrase, untrained
 
 
+def ground_truth(video: Path, phrase: str) -> dict:
+    """The sample video's labels for ``phrase`` (the generator knows them exactly): region box (normalized),
+    temporal windows (s), the segmentation record, and the QA pairs of the video."""
+    from tpo_core.data.synth_tasks import task_samples
+
+    samples = [s for s in task_samples(video.parent.parent, mask_from_start_only=False) if s.video == str(video)]
+    truth: dict = {"qa": {s.question: s.answer for s in samples if s.task == "qa"}}
+    for s in samples:
+        if s.phrase == phrase and s.task in ("region", "temporal", "mask"):
+            truth[s.task] = s
+    return truth
+
+
+def score_against_truth(task: str, prompt: str, res, truth: dict, clip) -> str | None:
+    """One line comparing a runtime answer with the label (IoU / J / exact match), None without a label."""
+    from runtime.preprocess import sample_indices
+    from tpo_core.train.metrics import best_window_iou, box_iou, exact_match, video_j_and_f
+
+    if task == "qa":
+        answer = truth["qa"].get(prompt)
+        if answer is None:
+            return None
+        return f"truth: {answer!r} -> {'right' if exact_match(res.text, answer) else 'wrong'}"
+    label = truth.get(task)
+    if label is None:
+        return None
+    if task == "region":
+        gt = [label.box[0] * clip.width, label.box[1] * clip.height, label.box[2] * clip.width,
+              label.box[3] * clip.height]
+        iou = box_iou(res.region.box, gt) if res.region is not None else 0.0
+        return f"truth: box {[round(v, 1) for v in gt]} (frame {label.box_frame}) -> IoU {iou:.2f}"
+    if task == "temporal":
+        best = res.temporal.best if res.temporal is not None else None
+        iou = best_window_iou((best.start, best.end), label.windows) if best is not None else 0.0
+        return f"truth: windows {label.windows} s -> IoU {iou:.2f}"
+    seg = label.segmentation
+    gts = np.stack([seg.mask(int(i)) for i in sample_indices(seg.num_frames, len(clip.timestamps))])
+    if res.mask is None or res.mask.masks.shape != gts.shape:
+        return "truth: masks not comparable (no mask result or a different size)"
+    jf = video_j_and_f(res.mask.masks, gts)
+    return f"truth: areas {[int(g.sum()) for g in gts]} -> J {jf['J']:.2f}, J&F {jf['JF']:.2f}"
+
+
 def run_demo(args) -> int:
     from runtime.pipeline import Pipeline
 
@@ -108,13 +153,15 @@ def run_demo(args) -> int:
     t_prep = time.perf_counter() - t0
     pipe = Pipeline.from_manifest(export_dir, threads=args.threads)
     clip = pipe.load_clip(video)
+    truth = ground_truth(Path(video), phrase)
     force = args.force_routing == "on" or (args.force_routing == "auto" and untrained)
     if untrained:
         print("note: no trained embedded model is installed; the untrained tiny model answers (gibberish text)"
               + (" and each task's routing token is forced" if force else ""))
     prompts, results = [], []
     for task, template in TASK_PROMPTS:
-        q = template.format(obj=phrase)
+        # QA: the sample video's own first question (its answer is known), else the generic template
+        q = next(iter(truth["qa"]), template) if task == "qa" else template.format(obj=phrase)
         lp = None
         if force and task in BEGIN_TOKEN:
             lp = force_token(int(pipe.manifest.task_tokens[BEGIN_TOKEN[task]]["id"]))
@@ -122,6 +169,9 @@ def run_demo(args) -> int:
         prompts.append(q)
         results.append(res)
         print_result(q, res)
+        line = score_against_truth(task, q, res, truth, clip)
+        if line:
+            print(f"   {line}")
     rpath, vpath = write_outputs(Path(args.out), video, clip, prompts, results)
     total = time.perf_counter() - t0
     print(f"\nvideo: {video} ({clip.width}x{clip.height}, {clip.duration:.1f} s); export: {export_dir}")

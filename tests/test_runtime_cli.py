@@ -3,6 +3,7 @@ runtime's import hygiene."""
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,11 @@ def test_demo_runs_every_task(export_dir, tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out
     assert text.count("\nQ: ") == 4
+    # every answer is scored against the generated video's labels (QA: the video's own first question)
+    truth = [line.strip() for line in text.splitlines() if line.strip().startswith("truth:")]
+    assert len(truth) == 4, text
+    assert re.search(r"-> (right|wrong)$", truth[0]) and re.search(r"IoU \d\.\d\d$", truth[1])
+    assert re.search(r"IoU \d\.\d\d$", truth[2]) and re.search(r"J \d\.\d\d, J&F \d\.\d\d$", truth[3])
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     tasks = [r["tasks"] for r in saved["results"]]
     assert tasks[1:] == [["region"], ["temporal"], ["mask"]]  # forced with the untrained model, else its own
