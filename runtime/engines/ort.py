@@ -130,8 +130,9 @@ class OrtEngine(Engine):
                                  "numpy array on device='cpu'.")
             binding.bind_output(spec.name, "cpu", 0, ONNX_ELEM[spec.dtype], buf.shape, buf.ctypes.data)
         self.session.run_with_iobinding(binding)
-        produced = dict(zip(names, binding.copy_outputs_to_cpu()))
-        return {n: outputs[n] if n in outputs else produced[n] for n in names}
+        # preallocated outputs were written in place; only the ones ORT allocated are read back (copying every
+        # output, KV presents included, with copy_outputs_to_cpu() was a wasted copy per step)
+        return {n: outputs[n] if n in outputs else v.numpy() for n, v in zip(names, binding.get_outputs())}
 
     def _run_cuda(self, inputs: dict[str, Array], bindings: dict[str, int], stream: Any,
                   outputs: dict[str, Array]) -> dict[str, Array]:
