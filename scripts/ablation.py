@@ -117,16 +117,27 @@ def torch_threads(n: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ planning
-def calibrate(work: Path, batch_size: int, steps: int = 16) -> dict[str, float]:
-    """Seconds per optimizer step of each stage at ``batch_size`` (one process; mean of the 2nd log window)."""
+def calibrate(work: Path, batch_size: int, steps: int = 24, window: int = 8) -> dict[str, float]:
+    """Seconds per optimizer step of each stage at ``batch_size`` (one process), measured on a warm clip cache.
+
+    The runs draw from a pool of ``2 * window * batch_size`` samples, so the first window decodes every clip
+    the later ones read; the last window's mean is taken. (A cold cache made steps look 3-6x slower on the
+    H100, where decoding, not the GPU, dominates the first steps.)
+    """
+    from tpo_core.data.synth_tasks import task_samples
     from tpo_core.train.stages import load_train_config
     from tpo_core.train.trainer import train
 
+    by_task: dict[str, list] = {}
+    for sample in task_samples(work / "data" / "train"):
+        by_task.setdefault(sample.task, []).append(sample)
+    per_task = 2 * window * batch_size // max(1, len(by_task))  # every task in the pool, as in training
+    pool = [sample for group in by_task.values() for sample in group[:per_task]]
     out = work / "calibration"
-    over = {f"stage{i}": {"steps": steps, "batch_size": batch_size, "log_every": steps // 2, "warmup_steps": 0}
+    over = {f"stage{i}": {"steps": steps, "batch_size": batch_size, "log_every": window, "warmup_steps": 0}
             for i in (1, 2, 3)}
     cfg = load_train_config(None, preset="tiny", overrides={"stages": over})
-    results = train(cfg, work / "data" / "train", out, quiet=True)
+    results = train(cfg, None, out, quiet=True, samples=pool)
     return {r.stage: float(r.history[-1]["seconds_per_step"]) for r in results}
 
 

@@ -55,3 +55,13 @@ def test_ship_default_merges_lora_and_halves_without_changing_tokens(tmp_path, s
     assert not shipped.llm.lora_applied
     assert next(shipped.parameters()).dtype == torch.float32  # loaded as float32 from fp16 storage
     assert report["bytes"] < ship.BUDGET_BYTES
+
+
+def test_ablation_calibration_measures_every_stage_on_a_mixed_pool(tmp_path, synth_root):
+    abl = _load("ablation")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train").symlink_to(synth_root, target_is_directory=True)
+    sec = abl.calibrate(tmp_path, batch_size=2, steps=4, window=2)
+    assert set(sec) == {"stage1", "stage2", "stage3"} and all(v > 0 for v in sec.values())
+    logged = [json.loads(line) for line in (tmp_path / "calibration" / "stage2" / "metrics.jsonl").open()]
+    assert any("mask_pixel" in r for r in logged)  # the stage-2 pool holds mask samples, not only region ones

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__
 
 EMBEDDED_DEFAULT = Path(__file__).parent / "assets" / "default"
-SAMPLE_PROMPTS = ("What color is the background?", "Where is {obj}?", "When does {obj} appear?", "Track {obj}.")
+SAMPLE_PROMPTS = ("What colour is the background?", "Where is {obj}?", "When does {obj} appear?", "Track {obj}.")
 
 
 def _add_ask(sub) -> None:
