@@ -186,7 +186,7 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
     # torch's ONNX registry logs one warning per torchvision op when torchvision is absent: not our ops, noise
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     if exporter == "torchscript":
-        _export_torchscript(wrapper, args, cio, path, opset, external, precision)
+        _export_torchscript(wrapper, args, cio, path, opset, external)
     else:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # shared Dim names
@@ -196,6 +196,8 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
         program.save(str(path), external_data=external)
         del program
     proto = onnx.load(str(path), load_external_data=False)
+    if exporter == "torchscript":
+        _restore_spec_io(proto, cio, precision)
     name_dims(proto, cio)
     check_onnx_io(proto, cio, precision)
     onnx.save(proto, str(path))
@@ -207,8 +209,7 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
             "bytes": size, "peak_rss_mb": peak_rss_mb(), "exporter": exporter}
 
 
-def _export_torchscript(wrapper, args: tuple, cio: ComponentIO, path: Path, opset: int, external: bool,
-                        precision: str) -> None:
+def _export_torchscript(wrapper, args: tuple, cio: ComponentIO, path: Path, opset: int, external: bool) -> None:
     """The TorchScript tracer path: symbolic dims become ``dynamic_axes`` (same names as the spec)."""
     dynamic_axes = {}
     for spec in (*cio.inputs, *cio.outputs):
@@ -222,14 +223,19 @@ def _export_torchscript(wrapper, args: tuple, cio: ComponentIO, path: Path, opse
         warnings.filterwarnings("ignore", category=FutureWarning)
         torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=cio.input_names(),
                           output_names=cio.output_names(), dynamic_axes=dynamic_axes, opset_version=opset)
-    proto = onnx.load(str(path))
+    if external:  # the tracer writes weights inline; move them out as the dynamo path does
+        onnx.save(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data")
+
+
+def _restore_spec_io(proto: onnx.ModelProto, cio: ComponentIO, precision: str) -> None:
+    """Make a traced graph's IO declare what the spec says (the tracer's two gaps), in place."""
     # the tracer drops inputs the graph never reads (e.g. pointer_offsets when pointer temporal encoding is off);
     # the spec's IO is the contract, so they are declared again, unused, as the dynamo exporter keeps them
     present = {vi.name for vi in proto.graph.input}
     for i, spec in enumerate(cio.inputs):
         if spec.name not in present:
-            dims = [d if isinstance(d, (int, str)) else None for d in spec.dims]
-            vi = onnx.helper.make_tensor_value_info(spec.name, ONNX_DTYPES[dtype_of(spec, precision)], dims)
+            vi = onnx.helper.make_tensor_value_info(spec.name, ONNX_DTYPES[dtype_of(spec, precision)], list(spec.dims))
             proto.graph.input.insert(i, vi)
     # the tracer's shape inference leaves some static output dims symbolic (e.g. 'Addvisual_tokens_dim_1');
     # declare the spec's sizes there (tpo verify compares every output's real shape with PyTorch's)
@@ -238,11 +244,6 @@ def _export_torchscript(wrapper, args: tuple, cio: ComponentIO, path: Path, opse
         for d, want in zip(vi.type.tensor_type.shape.dim, by_name[vi.name].dims if vi.name in by_name else ()):
             if isinstance(want, int) and not d.HasField("dim_value"):
                 d.dim_value = want
-    if external:
-        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
-    else:
-        onnx.save(proto, str(path))
 
 
 def write_tensors(model, out: Path, precision: str) -> dict[str, dict]:

@@ -102,9 +102,9 @@ class TPOObjective(nn.Module):
         out = {"mask_distill": zero, "mask_box": zero, "mask_pixel": zero, "mask_object": zero}
         if bool(valid.any()):
             p, bx, h = prompts[valid], boxes[valid], task_emb[valid]
-            out["mask_distill"] = F.l1_loss(p.float(), head.box_prompt_embedding(bx).float(), reduction="none"
-                                            ).mean(dim=(1, 2)).mean()
-            out["mask_box"] = F.l1_loss(head.box(h).float(), bx, reduction="none").mean(dim=1).mean()
+            # equal-sized samples: the mean over all elements is the mean of the per-sample means
+            out["mask_distill"] = F.l1_loss(p.float(), head.box_prompt_embedding(bx).float())
+            out["mask_box"] = F.l1_loss(head.box(h).float(), bx)
         if run_track:
             pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])  # [Bm, Tm, 3, S, S]
             track = track_batch(head, pixels.to(task_emb.dtype), prompts)

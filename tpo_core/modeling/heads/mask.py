@@ -58,10 +58,9 @@ class ImageFeatures:
     embedding: Tensor
     embedding_pos: Tensor
 
-    def frame(self, index: int) -> ImageFeatures:
-        """The features of batch row ``index`` as a batch of one."""
-        sl = slice(index, index + 1)
-        return ImageFeatures(self.feat_s0[sl], self.feat_s1[sl], self.embedding[sl], self.embedding_pos[sl])
+    def select(self, rows: Tensor) -> ImageFeatures:
+        """The features of batch rows ``rows`` (int64 [R]) as a batch of R."""
+        return ImageFeatures(self.feat_s0[rows], self.feat_s1[rows], self.embedding[rows], self.embedding_pos[rows])
 
 
 @dataclass

@@ -153,8 +153,7 @@ def track_batch(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_bat
     bank = MaskMemoryBank.for_head(head, batch=b, device=pixels.device, dtype=flat.embedding.dtype)
     outs = []
     for t in range(num_frames):
-        idx = rows + t
-        f = ImageFeatures(flat.feat_s0[idx], flat.feat_s1[idx], flat.embedding[idx], flat.embedding_pos[idx])
+        f = flat.select(rows + t)
         if t == 0:
             dec = head.decode(f, head.condition_without_memory(f.embedding), sparse_prompt.to(f.embedding.dtype))
         else:
