@@ -49,6 +49,11 @@ setup(
         # triton: its CPU interpreter (TRITON_INTERPRET=1) tests the fused mask kernel on machines without a GPU
         "test": ["pytest>=8", "ruff>=0.6", "tensorrt-rtx>=1.0", "triton>=3.0"],
     },
-    entry_points={"console_scripts": ["tpo=tpo_core.cli:main"]},
+    entry_points={
+        "console_scripts": ["tpo=runtime.cli:main"],
+        # each part registers its subcommands on the `tpo` umbrella (runtime/cli.py)
+        "tpo_edge.commands": ["core=tpo_core.cli:add_parsers", "export=export.cli:add_parsers",
+                              "runtime=runtime.commands:add_parsers"],
+    },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -1,7 +1,8 @@
-"""``tpo export``, ``tpo verify`` and ``tpo build`` (registered by ``tpo_core.cli`` through ``add_parsers``).
+"""``tpo export``, ``tpo verify``, ``tpo build`` and ``tpo demo`` (registered on the ``tpo`` umbrella, ``runtime.cli``,
+through ``add_parsers``).
 
     tpo export --checkpoint DIR|embedded|untrained-tiny --out DIR [--precision fp32|fp16|bf16] [--opset N]
-    tpo verify DIR [--checkpoint DIR] [--videos N] [--json]
+    tpo verify DIR [--checkpoint DIR] [--videos N] [--device cpu|cuda] [--json]
     tpo build DIR [--builder auto|tensorrt|tensorrt-rtx] ...      (export/trt_build.py)
 """
 
@@ -36,14 +37,14 @@ def _add_export(sub) -> None:
 
 def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="check an export folder against the PyTorch reference (ONNX Runtime)",
-                       description="Every graph vs the PyTorch model on random inputs per profile and on real "
-                                   "frames, then greedy decoding through the ONNX graphs vs TPOModel.generate. "
-                                   "Exits 1 if anything is out of tolerance.")
+                       description="Every graph on its runtime engine vs the PyTorch model on random inputs per "
+                                   "profile and on real frames, then the runtime Pipeline vs TPOModel.generate "
+                                   "end to end. Exits 1 if anything is out of tolerance.")
     p.add_argument("dir", help="export folder holding manifest.json")
     p.add_argument("--checkpoint", default=None, help="reference checkpoint (default: the manifest's source)")
     p.add_argument("--videos", type=int, default=2, help="generated videos for real-frame and end-to-end checks")
-    p.add_argument("--provider", default="CPUExecutionProvider",
-                   help="ONNX Runtime execution provider (CUDAExecutionProvider for bf16 exports)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the runtime's ONNX Runtime engines run "
+                   "(cuda for bf16 exports)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generation check")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run_verify)

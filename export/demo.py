@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cli import cache_root, force_token, print_result, write_outputs
-from tpo_core.cli import SAMPLE_PROMPTS
+from runtime.contract.routing import force_token
+from runtime.paths import cache_root
+from runtime.report import print_result, write_outputs
+from tpo_core.checkpoint import EMBEDDED_DEFAULT
+from tpo_core.data.sample import SAMPLE_PROMPTS, sample_video
 
 TASK_PROMPTS = tuple(zip(("qa", "region", "temporal", "mask"), SAMPLE_PROMPTS))  # one request per task
 BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
@@ -36,14 +39,16 @@ def _add_demo(sub) -> None:
 
 
 def _code_hash() -> str:
-    """Hash of the model + export code and the tokenizer assets: an export is stale when any of them changed."""
+    """Hash of the model + export code, the manifest schema and the tokenizer assets: an export is stale when any of
+    them changed."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     core = root / "tpo_core"
     files = sorted([*(core / "modeling").rglob("*.py"), *(core / "assets").rglob("*.json"),
                     *(root / "export").rglob("*.py"),
                     *(core / n for n in ("config.py", "model.py", "tokens.py", "prompting.py", "export_specs.py",
-                                         "checkpoint.py", "cli.py")), core / "data" / "tokenizer_build.py"])
+                                         "checkpoint.py", "generation.py")), core / "data" / "tokenizer_build.py",
+                    root / "runtime" / "manifest.py", *(root / "runtime" / "contract").rglob("*.py")])
     for f in files:
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
@@ -70,7 +75,6 @@ def _cached_export(checkpoint: str, cache: Path | None, log, exporter: str) -> P
     from export.exporter import export_model
     from runtime.manifest import Manifest, ManifestError
     from tpo_core.checkpoint import checkpoint_hash
-    from tpo_core.cli import EMBEDDED_DEFAULT
 
     folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
     weights = checkpoint_hash(folder)[:16] if (folder / "model.safetensors").is_file() else "untrained-tiny"
@@ -94,7 +98,6 @@ def _cached_export(checkpoint: str, cache: Path | None, log, exporter: str) -> P
 
 def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple[Path, Path, str, bool]:
     """-> (export folder, sample video, object phrase, whether the model is the untrained fallback)."""
-    from tpo_core.cli import EMBEDDED_DEFAULT, sample_video
 
     video, phrase = sample_video((cache or cache_root()) / "sample")
     folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
@@ -164,7 +167,7 @@ def run_demo(args) -> int:
         q = next(iter(truth["qa"]), template) if task == "qa" else template.format(obj=phrase)
         lp = None
         if force and task in BEGIN_TOKEN:
-            lp = force_token(int(pipe.manifest.task_tokens[BEGIN_TOKEN[task]]["id"]))
+            lp = force_token(pipe.manifest.task_tokens[BEGIN_TOKEN[task]].id)
         res = pipe.ask(clip, q, max_new_tokens=16 if untrained else None, logits_processor=lp)
         prompts.append(q)
         results.append(res)

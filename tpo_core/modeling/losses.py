@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from tpo_core.config import SALIENCY_FILL
 from tpo_core.modeling.heads.temporal import BACKGROUND, FOREGROUND, TemporalOutput
 
 _EPS = 1e-7
@@ -117,7 +118,7 @@ def rank_contrastive_loss(saliency: torch.Tensor, relevance: torch.Tensor, valid
     averaged over the items that have a positive; the result is the mean over levels. Binary relevance gives
     one level. ``[B, L]`` inputs -> scalar (0 when no frame is positive).
     """
-    logits = (saliency / tau).masked_fill(~valid, -1e4)
+    logits = (saliency / tau).masked_fill(~valid, SALIENCY_FILL)  # invalid frames: no probability mass
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # [B, L]
     levels = torch.unique(relevance[(relevance > 0) & valid])
     if levels.numel() == 0:

@@ -96,7 +96,3 @@ def build_optimizer(handle: FreezeHandle, stage: StageConfig) -> torch.optim.Ada
             param_groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "group": group,
                                  "names": [n for n, p in members if any(p is q for q in no_decay)]})
     return torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"], betas=stage.betas, eps=stage.adam_eps)
-
-
-def trainable_names(handle: FreezeHandle) -> list[str]:
-    return [n for n, _, _ in handle.trainable]
