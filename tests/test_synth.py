@@ -193,12 +193,11 @@ def test_tiny_tokenizer_rebuild_is_deterministic():
     assert json.loads(build_tiny_tokenizer().to_str()) == committed
 
 
-def test_fixture_tokenizer_converts_with_task_tokens():
+def test_fixture_tokenizer_converts_with_task_tokens(fixtures_dir):
     from tpo_core.data.tokenizer_build import load_tokenizer
 
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "videochat_tpo"
-    assert (fixture / "tokenizer.model").is_file(), f"compatibility fixture missing at {fixture}"
-    tok = load_tokenizer(fixture)
+    assert (fixtures_dir / "tokenizer.model").is_file(), f"compatibility fixture missing at {fixtures_dir}"
+    tok = load_tokenizer(fixtures_dir)
     assert tok.get_vocab_size(with_added_tokens=False) == 32000
     assert [tok.token_to_id(t) for t in TASK_TOKENS] == list(range(32000, 32007))
     enc = tok.encode("[INST]")
