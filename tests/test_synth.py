@@ -204,5 +204,10 @@ def test_fixture_tokenizer_converts_with_task_tokens(fixtures_dir):
     assert enc.ids == [1, 733, 16289, 28793] and tok.decode(enc.ids, skip_special_tokens=True) == "[INST]"
     enc = tok.encode("Where is it?<box_begin><boxes>", add_special_tokens=False)
     assert enc.ids[-2:] == [32000, 32003] and tok.decode(enc.ids) == "Where is it?<box_begin><boxes>"
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures_dir / "tokenizer.model"))
+    for text in ("Where is the green triangle?  Two  spaces", "ünïcödé 日本語 \t tab", "[INST] <Video> 0.2s </Video>"):
+        assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text), text  # byte fallback included
     with pytest.raises(ValueError, match="neither"):
         load_tokenizer("mistral-v0.2")
