@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 import torch
 
+from export import DEFAULT_OPSET, EXPORTERS
 from export.components import build_wrapper
 from export.manifest_fields import build_manifest
 from export.specs import (
@@ -49,8 +50,6 @@ from export.specs import (
 from runtime.manifest import Manifest, sha256_file
 from tpo_core.export_specs import ComponentIO, ExportLimits, component_io, tensor_files
 
-DEFAULT_OPSET = 18
-EXPORTERS = ("dynamo", "torchscript")
 # graphs with more weight bytes than this use ONNX external data (required over 2 GB). Measured on the 7B vision
 # graph (0.79 GB fp16): inline, the exporter serializes the weights in memory (peak RSS +2.4 GB); external data
 # streams them (+0.12 GB).

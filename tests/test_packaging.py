@@ -5,6 +5,8 @@
 2. A subprocess in which torch, transformers, peft (and tpo_core, export) cannot be imported opens a
    ``runtime.Pipeline`` on the embedded export, answers a free question and one question forced to each head
    on a generated video, and gets the same tokens, box, spans and masks as the same pipeline in this process.
+3. The ``tpo`` command, with every optional dependency blocked: ``tpo run`` answers from an export folder;
+   ``tpo ask`` exits 2 naming the extra to install.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def test_base_requirements_cover_every_runtime_import():
                         "setup.py's RUNTIME or move the import out of runtime/"
 
 
-_CHILD = r"""
+_BLOCKER = r"""
 import importlib.abc, json, sys
 
 BLOCKED = set(sys.argv[3].split(","))
@@ -71,6 +73,8 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Block())
+"""
+_CHILD = _BLOCKER + r"""
 import numpy as np
 from runtime.pipeline import Pipeline
 
@@ -142,3 +146,24 @@ def test_runtime_runs_an_export_folder_without_torch_transformers_peft(export_di
         assert (a["box"] is None) == (b["box"] is None)
         if a["box"] is not None:
             assert np.allclose(a["box"], b["box"], atol=1e-3)
+
+
+_CLI_CHILD = _BLOCKER + r"""
+from tpo_core.cli import main
+
+rc_run = main(["run", sys.argv[1], "--video", sys.argv[2], "--prompt", "Where is the object?", "--json"])
+rc_ask = main(["ask", "--sample"])
+print(json.dumps({"run": rc_run, "ask": rc_ask}))
+"""
+# every optional dependency of setup.py's extras (top-level module names)
+OPTIONAL = ("torch", "transformers", "peft", "accelerate", "safetensors", "scipy", "PIL", "sentencepiece", "onnx",
+            "onnxscript", "matplotlib", "triton", "tensorrt", "tensorrt_rtx")
+
+
+@pytest.mark.slow
+def test_tpo_run_needs_only_the_base_install(export_dir, sample_videos):
+    proc = subprocess.run([sys.executable, "-c", _CLI_CHILD, str(export_dir), sample_videos[0], ",".join(OPTIONAL)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"run": 0, "ask": 2}, proc.stdout[-2000:]
+    assert "tpo ask: error: this command needs 'torch'" in proc.stderr and "tpo-edge[export]" in proc.stderr
