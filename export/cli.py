@@ -13,7 +13,7 @@ import json
 
 
 def _add_export(sub) -> None:
-    from export.exporter import DEFAULT_OPSET, EXPORTERS
+    from export import DEFAULT_OPSET, EXPORTERS
 
     p = sub.add_parser("export", help="split a TPO model into ONNX graphs + manifest.json",
                        description="Write one ONNX graph per component (vision, llm, heads, mask graphs), the "

@@ -16,6 +16,10 @@ import sys
 from importlib.metadata import entry_points, version
 
 GROUP = "tpo_edge.commands"
+# optional dependency (top-level module) -> the setup.py extra that installs it
+EXTRA_OF = {**dict.fromkeys(("torch", "transformers", "peft", "safetensors", "scipy", "PIL", "sentencepiece", "google",
+                             "onnx", "onnxscript"), "export"),
+            "accelerate": "train", "matplotlib": "train", "triton": "gpu", "tensorrt_rtx": "trt", "tensorrt": "tensorrt"}
 ORDER = ("core", "export", "runtime")  # help lists the parts in this order
 EXTRA = {"core": "train", "export": "export"}  # pip extra that brings a part's dependencies
 
@@ -55,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:  # an optional dependency: say which extra brings it
+        extra = EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None or os.environ.get("TPO_DEBUG"):
+            raise
+        print(f"tpo {args.command}: error: this command needs {e.name!r}, which is not installed: "
+              f"`pip install 'tpo-edge[{extra}]'` (in a checkout: `pip install -e '.[{extra}]'`); the base install "
+              "only runs export folders (tpo run, tpo stream, tpo bench)", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:  # user-facing errors already say what is wrong and the fix
         if os.environ.get("TPO_DEBUG"):
             raise
