@@ -19,7 +19,8 @@ GROUP = "tpo_edge.commands"
 # optional dependency (top-level module) -> the setup.py extra that installs it
 EXTRA_OF = {**dict.fromkeys(("torch", "transformers", "peft", "safetensors", "scipy", "PIL", "sentencepiece", "google",
                              "onnx", "onnxscript"), "export"),
-            "accelerate": "train", "matplotlib": "train", "triton": "gpu", "tensorrt_rtx": "trt", "tensorrt": "tensorrt"}
+            "accelerate": "train", "matplotlib": "train", "triton": "gpu", "tensorrt_rtx": "trt",
+            "tensorrt": "tensorrt"}
 ORDER = ("core", "export", "runtime")  # help lists the parts in this order
 EXTRA = {"core": "train", "export": "export"}  # pip extra that brings a part's dependencies
 
