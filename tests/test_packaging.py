@@ -149,7 +149,7 @@ def test_runtime_runs_an_export_folder_without_torch_transformers_peft(export_di
 
 
 _CLI_CHILD = _BLOCKER + r"""
-from tpo_core.cli import main
+from runtime.cli import main
 
 rc_run = main(["run", sys.argv[1], "--video", sys.argv[2], "--prompt", "Where is the object?", "--json"])
 rc_ask = main(["ask", "--sample"])
