@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_parsers as add_train
 
     add_train(sub)
+    from .convert.cli import add_parsers as add_convert
+
+    add_convert(sub)  # tpo convert
     add_export(sub)
     add_runtime(sub)
     return parser
