@@ -196,7 +196,7 @@ def test_tiny_tokenizer_rebuild_is_deterministic():
 def test_fixture_tokenizer_converts_with_task_tokens():
     from tpo_core.data.tokenizer_build import load_tokenizer
 
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "videochat_tpo"
+    fixture = Path(__file__).resolve().parent / "fixtures" / "videochat_tpo"
     assert (fixture / "tokenizer.model").is_file(), f"compatibility fixture missing at {fixture}"
     tok = load_tokenizer(fixture)
     assert tok.get_vocab_size(with_added_tokens=False) == 32000

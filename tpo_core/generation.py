@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from .checkpoint import refuse_untrained
 from .results import MaskResult, RegionResult, Span, TemporalResult, TPOResult, mask_box
 
 
@@ -101,6 +102,7 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
         logits, hidden = step(model.llm.embed(torch.tensor([[tok]], device=dev)))
         if tok in begin and len(out_ids) < max_new:
             placeholder_id, head = begin[tok]
+            refuse_untrained(model, head)  # e.g. the temporal head of a converted VideoChat-TPO checkpoint
             logits, hidden = step(placeholders[placeholder_id])
             out_ids.append(placeholder_id)
             th = time.perf_counter()

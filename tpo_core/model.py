@@ -40,6 +40,7 @@ class TPOModel(nn.Module):
         self.task_ids = TaskTokenIds.after_vocab(config.llm.vocab_size)
         self.tokenizer = tokenizer
         self._prompts: PromptBuilder | None = None
+        self.untrained_heads: tuple[str, ...] = ()  # heads whose weights were never trained (checkpoint.json)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
