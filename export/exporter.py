@@ -80,9 +80,10 @@ def restore_buffers(model, force: bool = False, allow_meta: bool = False) -> Non
         mh.pixel_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         mh.pixel_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     mattn = mh.sam.memory_attention
-    if force or any(b.is_meta for b in mattn.rotary_emb.buffers()):
+    if force or mattn.position_ids.is_meta or any(b.is_meta for b in mattn.rotary_emb.buffers()):
         with torch.device("cpu"):
             mattn.rotary_emb = type(mattn.rotary_emb)(mh.sam_config)
+            mattn.position_ids = mattn.precompute_positions(mh.sam_config)
     if force and not model.vision.pos_embed.is_meta:
         model.vision.reset_pos_embed()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

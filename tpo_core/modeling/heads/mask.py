@@ -339,7 +339,7 @@ class MaskHead(nn.Module):
         """
         mattn = self.sam.memory_attention
         keys, key_pos, bias, num_ptr_tokens = self._memory_keys(state)
-        cos, sin = mattn.rotary_emb()
+        cos, sin = mattn.rotary_emb(embedding, mattn.position_ids)  # [1, HW, Hd] each, float32
         x = embedding + 0.1 * embedding_pos
         for layer in mattn.layers:
             q = layer.layer_norm1(x)
