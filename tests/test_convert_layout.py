@@ -87,3 +87,11 @@ def test_old_configs_get_the_box_mlp_width_they_were_built_with():
     assert TPOConfig.from_dict(data).mask.box_mlp_dim == data["mask"]["prompt_mlp_dim"] // 2
     with torch.device("meta"):
         assert get_preset("videochat-tpo-7b").mask.box_mlp_dim == 4096
+
+
+def test_docs_table_is_generated_from_the_code():
+    from tpo_core.convert.report import BEGIN, DOC, END, table_markdown
+
+    doc = DOC.read_text()
+    assert doc.split(BEGIN, 1)[1].split(END, 1)[0] == "\n" + table_markdown(), \
+        "docs/convert.md is stale: run `python -m tpo_core.convert.report`"
