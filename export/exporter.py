@@ -130,6 +130,7 @@ def load_for_export(path: str | Path, dtype: torch.dtype):
     del state
     restore_buffers(model)
     model.llm.merge_lora()
+    model.untrained_heads = tuple(meta.get("untrained_heads", ()))  # for the manifest (e.g. ["temporal"])
     return model.eval()
 
 

@@ -231,7 +231,7 @@ class MaskHead(nn.Module):
                                                                 rope_k_repeat=True)
         c = cfg.hidden_dim
         self.prompt_mlp = MLP(llm_dim, cfg.prompt_mlp_dim, 3 * c)
-        self.box_mlp = MLP(llm_dim, cfg.prompt_mlp_dim // 2, 4)
+        self.box_mlp = MLP(llm_dim, cfg.box_mlp_dim, 4)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
