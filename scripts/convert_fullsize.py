@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
     p = _paths(state)
-    py, tpo = sys.executable, [sys.executable, "-m", "tpo_core.cli"]
+    py, tpo = sys.executable, [sys.executable, "-m", "runtime.cli"]
     if args.phase == "_synth":
         return _synth_child(state, args.size)
     if args.phase == "synth":
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return _timed(cmd, state, "verify")
     if args.phase == "run":
         sys.path.insert(0, str(ROOT))
-        from tpo_core.cli import sample_video
+        from tpo_core.data.sample import sample_video
 
         video, phrase = sample_video(p["sample"])
         cmd = tpo + ["run", str(p["export"]), "--device", args.device, "--video", str(video), "--json"]

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from runtime.cli import main as tpo_main
 from tpo_core.checkpoint import UntrainedHeadError, untrained_heads
-from tpo_core.cli import main as tpo_main
 from tpo_core.convert.converter import convert
 from tpo_core.convert.synthetic import small_config, small_dims, write_synthetic_release
 from tpo_core.model import TPOModel
@@ -139,7 +139,7 @@ def test_untrained_temporal_routing_is_refused_with_the_fix(converted, sample_vi
 
     res = model.generate(clip, "Where is it?", logits_processor=force(ids.box_begin), max_new_tokens=4)
     assert res.tasks == ["region"] and res.region is not None  # other heads run
-    with pytest.raises(UntrainedHeadError, match=r"tpo train --stage 2 --heads temporal"):
+    with pytest.raises(UntrainedHeadError, match=r"temporal head is untrained.*Train the temporal head"):
         model.generate(clip, "When does it appear?", logits_processor=force(ids.time_begin), max_new_tokens=4)
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from tpo_core.cli import main as tpo_main
+from runtime.cli import main as tpo_main
 from tpo_core.config import TPOConfig, get_preset
 from tpo_core.convert.converter import _expected_state, config_from_release, target_shape
 from tpo_core.convert.layout import ReleaseDims, layout_bytes, release_layout
