@@ -22,6 +22,7 @@ from tpo_core.checkpoint import UntrainedHeadError, untrained_heads
 from tpo_core.convert.converter import convert
 from tpo_core.convert.synthetic import small_config, small_dims, write_synthetic_release
 from tpo_core.model import TPOModel
+from tpo_core.modeling.heads.mask_track import track
 from tpo_core.modeling.vision import video_pos_embed
 
 
@@ -139,7 +140,7 @@ def test_untrained_temporal_routing_is_refused_with_the_fix(converted, sample_vi
 
     res = model.generate(clip, "Where is it?", logits_processor=force(ids.box_begin), max_new_tokens=4)
     assert res.tasks == ["region"] and res.region is not None  # other heads run
-    with pytest.raises(UntrainedHeadError, match=r"temporal head is untrained.*Train the temporal head"):
+    with pytest.raises(UntrainedHeadError, match=r"temporal head, but that head is untrained.*Train the temporal"):
         model.generate(clip, "When does it appear?", logits_processor=force(ids.time_begin), max_new_tokens=4)
 
 
@@ -320,7 +321,7 @@ def test_sam2_equals_transformers_conversion_path_frame0_and_propagation(model, 
     h = torch.randn(1, cfg.llm.hidden_size, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         got = model.run_mask(h, pixels)
-        want = ref.track(pixels, ref.sparse_prompt(h))
+        want = track(ref, pixels, ref.sparse_prompt(h))
     torch.testing.assert_close(got.low_res_logits, want.low_res_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.object_score_logits, want.object_score_logits, rtol=1e-5, atol=1e-5)
     assert got.low_res_logits.shape == (4, 1, s // 4, s // 4) and torch.isfinite(got.raw_low_res_logits).all()
