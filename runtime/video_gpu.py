@@ -141,26 +141,36 @@ def _nvc_errors(nvc) -> tuple[type, ...]:
     return (*own, RuntimeError, ValueError, IndexError, OSError)
 
 
-def _open_nvdec(nvc, path: Path, dev, layout: str):
+def _open_nvdec(nvc, path: Path, dev, layout: str, scan: bool):
+    """SimpleDecoder on ``dev`` (its primary context); ``scan``: index the packets for the keyframe list."""
     color = nvc.OutputColorType.RGB if layout == "thwc" else nvc.OutputColorType.RGBP
     try:
         return nvc.SimpleDecoder(str(path), gpu_id=dev.index or 0, use_device_memory=True,
-                                 need_scanned_stream_metadata=True, output_color_type=color)
+                                 need_scanned_stream_metadata=scan, output_color_type=color)
     except Exception as e:  # noqa: BLE001 -- SimpleDecoder raises plain Exception for streams it cannot open
         raise _FallBack(f"SimpleDecoder refused the file: {_first_line(e)}") from e
 
 
 def _read_nvdec(path: Path, num_frames: int, dev, strategy: str, layout: str, max_side: int) -> DeviceClip:
+    import torch
+
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    with torch.cuda.device(dev):  # torch's copies and synchronizations on the decoder's GPU
+        return _read_nvdec_on(path, num_frames, dev, strategy, layout, max_side)
+
+
+def _read_nvdec_on(path: Path, num_frames: int, dev, strategy: str, layout: str, max_side: int) -> DeviceClip:
     import PyNvVideoCodec as nvc
     import torch
 
     t0 = time.perf_counter()
-    dec = _open_nvdec(nvc, path, dev, layout)
+    dec = _open_nvdec(nvc, path, dev, layout, scan=strategy in ("auto", "gop"))
     errors = _nvc_errors(nvc)
     try:
         meta = dec.get_stream_metadata()
         n, width, height, fps = len(dec), int(meta.width), int(meta.height), float(meta.average_fps)
-        keyframes = _keyframes(dec, errors)
+        keyframes = _keyframes(dec, errors) if strategy in ("auto", "gop") else []
     except errors as e:
         raise _FallBack(f"no stream metadata: {_first_line(e)}") from e
     if max(width, height) > max_side:
