@@ -169,8 +169,8 @@ def sweep(torch, F, sets, reps) -> list[dict]:
 
     rows = []
     for cfg in [K.TileConfig(by, bx, nw) for by, bx, nw in
-                ((8, 32, 2), (8, 64, 4), (16, 64, 4), (16, 32, 4), (32, 32, 4), (4, 128, 4), (16, 128, 8),
-                 (32, 64, 8))]:
+                ((8, 32, 2), (8, 32, 1), (8, 64, 4), (16, 64, 4), (16, 64, 8), (16, 32, 4), (32, 32, 8),
+                 (4, 128, 4), (16, 128, 8), (32, 64, 16))]:
         K.TILE_OVERRIDE = cfg
         for name, size, msize in (("vision_224", _sz(224), None), ("mask_1024", None, _sz(1024)),
                                   ("vision_64", _sz(64), None), ("mask_128", None, _sz(128))):

@@ -146,6 +146,53 @@ def test_bad_arguments_raise_value_error(kwargs, match):
         resize_frames_triton(args.pop("frames"), args.pop("size"), args.pop("mode"), **args)
 
 
+_COMPILE_SCRIPT = r"""
+import collections, inspect, json, os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from runtime.kernels.preprocess_triton import COMPILE_OPTIONS, _resize_kernel
+
+names = list(inspect.signature(_resize_kernel.fn).parameters)
+bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+out = []
+variants = ((4, 4, False, False, "*fp32"), (3, 4, True, True, "*bf16"), (17, 29, False, False, "*fp16"))
+for kh, kw, h_first, norm, out_ty in variants:
+    sig = {n: "i32" for n in names}
+    sig.update(src_ptr="*u8", out_ptr=out_ty, fidx_ptr="*i32", ty_idx_ptr="*i32", tx_idx_ptr="*i32", ty_w_ptr="*fp32",
+               tx_w_ptr="*fp32", mean_ptr="*fp32", std_ptr="*fp32", lo="fp32", hi="fp32")
+    const = dict(KH=kh, KW=kw, H_FIRST=h_first, HAS_FIDX=True, CLAMP=True, NORMALIZE=norm, BLOCK_Y=16, BLOCK_X=64)
+    sig.update({k: "constexpr" for k in const})
+    src = ASTSource(_resize_kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, **COMPILE_OPTIONS})
+    path = os.path.join(tempfile.mkdtemp(), "k.cubin")
+    open(path, "wb").write(k.asm["cubin"])
+    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+    res = subprocess.run([os.path.join(bindir, "cuobjdump"), "--dump-resource-usage", path], capture_output=True,
+                         text=True).stdout
+    ops = collections.Counter(re.findall(r"\s([A-Z][A-Z0-9]+)[.A-Z0-9]*\s", sass))
+    out.append({"case": [kh, kw, h_first, norm, out_ty], "FFMA": ops["FFMA"], "FMUL": ops["FMUL"],
+                "ptx_fma": len(re.findall(r"fma\.rn\.f32", k.asm["ptx"])),
+                "LDL": ops["LDL"] + ops["STL"], "regs": int(re.search(r"REG:(\d+)", res).group(1)),
+                "div": sorted(set(re.findall(r"div\.[a-z0-9.]+", k.asm["ptx"])))})
+print(json.dumps(out))
+"""
+
+
+def test_compiled_for_sm90_has_no_fma_and_no_spills():
+    """What the interpreter cannot show: the sm_90 machine code (compiled here, no GPU needed) multiplies and adds
+    separately (no FFMA: the float order stays numpy's), keeps everything in registers, divides exactly."""
+    require_triton()
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for r in json.loads(out.stdout.strip().splitlines()[-1]):
+        assert r["ptx_fma"] == 0 and r["FMUL"] > 0, r
+        assert r["FFMA"] == 0 or r["case"][3], r  # with normalize, ptxas expands div.rn.f32 into FFMA steps
+        assert r["LDL"] == 0 and r["regs"] <= 128, r
+        assert r["div"] == (["div.rn.f32", "div.s32"] if r["case"][3] else ["div.s32"]), r
+
+
 # ------------------------------------------------------------------------------------------------- GPU
 GPU_CASES = [  # (T, H, W), vision S, mask Sm
     ((8, 1080, 1920), 224, 1024),  # 7B vision, SAM2-L mask
@@ -221,8 +268,9 @@ def test_cuda_close_to_torch_interpolate():
 
 @pytest.mark.gpu
 def test_cuda_indices_out_and_unaligned_views():
-    """Ring-buffer slots by index, a preallocated output, a view that is not 16-byte aligned (JIT path), repeats."""
-    from runtime.kernels.preprocess_triton import DevicePreprocessor
+    """Ring-buffer slots by index, a preallocated output, a view that is not 16-byte aligned (JIT path), repeats,
+    and the fused normalization."""
+    from runtime.kernels.preprocess_triton import DevicePreprocessor, preprocess_vision_cuda
 
     frames = _frames((6, 360, 641), 9)
     pp = Preprocessor(size=64, mask_size=256)
@@ -240,6 +288,8 @@ def test_cuda_indices_out_and_unaligned_views():
             assert torch.equal(out.cpu(), torch.from_numpy(pp.vision(frames[pick])))
             got = dev.mask(src, indices=idx)
             assert torch.equal(got.cpu(), torch.from_numpy(pp.mask(frames[pick])))
+    norm = preprocess_vision_cuda(unaligned, 64, normalize=(pp.mean, pp.std))
+    assert torch.equal(norm.cpu(), torch.from_numpy(pp.normalize(pp.vision(frames))))
 
 
 @pytest.mark.gpu
