@@ -3,7 +3,8 @@
 Videos are real files encoded with PyAV (libx264 when the wheel has it, small GOP so that seeking is exercised).
 Each frame carries its index in a flat patch (gray level ``16 + 7 * i``), pure red / green / blue bars and smooth
 gradients, so a wrong frame, a swapped channel or a wrong layout shows. NVDEC converts YUV to RGB with its own
-kernel, so its pixels are compared with decord's within a few levels, and the index patches exactly.
+kernel, so its pixels are compared with decord's within a few levels, and the index patches exactly. The files
+are tagged BT.601 so that both decoders use one colour matrix.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def write_video(path: Path, n: int, h: int, w: int, fps: int = 30, gop: int = 8)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "veryfast", "g": str(gop), "keyint_min": str(gop)}
+            # tagged BT.601 (what PyAV's RGB->YUV conversion uses): for untagged files the Video Codec SDK's
+            # conversion defaults to BT.709 and ffmpeg to BT.601 (7 levels apart on average on these frames)
+            stream.options = {"crf": "12", "preset": "veryfast", "g": str(gop), "keyint_min": str(gop),
+                              "x264-params": "colormatrix=smpte170m:colorprim=smpte170m:transfer=smpte170m"}
         else:
             stream.bit_rate, stream.gop_size = 8_000_000, gop
         for i in range(n):
