@@ -1,0 +1,480 @@
+"""The whole 7B-shape pipeline end to end on one GPU (random weights, every component), in phases.
+
+1. **Export** (CPU work, on the GPU machine's host): the ``videochat-tpo-7b`` preset built on ``meta`` and
+   materialized once, directly in the export precision, with seeded random weights (one generator per part: any
+   phase rebuilds exactly the same weights), then every component exported through ``export.exporter.
+   export_model`` (``--llm-graph gqa`` where the exporter has it). At 7B the LLM graph alone takes ~5 min
+   (docs/export.md: 308 s on the H100 host), so it is its own phase: ``export-llm`` writes ``STATE/llm_part``,
+   ``export-rest`` exports the other nine graphs into ``STATE/export``, moves the LLM files in and writes the
+   merged manifest (then ``Manifest.load`` re-checks every file hash). ``--export DIR`` reuses any export folder
+   instead (e.g. ``scripts/convert_fullsize.py``'s).
+2. **Bench** (one process, one GPU; ``Pipeline`` on ORT, ``device="cuda"``): a generated 1080p H.264 clip
+   (``--clip-seconds`` at 30 fps, keyframe every ``--gop`` frames); medians over ``--reps`` after ``--warmup``.
+
+   - *Time to first answer*: ``Pipeline.ask`` on the file: read the 16 sampled frames -> preprocess -> vision ->
+     prefill -> first token (wall clock, first token = when the prefill's logits are chosen from), then to the end
+     of a ``--tokens``-token answer; per stage from ``TPOResult.timings_ms`` (each stage ends with a device sync).
+     Two video paths: ``host`` (the shipped ``Pipeline``: decord + numpy preprocessing) and ``device``
+     (``DevicePipeline`` below: NVDEC into GPU memory via ``runtime.video_gpu`` with decord fallback, fused
+     Triton preprocessing). Then one answer per head with the task forced at step 0 (``force_token``): region,
+     temporal, and mask (``<track_begin>``: the SAM2-L head tracks all 16 frames and decodes them at 1080p).
+   - *One tracked mask frame at 1080p* (``benchmarks/e2e_mask.py``): our mask engines vs transformers'
+     ``Sam2VideoModel`` eager (same SAM2-L modules: same config and, for our own random export, same weights) in
+     ``--hf-dtypes``, steady state with a full memory bank.
+
+   Prints the tables with ratios and writes ``OUT/e2e_7b_<gpu>.json`` (``--out``, default ``$OUT`` or
+   ``benchmarks/results``) with the device, versions and the command.
+
+GPU machine (each command < 10 min; state in ``--state`` between back-to-back commands; carry the wheels of
+docs/video_gpu.md into /tmp/site)::
+
+    python benchmarks/e2e_7b.py --phase export-llm      # ~5.5-6.5 min EST (LLM graph, 14.2 GB)
+    python benchmarks/e2e_7b.py --phase export-rest     # ~2-4 min EST (9 graphs, tensors, merged manifest)
+    python benchmarks/e2e_7b.py --phase bench           # ~3-5 min EST (load ~1.5 min, answers, mask peers)
+
+CPU plumbing at the tiny size (seconds)::
+
+    python benchmarks/e2e_7b.py --preset tiny --device cpu --phase all --exporter torchscript --state /tmp/e2e
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402,I001  (before onnxruntime: it loads the CUDA libraries onnxruntime-gpu links against)
+import numpy as np  # noqa: E402
+
+from e2e_mask import make_sync, mask_comparison, ratio_rows, stats  # noqa: E402
+from runtime.pipeline import Pipeline  # noqa: E402
+
+PARTS = ("vision", "connector", "llm", "region_head", "temporal_head", "mask_head")
+PHASES = ("export", "export-llm", "export-rest", "bench", "all")
+FORCED = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
+PROMPT = "Describe what happens in the video in detail."
+FIXTURE_TOKENIZER = ROOT / "tests" / "fixtures" / "videochat_tpo"  # the release's Mistral v0.2 tokenizer.model
+
+
+# ------------------------------------------------------------------------------------------------ model
+def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers: int | None = None):
+    """TPOModel of ``preset`` with seeded random weights in ``precision``, built on ``meta`` and materialized part by
+    part in place (one copy of the weights). Each part has its own generator (``seed`` + crc32 of its name), so
+    rebuilding a subset gives the same tensors. Normal(0, 0.02) tiles (finite, non-degenerate), norm weights 1,
+    biases 0. Only ``parts`` are materialized; the rest stays on ``meta``."""
+    from export.exporter import restore_buffers
+    from export.specs import check_precision
+    from tpo_core.config import get_preset
+    from tpo_core.data.tokenizer_build import load_tokenizer
+    from tpo_core.model import TPOModel
+
+    cfg = get_preset(preset)
+    if layers:
+        cfg.llm.num_layers = layers
+    spec = cfg.llm.tokenizer if cfg.llm.tokenizer == "embedded-tiny" else str(FIXTURE_TOKENIZER)
+    with torch.device("meta"):
+        model = TPOModel(cfg, load_tokenizer(spec))
+    model = model.to(check_precision(precision))
+    for part in parts:
+        module = getattr(model, part).to_empty(device="cpu")
+        setattr(model, part, module)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(part.encode()))
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if p.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
+                    p.fill_(1.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    _fill_tiled(p, gen)
+            for b in module.buffers():
+                if b.is_floating_point():
+                    _fill_tiled(b, gen)  # restore_buffers recomputes the non-persistent ones
+    restore_buffers(model, force=True, allow_meta=set(parts) != set(PARTS))
+    return model.eval()
+
+
+def _fill_tiled(t: torch.Tensor, gen: torch.Generator, block: int = 1 << 22) -> None:
+    flat = t.view(-1)
+    tile = torch.randn(min(block, flat.numel()), generator=gen).mul_(0.02).to(t.dtype)
+    for i in range(0, flat.numel(), tile.numel()):
+        n = min(tile.numel(), flat.numel() - i)
+        flat[i:i + n].copy_(tile[:n])
+
+
+def source_of(model, preset: str, seed: int) -> dict:
+    from export.exporter import tokenizer_hash
+
+    return {"checkpoint": f"random:{preset}:seed{seed}", "sha256": None, "preset": preset,
+            "config": model.config.to_dict(), "tokenizer_sha256": tokenizer_hash(model.tokenizer)}
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_parts(args, components: list[str] | None, out: Path) -> dict:
+    """Build the random model and export ``components`` (None: all) into ``out`` (replaced)."""
+    from export.exporter import export_model, peak_rss_mb
+
+    t0 = time.perf_counter()
+    model = build_random(args.preset, args.precision, args.seed, layers=args.layers)
+    built_s = time.perf_counter() - t0
+    print(f"[e2e] built {args.preset} ({args.precision}, seed {args.seed}) in {built_s:.1f}s, "
+          f"peak RSS {peak_rss_mb() / 1024:.1f} GB", flush=True)
+    kwargs = {}
+    if args.llm_graph != "plain":
+        if "llm_graph" not in inspect.signature(export_model).parameters:
+            raise ValueError(f"--llm-graph {args.llm_graph}: this checkout's exporter has no llm_graph option (it "
+                             "comes with the GQA graph, branch h-gpu); use --llm-graph plain")
+        kwargs["llm_graph"] = args.llm_graph
+    shutil.rmtree(out, ignore_errors=True)
+    export_model("in-memory", out, precision=args.precision, components=components, model=model,
+                 source=source_of(model, args.preset, args.seed), exporter=args.exporter, **kwargs)
+    rec = {"components": components or "all", "build_s": built_s, "seconds": time.perf_counter() - t0,
+           "peak_rss_gb": peak_rss_mb() / 1024}
+    (out / "e2e_phase.json").write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+def merge_llm_part(part: Path, out: Path) -> None:
+    """Move ``part``'s LLM graph files into ``out`` and write one manifest: ``part``'s (its ``kv`` and ``source``
+    describe the LLM graph) with ``out``'s components added. Both parts wrote the tensors from the same seeded
+    weights: a differing hash is an error."""
+    import dataclasses
+
+    from runtime.manifest import Manifest
+
+    m_llm = Manifest.load(part, verify_hashes=False, require_all=False)
+    m_rest = Manifest.load(out, verify_hashes=False, require_all=False)
+    differ = [n for n, t in m_llm.tensors.items() if m_rest.tensors[n].sha256 != t.sha256]
+    if differ or m_llm.tokenizer.sha256 != m_rest.tokenizer.sha256:
+        raise ValueError(f"the two export phases wrote different tensors {differ} (or tokenizers): they were not built "
+                         "from the same preset/seed/precision; rerun both phases with the same arguments")
+    spec = m_llm.components["llm"]
+    for name in (spec.file, spec.external_data):
+        if name:
+            shutil.move(str(part / name), str(out / name))
+    merged = dataclasses.replace(m_llm, components={**m_rest.components, "llm": spec}, root=None)
+    merged.save(out)
+    Manifest.load(out)  # every hash, every required component
+    shutil.rmtree(part, ignore_errors=True)
+
+
+def run_export_phase(args, phase: str, state: Path) -> dict:
+    from tpo_core.export_specs import component_io
+
+    export, part = state / "export", state / "llm_part"
+    if phase == "export":
+        return export_parts(args, None, export)
+    if phase == "export-llm":
+        return export_parts(args, ["llm"], part)
+    if not (part / "manifest.json").is_file():
+        raise ValueError(f"{part} holds no LLM export; run --phase export-llm first (same --state)")
+    from tpo_core.config import get_preset
+
+    rest = [c for c in component_io(get_preset(args.preset)) if c != "llm"]
+    rec = export_parts(args, rest, export)
+    t0 = time.perf_counter()
+    merge_llm_part(part, export)
+    rec["merge_s"] = time.perf_counter() - t0
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------ video
+def write_clip(path: Path, seconds: float, fps: int, hw: tuple[int, int], gop: int) -> Path:
+    """An H.264 (libx264, yuv420p, CRF 20) clip of moving smooth patterns over a fixed texture (PyAV)."""
+    from fractions import Fraction
+
+    import av
+
+    if path.is_file():
+        return path
+    h, w = hw
+    rng = np.random.default_rng(0)
+    texture = rng.integers(-24, 25, (h, w, 3), dtype=np.int16)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "20", "preset": "ultrafast", "g": str(gop)} if codec == "libx264" else {}
+        for i in range(int(seconds * fps)):
+            base = 127 + 100 * np.sin(xx / 61.0 + yy / 37.0 + i / 9.0)
+            rgb = np.stack([base, np.roll(base, 7 * i, axis=1), 255 - base], -1) + texture
+            frame = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.rename(path)
+    return path
+
+
+class DevicePipeline(Pipeline):
+    """``Pipeline`` with the device video path: files decoded into GPU memory (``runtime.video_gpu.
+    read_clip_cuda``: NVDEC, decord fallback) and preprocessed there (``DevicePreprocessor``, fused Triton); every
+    later stage is the shipped ``Pipeline.ask``. On the CPU (tests) the frames are CPU tensors and the kernels run
+    in Triton's interpreter (``TRITON_INTERPRET=1``)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        from runtime.kernels.preprocess_triton import DevicePreprocessor
+
+        dt = {"float32": torch.float32, "float16": torch.float16}
+        self.device_pre = DevicePreprocessor(self.preprocessor, dt[self._input_dtype("vision", "frames")],
+                                             dt[self._input_dtype("mask_image_encoder", "pixels")])
+        self.last_decoder = ""
+
+    def load_clip(self, video, fps=None):
+        if not isinstance(video, (str, Path)):
+            return super().load_clip(video, fps)
+        from runtime.video_gpu import read_clip_cuda
+
+        clip = read_clip_cuda(video, self.num_frames, self.device)
+        self.last_decoder = f"{clip.decoder}{'/' + clip.strategy if clip.strategy else ''}"
+        return clip
+
+    def _vision_input(self, frames):
+        return super()._vision_input(frames) if isinstance(frames, np.ndarray) else self.device_pre.vision(frames)
+
+    def mask_pixels(self, frames):
+        return super().mask_pixels(frames) if isinstance(frames, np.ndarray) else self.device_pre.mask(frames)
+
+
+# ------------------------------------------------------------------------------------------------ answers
+def time_answers(pipe, video: str, prompt: str, reps: int, warmup: int, tokens: int, force: str | None = None) -> dict:
+    """``Pipeline.ask`` ``warmup + reps`` times -> medians of the wall clocks and of every ``timings_ms`` stage."""
+    from runtime.contract.routing import force_token
+
+    sync, runs, last = make_sync(pipe.device), [], None
+    forced = force_token(pipe.manifest.task_tokens[force].id) if force else None
+    for i in range(warmup + reps):
+        mark: dict[str, float] = {}
+
+        def hook(step, logits, mark=mark):
+            if step == 0:
+                mark["first"] = time.perf_counter()
+            return forced(step, logits) if forced else logits
+
+        sync()
+        t0 = time.perf_counter()
+        last = pipe.ask(video, prompt, max_new_tokens=tokens, logits_processor=hook)
+        sync()
+        t1 = time.perf_counter()
+        if i >= warmup:
+            runs.append({"first_token_ms": (mark["first"] - t0) * 1e3, "answer_ms": (t1 - t0) * 1e3,
+                         **last.timings_ms})
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    out = {k: stats([r[k] for r in runs]) for k in keys}
+    out["tasks"], out["answer_tokens"] = list(last.tasks), len(last.token_ids)
+    if getattr(pipe, "last_decoder", ""):
+        out["decoder"] = pipe.last_decoder
+    return out
+
+
+def bench_answers(pipe, video: str, args) -> dict:
+    res = {"describe": time_answers(pipe, video, PROMPT, args.reps, args.warmup, args.tokens)}
+    for head in args.heads:
+        reps = max(1, args.reps // 3)
+        res[head] = time_answers(pipe, video, "Find the object in the video.", reps, 1, 2, force=FORCED[head])
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def peer_sam(manifest, device_precision: str):
+    """(Sam2VideoModel for the peer, note): our random build's mask head rebuilt from the manifest's seed (same
+    weights as the export), else a fresh random one of the same config (same shapes, other weights)."""
+    src = manifest.source.checkpoint
+    preset = manifest.source.preset
+    if src.startswith("random:"):
+        seed = int(src.rsplit("seed", 1)[1])
+        layers = manifest.kv.layers
+        model = build_random(preset, device_precision, seed, parts=("mask_head",), layers=layers)
+        return model.mask_head.sam, f"same weights as the export ({src})"
+    from tpo_core.config import TPOConfig
+    from tpo_core.modeling.heads.mask import MaskHead
+
+    cfg = TPOConfig.from_dict(manifest.source.config)
+    torch.manual_seed(0)
+    return MaskHead(cfg.mask, cfg.llm.hidden_size).sam, f"same config, fresh random weights (export from {src})"
+
+
+def mask_frames(path: Path, n: int, device: str) -> list:
+    """``n`` consecutive frames of ``path`` at full size: uint8 ``[H, W, 3]`` (CUDA tensors on CUDA)."""
+    from runtime.video_io import open_video
+
+    vr, _ = open_video(path)
+    frames = vr.get_batch(list(range(n))).asnumpy()
+    if not device.startswith("cuda"):
+        return list(frames)
+    return [torch.from_numpy(f).to(device) for f in frames]
+
+
+def run_bench(args, state: Path) -> dict:
+    export = Path(args.export) if args.export else state / "export"
+    clip = write_clip(state / f"clip_{args.height}p_{args.clip_seconds:g}s_gop{args.gop}.mp4", args.clip_seconds,
+                      30, (args.height, args.height * 16 // 9), args.gop)
+    report = {"clip": {"file": clip.name, "seconds": args.clip_seconds, "fps": 30, "gop": args.gop,
+                       "hw": [args.height, args.height * 16 // 9]}, "answers": {}, "setup_s": {}}
+    paths = [p for p in args.paths if p == "host" or args.device.startswith("cuda") or os.environ.get(
+        "TRITON_INTERPRET") == "1"]
+    pipe = None
+    for path in paths:
+        t0 = time.perf_counter()
+        cls = DevicePipeline if path == "device" else Pipeline
+        pipe = cls.from_manifest(export, backend="ort", device=args.device, threads=args.threads)
+        report["setup_s"][path] = time.perf_counter() - t0
+        print(f"[e2e] {path} pipeline loaded in {report['setup_s'][path]:.1f}s", flush=True)
+        report["answers"][path] = bench_answers(pipe, str(clip), args)
+        if path != paths[-1]:
+            pipe.close()
+    m = pipe.manifest
+    report.update(preset=m.source.preset, precision=m.precision, source=m.source.checkpoint,
+                  llm_layers=m.kv.layers, llm_graph=getattr(m.source, "llm_graph", "plain"),
+                  frames_sampled=m.preprocess.num_frames)
+    exp_rec = export / "export_report.json"
+    if exp_rec.is_file():
+        report["export_report"] = json.loads(exp_rec.read_text())
+    if not args.skip_mask:
+        sam, note = peer_sam(m, m.precision if m.precision in ("fp32", "fp16", "bf16") else "fp16")
+        frames = mask_frames(clip, 8, args.device)
+        report["mask_frame"] = mask_comparison(pipe, sam, frames, args.hf_dtypes, args.fill, args.mask_reps,
+                                               args.hf_replica)
+        report["mask_frame"]["peer_weights"] = note
+    pipe.close()
+    return report
+
+
+def environment(args) -> dict:
+    import importlib.metadata as md
+
+    vers = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "onnx", "triton", "numpy", "decord",
+                "av", "pynvvideocodec", "torchvision"):
+        try:
+            vers[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    env = {"device": args.device, "host": platform.node(), "cpus": os.cpu_count(), "versions": vers,
+           "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "date": time.strftime("%Y-%m-%d")}
+    if args.device.startswith("cuda"):
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+        import onnxruntime as ort
+
+        env["ort_providers"] = ort.get_available_providers()
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _ms(d: dict | None, key: str) -> str:
+    return f"{d[key]['median']:9.1f}" if d and key in d else f"{'-':>9s}"
+
+
+def print_tables(rep: dict, file=sys.stdout) -> None:
+    ans = rep.get("answers", {})
+    paths = list(ans)
+    print(f"\nTime to first answer, {rep['frames_sampled']} frames of a {rep['clip']['hw'][0]}p clip "
+          f"({rep['clip']['seconds']:g} s, GOP {rep['clip']['gop']}), {rep['preset']} {rep['precision']}, "
+          f"{rep['llm_layers']} LLM layers, {rep.get('gpu', rep['device'])} (median ms)", file=file)
+    print(f"{'stage':34s}" + "".join(f"{p:>10s}" for p in paths), file=file)
+    rows = [("read (decode sampled frames)", "read_ms"), ("preprocess", "preprocess_ms"), ("vision", "vision_ms"),
+            ("prefill", "prefill_ms"), ("first token (wall)", "first_token_ms"), ("decode", "decode_ms"),
+            ("answer (wall)", "answer_ms")]
+    for label, key in rows:
+        print(f"{label:34s}" + "".join(f" {_ms(ans[p]['describe'], key)}" for p in paths), file=file)
+    for head in FORCED:
+        if all(head in ans[p] for p in paths) and paths:
+            print(f"{head + ' answer, forced (wall)':34s}" + "".join(f" {_ms(ans[p][head], 'answer_ms')}"
+                                                                    for p in paths), file=file)
+    mf = rep.get("mask_frame")
+    if not mf:
+        return
+    hf = mf["hf"]
+    print(f"\nOne tracked mask frame, {mf['frame_hw'][0]}x{mf['frame_hw'][1]}, SAM2 at {mf['image_size']} px, "
+          f"steady state after {mf['fill_frames']} frames, median of {mf['timed_frames']} (ms; ratio = HF / ours)",
+          file=file)
+    print(f"{'':40s}{'ours ' + mf['ours']['precision']:>14s}" + "".join(f"{'HF ' + d:>12s}{'ratio':>7s}" for d in hf),
+          file=file)
+    for label, ours, peers in ratio_rows(mf):
+        cells = "".join(f"{v:12.2f}{v / ours:7.2f}" if v is not None else f"{'error':>12s}{'':7s}"
+                        for v in peers.values())
+        print(f"{label:40s}{ours:14.2f}" + cells, file=file)
+    for d, r in hf.items():
+        if "error" in r:
+            print(f"HF {d}: {r['error']}", file=file)
+
+
+def gpu_tag(rep: dict) -> str:
+    name = rep.get("gpu") or f"cpu-{rep['preset']}"
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Phases and commands: see the module docstring.")
+    p.add_argument("--phase", nargs="+", choices=PHASES, default=["all"])
+    p.add_argument("--preset", default="videochat-tpo-7b")
+    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--layers", type=int, default=None, help="LLM layers (default: the preset's); a quick dry run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-graph", default="plain", help="plain | gqa (the GQA graph, once the exporter has it)")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    p.add_argument("--state", default="/tmp/tpo_e2e_7b", help="folder kept between phases")
+    p.add_argument("--export", default=None, help="bench this export folder instead of STATE/export")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (CPU)")
+    p.add_argument("--paths", nargs="+", choices=("host", "device"), default=["host", "device"],
+                   help="video paths to time (device: CUDA, or the CPU with TRITON_INTERPRET=1)")
+    p.add_argument("--heads", nargs="*", choices=tuple(FORCED), default=list(FORCED))
+    p.add_argument("--height", type=int, default=1080)
+    p.add_argument("--clip-seconds", type=float, default=8.0)
+    p.add_argument("--gop", type=int, default=30)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=32, help="length of the short answer")
+    p.add_argument("--hf-dtypes", nargs="*", choices=("fp32", "bf16", "fp16"), default=["fp32", "bf16", "fp16"],
+                   help="precisions of the transformers Sam2VideoModel peer")
+    p.add_argument("--skip-mask", action="store_true", help="no per-frame mask comparison")
+    p.add_argument("--hf-replica", action="store_true", help="peer pre/post-processing without Sam2VideoProcessor")
+    p.add_argument("--fill", type=int, default=0, help="untimed frames before the steady state (at least 17)")
+    p.add_argument("--mask-reps", type=int, default=20)
+    p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks" / "results")))
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU; pass --device cpu (tiny preset) or run on the GPU")
+    torch.set_num_threads(os.cpu_count() or 1)
+    state = Path(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+    phases = ["export", "bench"] if "all" in args.phase else args.phase
+    if args.export:
+        phases = [ph for ph in phases if ph == "bench"]
+    for phase in phases:
+        t0 = time.perf_counter()
+        if phase != "bench":
+            rec = run_export_phase(args, phase, state)
+            print(f"[e2e] {phase}: {json.dumps(rec)}", flush=True)
+            continue
+        rep = {**environment(args), **run_bench(args, state)}
+        rep["bench_s"] = time.perf_counter() - t0
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"e2e_7b_{gpu_tag(rep)}.json"
+        path.write_text(json.dumps(rep, indent=1) + "\n")
+        print_tables(rep)
+        print(f"[e2e] wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
