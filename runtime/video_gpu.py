@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from runtime.preprocess import sample_indices
-from runtime.video_io import MAX_SIDE, Clip, VideoReadError, _first_line, _sniff, read_clip, scaled_size
+from runtime.video_io import MAX_SIDE, Clip, VideoReadError, check_video_file, first_line, read_clip, scaled_size
 
 DECODERS = ("auto", "nvdec", "decord", "pyav")
 STRATEGIES = ("auto", "sequential", "index", "gop")
@@ -82,9 +82,9 @@ def nvdec_available() -> tuple[bool, str]:
     try:
         import PyNvVideoCodec as nvc
     except ImportError as e:
-        return False, f"PyNvVideoCodec is not installed ({_first_line(e)}); pip install pynvvideocodec==2.2.4"
+        return False, f"PyNvVideoCodec is not installed ({first_line(e)}); pip install pynvvideocodec==2.2.4"
     except (RuntimeError, OSError) as e:  # its import checks the driver and raises RuntimeError without one
-        return False, f"PyNvVideoCodec cannot start ({_first_line(e)})"
+        return False, f"PyNvVideoCodec cannot start ({first_line(e)})"
     return True, str(getattr(nvc, "__version__", "?"))
 
 
@@ -110,7 +110,7 @@ def read_clip_cuda(path: str | Path, num_frames: int, device: Any = "cuda", *, d
     if decoder == "nvdec" and dev.type != "cuda":
         raise ValueError(f"decoder='nvdec' decodes into GPU memory; pass device='cuda', got {dev}")
     p = Path(path)
-    _sniff(p)
+    check_video_file(p)
     sample_indices(1, num_frames)  # validates num_frames
     notes: list[str] = []
     if decoder in ("auto", "nvdec") and dev.type == "cuda":
@@ -148,7 +148,7 @@ def _open_nvdec(nvc, path: Path, dev, layout: str, scan: bool):
         return nvc.SimpleDecoder(str(path), gpu_id=dev.index or 0, use_device_memory=True,
                                  need_scanned_stream_metadata=scan, output_color_type=color)
     except Exception as e:  # noqa: BLE001 -- SimpleDecoder raises plain Exception for streams it cannot open
-        raise _FallBack(f"SimpleDecoder refused the file: {_first_line(e)}") from e
+        raise _FallBack(f"SimpleDecoder refused the file: {first_line(e)}") from e
 
 
 def _read_nvdec(path: Path, num_frames: int, dev, strategy: str, layout: str, max_side: int) -> DeviceClip:
@@ -172,7 +172,7 @@ def _read_nvdec_on(path: Path, num_frames: int, dev, strategy: str, layout: str,
         n, width, height, fps = len(dec), int(meta.width), int(meta.height), float(meta.average_fps)
         keyframes = _keyframes(dec, errors) if strategy in ("auto", "gop") else []
     except errors as e:
-        raise _FallBack(f"no stream metadata: {_first_line(e)}") from e
+        raise _FallBack(f"no stream metadata: {first_line(e)}") from e
     if max(width, height) > max_side:
         raise _FallBack(f"the video is {width}x{height}, above the {max_side} px limit; the CPU decoders downscale")
     if n <= 0 or not np.isfinite(fps) or fps <= 0:
@@ -199,7 +199,7 @@ def _read_nvdec_on(path: Path, num_frames: int, dev, strategy: str, layout: str,
     try:
         decoded = _DRIVE[strategy](dec, targets, keyframes, take)
     except errors as e:
-        raise _FallBack(f"decoding failed ({_first_line(e)})") from e
+        raise _FallBack(f"decoding failed ({first_line(e)})") from e
     torch.cuda.synchronize(dev)
     ms = (time.perf_counter() - t0) * 1e3
     return DeviceClip(frames=out, indices=idx, timestamps=idx / fps, duration=n / fps, width=width, height=height,
@@ -326,7 +326,7 @@ def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) 
     import av
 
     p = Path(path)
-    _sniff(p)
+    check_video_file(p)
     try:
         with av.open(str(p)) as container:
             stream = container.streams.video[0]
@@ -355,7 +355,7 @@ def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) 
                 if i >= idx[-1]:
                     break
     except av.error.FFmpegError as e:
-        raise VideoReadError(f"video {p} cannot be decoded ({_first_line(e)}); fetch it again or re-encode it with "
+        raise VideoReadError(f"video {p} cannot be decoded ({first_line(e)}); fetch it again or re-encode it with "
                              "`ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`") from e
     if any(f is None for f in out):
         raise VideoReadError(f"video {p} is truncated: it ended before frame {int(idx[-1])} of the {n} it reports; "

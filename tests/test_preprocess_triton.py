@@ -108,10 +108,10 @@ def test_interpreter_more_sizes():
 def test_axis_table_matches_numpy_taps():
     require_triton()
     from runtime.kernels.preprocess_triton import axis_table
-    from runtime.preprocess import _AXIS
+    from runtime.preprocess import AXIS_TABLES
 
     idx, w = axis_table(1920, 128, "bilinear_aa")
-    ref_idx, ref_w = _AXIS["bilinear_aa"](1920, 128)
+    ref_idx, ref_w = AXIS_TABLES["bilinear_aa"](1920, 128)
     assert idx.dtype == np.int32 and w.dtype == np.float32 and idx.shape == w.shape
     assert idx.shape[1] < ref_idx.shape[1]  # all-zero padding columns dropped
     kept = ref_w.shape[1] - np.flatnonzero((ref_w != 0).any(0))[::-1][0] - 1

@@ -6,7 +6,7 @@ output, gathers its taps straight from the uint8 frames (any strides: RGB interl
 and writes all 3 channels in the output dtype.
 
 Arithmetic = :mod:`runtime.preprocess` (numpy), operation for operation: the per-axis ``(indices [out, K],
-weights [out, K])`` tables are built by the same numpy functions (``_AXIS``, float32 weights) and uploaded once
+weights [out, K])`` tables are built by the same numpy functions (``AXIS_TABLES``, float32 weights) and uploaded once
 per shape; the two passes are evaluated in registers in the order ``resize`` picks (height first when
 ``h_out * w <= h * w_out``), each tap a float32 product added in tap order, with FMA contraction off
 (``enable_fp_fusion=False``). Expected result: **bit-exact** with ``Preprocessor.vision`` / ``.mask``.
@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.kernels.mask_decode_triton import _Launcher
-from runtime.preprocess import _AXIS, RESIZE_MODES, Preprocessor
+from runtime.kernels.mask_decode_triton import KernelLauncher
+from runtime.preprocess import AXIS_TABLES, RESIZE_MODES, Preprocessor
 
 __all__ = ["LAYOUTS", "DevicePreprocessor", "preprocess_mask_cuda", "preprocess_vision_cuda", "resize_frames_triton"]
 
@@ -149,7 +149,7 @@ def axis_table(n_in: int, n_out: int, mode: str) -> tuple[np.ndarray, np.ndarray
     """
     if n_in == n_out:
         return np.arange(n_out, dtype=np.int32)[:, None], np.ones((n_out, 1), np.float32)
-    idx, w = _AXIS[mode](n_in, n_out)
+    idx, w = AXIS_TABLES[mode](n_in, n_out)
     w = w.astype(np.float32)
     keep = np.flatnonzero((w != 0).any(axis=0))
     keep = keep if keep.size else np.arange(1)
@@ -218,7 +218,8 @@ class _Plan:
         self.tail = [H, W, tiles_x, s_t, s_c, s_h, s_w, 3 * H * W, H * W, 0.0, 255.0,
                      int(ty_idx.shape[1]), int(tx_idx.shape[1]), h_first, has_fidx, clamp, normalize is not None,
                      cfg.block_y, cfg.block_x]
-        self.launcher = _Launcher(_resize_kernel, (tiles, t_out, 1), {"num_warps": cfg.num_warps, **COMPILE_OPTIONS})
+        self.launcher = KernelLauncher(_resize_kernel, (tiles, t_out, 1),
+                                       {"num_warps": cfg.num_warps, **COMPILE_OPTIONS})
 
     def launch(self, frames: torch.Tensor, out: torch.Tensor, fidx: torch.Tensor | None) -> None:
         f = fidx if fidx is not None else self.tables[0]
