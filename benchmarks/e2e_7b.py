@@ -69,11 +69,12 @@ FIXTURE_TOKENIZER = ROOT / "tests" / "fixtures" / "videochat_tpo"  # the release
 
 
 # ------------------------------------------------------------------------------------------------ model
-def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers: int | None = None):
+def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers: int | None = None,
+                 device: str = "cpu"):
     """TPOModel of ``preset`` with seeded random weights in ``precision``, built on ``meta`` and materialized part by
-    part in place (one copy of the weights). Each part has its own generator (``seed`` + crc32 of its name), so
-    rebuilding a subset gives the same tensors. Normal(0, 0.02) tiles (finite, non-degenerate), norm weights 1,
-    biases 0. Only ``parts`` are materialized; the rest stays on ``meta``."""
+    part in place on ``device`` (one copy of the weights). Each part has its own generator (``seed`` + crc32 of its
+    name), so rebuilding a subset, or on another device, gives the same tensors. Normal(0, 0.02) tiles (finite,
+    non-degenerate), norm weights 1, biases 0. Only ``parts`` are materialized; the rest stays on ``meta``."""
     from export.exporter import restore_buffers
     from export.specs import check_precision
     from tpo_core.config import get_preset
@@ -88,7 +89,7 @@ def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers
         model = TPOModel(cfg, load_tokenizer(spec))
     model = model.to(check_precision(precision))
     for part in parts:
-        module = getattr(model, part).to_empty(device="cpu")
+        module = getattr(model, part).to_empty(device=device)
         setattr(model, part, module)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(part.encode()))
         with torch.no_grad():
@@ -103,12 +104,14 @@ def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers
                 if b.is_floating_point():
                     _fill_tiled(b, gen)  # restore_buffers recomputes the non-persistent ones
     restore_buffers(model, force=True, allow_meta=set(parts) != set(PARTS))
+    for part in parts:  # restore_buffers recomputes buffers on the CPU
+        setattr(model, part, getattr(model, part).to(device))
     return model.eval()
 
 
 def _fill_tiled(t: torch.Tensor, gen: torch.Generator, block: int = 1 << 22) -> None:
     flat = t.view(-1)
-    tile = torch.randn(min(block, flat.numel()), generator=gen).mul_(0.02).to(t.dtype)
+    tile = torch.randn(min(block, flat.numel()), generator=gen).mul_(0.02).to(t.dtype).to(t.device)
     for i in range(0, flat.numel(), tile.numel()):
         n = min(tile.numel(), flat.numel() - i)
         flat[i:i + n].copy_(tile[:n])
@@ -167,6 +170,11 @@ def merge_llm_part(part: Path, out: Path) -> None:
     merged = dataclasses.replace(m_llm, components={**m_rest.components, "llm": spec}, root=None)
     merged.save(out)
     Manifest.load(out)  # every hash, every required component
+    reports = [json.loads((d / "export_report.json").read_text()) for d in (part, out)]
+    phases = [json.loads((d / "e2e_phase.json").read_text()) for d in (part, out)]
+    (out / "export_report.json").write_text(json.dumps(
+        {"seconds": sum(r["seconds"] for r in reports), "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
+         "components": {**reports[1]["components"], **reports[0]["components"]}, "phases": phases}, indent=2) + "\n")
     shutil.rmtree(part, ignore_errors=True)
 
 
@@ -222,22 +230,28 @@ def write_clip(path: Path, seconds: float, fps: int, hw: tuple[int, int], gop: i
 
 
 class DevicePipeline(Pipeline):
-    """``Pipeline`` with the device video path: files decoded into GPU memory (``runtime.video_gpu.
-    read_clip_cuda``: NVDEC, decord fallback) and preprocessed there (``DevicePreprocessor``, fused Triton); every
-    later stage is the shipped ``Pipeline.ask``. On the CPU (tests) the frames are CPU tensors and the kernels run
-    in Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    """``Pipeline`` with a switchable video path. ``device_video = False``: exactly the shipped ``Pipeline`` (decord,
+    numpy preprocessing on the host). True: files decoded into GPU memory (``runtime.video_gpu.read_clip_cuda``:
+    NVDEC, decord fallback) and preprocessed there (``DevicePreprocessor``, fused Triton); every later stage is the
+    shipped ``Pipeline.ask``. On the CPU (tests) the frames are CPU tensors and the kernels run in Triton's
+    interpreter (``TRITON_INTERPRET=1``). One instance serves both paths: the 7B engines are loaded once."""
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        from runtime.kernels.preprocess_triton import DevicePreprocessor
+    device_video = False
+    last_decoder = ""
+    _pre = None
 
-        dt = {"float32": torch.float32, "float16": torch.float16}
-        self.device_pre = DevicePreprocessor(self.preprocessor, dt[self._input_dtype("vision", "frames")],
-                                             dt[self._input_dtype("mask_image_encoder", "pixels")])
-        self.last_decoder = ""
+    def _device_pre(self):
+        if self._pre is None:
+            from runtime.kernels.preprocess_triton import DevicePreprocessor
+
+            dt = {"float32": torch.float32, "float16": torch.float16}
+            self._pre = DevicePreprocessor(self.preprocessor, dt[self._input_dtype("vision", "frames")],
+                                           dt[self._input_dtype("mask_image_encoder", "pixels")])
+        return self._pre
 
     def load_clip(self, video, fps=None):
-        if not isinstance(video, (str, Path)):
+        if not (self.device_video and isinstance(video, (str, Path))):
+            self.last_decoder = "decord" if isinstance(video, (str, Path)) else ""
             return super().load_clip(video, fps)
         from runtime.video_gpu import read_clip_cuda
 
@@ -246,10 +260,10 @@ class DevicePipeline(Pipeline):
         return clip
 
     def _vision_input(self, frames):
-        return super()._vision_input(frames) if isinstance(frames, np.ndarray) else self.device_pre.vision(frames)
+        return super()._vision_input(frames) if isinstance(frames, np.ndarray) else self._device_pre().vision(frames)
 
     def mask_pixels(self, frames):
-        return super().mask_pixels(frames) if isinstance(frames, np.ndarray) else self.device_pre.mask(frames)
+        return super().mask_pixels(frames) if isinstance(frames, np.ndarray) else self._device_pre().mask(frames)
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -277,7 +291,7 @@ def time_answers(pipe, video: str, prompt: str, reps: int, warmup: int, tokens: 
                          **last.timings_ms})
     keys = [k for k in runs[0] if all(k in r for r in runs)]
     out = {k: stats([r[k] for r in runs]) for k in keys}
-    out["tasks"], out["answer_tokens"] = list(last.tasks), len(last.token_ids)
+    out["tasks"], out["token_ids"] = list(last.tasks), list(last.token_ids)
     if getattr(pipe, "last_decoder", ""):
         out["decoder"] = pipe.last_decoder
     return out
@@ -292,22 +306,61 @@ def bench_answers(pipe, video: str, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ bench
-def peer_sam(manifest, device_precision: str):
-    """(Sam2VideoModel for the peer, note): our random build's mask head rebuilt from the manifest's seed (same
-    weights as the export), else a fresh random one of the same config (same shapes, other weights)."""
-    src = manifest.source.checkpoint
-    preset = manifest.source.preset
+def reference_model(manifest, device: str):
+    """(TPOModel or None, note): the PyTorch model behind the export, on ``device`` in the export's float type: our
+    random build rebuilt from the manifest's seed (the same weights), or the checkpoint folder it was exported
+    from."""
+    from export.specs import check_precision
+
+    src, m = manifest.source.checkpoint, manifest
+    prec = m.precision if m.precision in ("fp32", "fp16", "bf16") else "fp16"
     if src.startswith("random:"):
         seed = int(src.rsplit("seed", 1)[1])
-        layers = manifest.kv.layers
-        model = build_random(preset, device_precision, seed, parts=("mask_head",), layers=layers)
-        return model.mask_head.sam, f"same weights as the export ({src})"
+        model = build_random(m.source.preset, prec, seed, layers=m.kv.layers, device=device)
+        return model, f"same weights as the export ({src}), {prec}"
+    if Path(src).is_dir():
+        from export.exporter import load_for_export
+
+        return load_for_export(src, check_precision(prec)).to(device), f"checkpoint {src}, {prec}"
+    return None, f"no reference: the export's source {src!r} is neither a random build of this script nor a folder"
+
+
+def peer_sam(manifest, ref):
+    """Sam2VideoModel for the mask peer: the reference's own SAM2 modules, else a fresh one of the same config."""
+    if ref is not None:
+        return ref.mask_head.sam, "the reference model's SAM2 modules (same config and weights as the export)"
     from tpo_core.config import TPOConfig
     from tpo_core.modeling.heads.mask import MaskHead
 
     cfg = TPOConfig.from_dict(manifest.source.config)
     torch.manual_seed(0)
-    return MaskHead(cfg.mask, cfg.llm.hidden_size).sam, f"same config, fresh random weights (export from {src})"
+    return MaskHead(cfg.mask, cfg.llm.hidden_size).sam, "same config as the export, fresh random weights"
+
+
+def time_reference(model, video: str, reps: int, warmup: int, tokens: int, device: str) -> dict:
+    """``TPOModel.generate`` (PyTorch eager, HF Mistral with a DynamicCache) on the same clip and prompt: wall clocks
+    only (its stage timings are not synchronized)."""
+    sync, runs, last = make_sync(device), [], None
+    for i in range(warmup + reps):
+        mark: dict[str, float] = {}
+
+        def hook(step, logits, mark=mark):
+            if step == 0:
+                mark["first"] = time.perf_counter()
+            return logits
+
+        sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            last = model.generate(video, PROMPT, max_new_tokens=tokens, logits_processor=hook)
+        sync()
+        t1 = time.perf_counter()
+        if i >= warmup:
+            runs.append({"first_token_ms": (mark["first"] - t0) * 1e3, "answer_ms": (t1 - t0) * 1e3,
+                         "decode_ms": last.timings_ms["decode_ms"]})
+    out = {k: stats([r[k] for r in runs]) for k in runs[0]}
+    out["token_ids"], out["decoder"] = list(last.token_ids), "decord"
+    return out
 
 
 def mask_frames(path: Path, n: int, device: str) -> list:
@@ -326,28 +379,35 @@ def run_bench(args, state: Path) -> dict:
     clip = write_clip(state / f"clip_{args.height}p_{args.clip_seconds:g}s_gop{args.gop}.mp4", args.clip_seconds,
                       30, (args.height, args.height * 16 // 9), args.gop)
     report = {"clip": {"file": clip.name, "seconds": args.clip_seconds, "fps": 30, "gop": args.gop,
-                       "hw": [args.height, args.height * 16 // 9]}, "answers": {}, "setup_s": {}}
+                       "hw": [args.height, args.height * 16 // 9]}, "answers": {}}
     paths = [p for p in args.paths if p == "host" or args.device.startswith("cuda") or os.environ.get(
         "TRITON_INTERPRET") == "1"]
-    pipe = None
+    t0 = time.perf_counter()
+    pipe = DevicePipeline.from_manifest(export, backend="ort", device=args.device, threads=args.threads)
+    report["setup_s"] = time.perf_counter() - t0
+    print(f"[e2e] pipeline loaded in {report['setup_s']:.1f}s (hashes checked, every engine opened)", flush=True)
     for path in paths:
-        t0 = time.perf_counter()
-        cls = DevicePipeline if path == "device" else Pipeline
-        pipe = cls.from_manifest(export, backend="ort", device=args.device, threads=args.threads)
-        report["setup_s"][path] = time.perf_counter() - t0
-        print(f"[e2e] {path} pipeline loaded in {report['setup_s'][path]:.1f}s", flush=True)
+        pipe.device_video = path == "device"
         report["answers"][path] = bench_answers(pipe, str(clip), args)
-        if path != paths[-1]:
-            pipe.close()
     m = pipe.manifest
     report.update(preset=m.source.preset, precision=m.precision, source=m.source.checkpoint,
-                  llm_layers=m.kv.layers, llm_graph=getattr(m.source, "llm_graph", "plain"),
+                  llm_layers=m.kv.layers,
+                  llm_graph=getattr(m.kv, "graph", None) or getattr(m.source, "llm_graph", None) or "plain",
                   frames_sampled=m.preprocess.num_frames)
     exp_rec = export / "export_report.json"
     if exp_rec.is_file():
         report["export_report"] = json.loads(exp_rec.read_text())
+    ref, note = reference_model(m, args.device) if (args.reference or not args.skip_mask) else (None, "not built")
+    report["reference"] = {"weights": note}
+    if args.reference and ref is not None:
+        report["answers"]["reference"] = {"describe": time_reference(ref, str(clip), max(1, args.reps // 2), 1,
+                                                                     args.tokens, args.device)}
+        ours = report["answers"][paths[0]]["describe"]["token_ids"]
+        theirs = report["answers"]["reference"]["describe"]["token_ids"]
+        report["reference"]["same_tokens_prefix"] = next(
+            (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     if not args.skip_mask:
-        sam, note = peer_sam(m, m.precision if m.precision in ("fp32", "fp16", "bf16") else "fp16")
+        sam, note = peer_sam(m, ref)
         frames = mask_frames(clip, 8, args.device)
         report["mask_frame"] = mask_comparison(pipe, sam, frames, args.hf_dtypes, args.fill, args.mask_reps,
                                                args.hf_replica)
@@ -378,25 +438,33 @@ def environment(args) -> dict:
 
 # ------------------------------------------------------------------------------------------------ report
 def _ms(d: dict | None, key: str) -> str:
-    return f"{d[key]['median']:9.1f}" if d and key in d else f"{'-':>9s}"
+    return f"{d[key]['median']:10.1f}" if d and key in d else f"{'-':>10s}"
 
 
-def print_tables(rep: dict, file=sys.stdout) -> None:
+def print_tables(rep: dict, file=None) -> None:
+    file = file or sys.stdout
     ans = rep.get("answers", {})
     paths = list(ans)
     print(f"\nTime to first answer, {rep['frames_sampled']} frames of a {rep['clip']['hw'][0]}p clip "
           f"({rep['clip']['seconds']:g} s, GOP {rep['clip']['gop']}), {rep['preset']} {rep['precision']}, "
-          f"{rep['llm_layers']} LLM layers, {rep.get('gpu', rep['device'])} (median ms)", file=file)
-    print(f"{'stage':34s}" + "".join(f"{p:>10s}" for p in paths), file=file)
+          f"{rep['llm_layers']} LLM layers, {rep.get('gpu', rep['device'])} (median ms; reference = TPOModel.generate "
+          "in PyTorch eager)", file=file)
+    print(f"{'stage':34s}" + "".join(f"{p:>11s}" for p in paths), file=file)
     rows = [("read (decode sampled frames)", "read_ms"), ("preprocess", "preprocess_ms"), ("vision", "vision_ms"),
             ("prefill", "prefill_ms"), ("first token (wall)", "first_token_ms"), ("decode", "decode_ms"),
             ("answer (wall)", "answer_ms")]
     for label, key in rows:
         print(f"{label:34s}" + "".join(f" {_ms(ans[p]['describe'], key)}" for p in paths), file=file)
     for head in FORCED:
-        if all(head in ans[p] for p in paths) and paths:
-            print(f"{head + ' answer, forced (wall)':34s}" + "".join(f" {_ms(ans[p][head], 'answer_ms')}"
+        if any(head in ans[p] for p in paths):
+            print(f"{head + ' answer, forced (wall)':34s}" + "".join(f" {_ms(ans[p].get(head), 'answer_ms')}"
                                                                     for p in paths), file=file)
+    best = "device" if "device" in ans else paths[0] if paths else None
+    if best and "reference" in ans:
+        r, o = ans["reference"]["describe"], ans[best]["describe"]
+        print(f"reference / {best}: first token {r['first_token_ms']['median'] / o['first_token_ms']['median']:.2f}x, "
+              f"answer {r['answer_ms']['median'] / o['answer_ms']['median']:.2f}x; same greedy tokens for the first "
+              f"{rep['reference'].get('same_tokens_prefix')} of {len(o['token_ids'])}", file=file)
     mf = rep.get("mask_frame")
     if not mf:
         return
@@ -445,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=32, help="length of the short answer")
     p.add_argument("--hf-dtypes", nargs="*", choices=("fp32", "bf16", "fp16"), default=["fp32", "bf16", "fp16"],
                    help="precisions of the transformers Sam2VideoModel peer")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time TPOModel.generate (PyTorch eager) on the same clip (default on)")
     p.add_argument("--skip-mask", action="store_true", help="no per-frame mask comparison")
     p.add_argument("--hf-replica", action="store_true", help="peer pre/post-processing without Sam2VideoProcessor")
     p.add_argument("--fill", type=int, default=0, help="untimed frames before the steady state (at least 17)")

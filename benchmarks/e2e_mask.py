@@ -223,10 +223,6 @@ def hf_mask_frames(sam, size: int, frames: list, dtype_name: str, device: str, f
     res["model+upsample"] = stats([f["model"] + f["upsample"] for f in clock.frames])
     res.update(precision=dtype_name, processor=peer.how,
                tf32={"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32})
-    del peer
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return res
 
 
@@ -242,6 +238,11 @@ def mask_comparison(pipe, sam, frames: list, hf_dtypes: list[str], fill: int, re
             out["hf"][name] = hf_mask_frames(sam, size, frames, name, pipe.device, fill, reps, force_replica)
         except PEER_ERRORS as e:  # one failing peer must not lose the others' numbers; the error is reported
             out["hf"][name] = {"error": f"{type(e).__name__}: {e}"}
+        gc.collect()  # the peer's model copy and session
+        if pipe.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
     return out
 
 
