@@ -134,22 +134,23 @@ def _torch_dtype(name: str):
 
 
 # ------------------------------------------------------------------------------------------------ peer
-def hf_processor(force_replica: bool = False):
-    """(processor, how): transformers' ``Sam2VideoProcessor`` when its image processor imports (it needs
-    torchvision), else a bare instance that only serves ``add_inputs_to_inference_session`` (prompt coordinates;
-    no image processing) and ``how`` = ``replica``."""
+def hf_processor(size: int, force_replica: bool = False):
+    """(processor, how): transformers' ``Sam2VideoProcessor`` for ``size`` px when its image processor imports (it
+    needs torchvision), else a bare instance that only serves ``add_inputs_to_inference_session`` (box coordinates
+    scaled to ``size``; no image processing) and ``how`` = ``replica``."""
     from transformers import Sam2VideoProcessor
 
     if not force_replica:
         try:
             from transformers import Sam2ImageProcessor, Sam2VideoVideoProcessor
 
-            return Sam2VideoProcessor(image_processor=Sam2ImageProcessor(),
-                                      video_processor=Sam2VideoVideoProcessor()), "Sam2VideoProcessor"
+            hw = {"height": size, "width": size}
+            return Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size=hw),
+                                      video_processor=Sam2VideoVideoProcessor(size=hw)), "Sam2VideoProcessor"
         except ImportError:
             pass
     bare = Sam2VideoProcessor.__new__(Sam2VideoProcessor)  # prompt handling reads only these two attributes
-    bare.target_size, bare.point_pad_value = None, -10
+    bare.target_size, bare.point_pad_value = size, -10
     return bare, "replica"
 
 
@@ -162,9 +163,7 @@ class HFSam2Stream:
 
         self.torch, self.dtype, self.device, self.size, self.out_hw = torch, dtype, torch.device(device), size, out_hw
         self.model = copy.deepcopy(sam).to(self.device, dtype).eval()
-        self.processor, self.how = hf_processor(force_replica)
-        if self.how == "replica":
-            self.processor.target_size = size
+        self.processor, self.how = hf_processor(size, force_replica)
         self.session = Sam2VideoInferenceSession(inference_device=self.device, inference_state_device=self.device,
                                                  video_storage_device=self.device, dtype=dtype)
         self.mean = torch.tensor((0.485, 0.456, 0.406), device=self.device).view(1, 3, 1, 1)
