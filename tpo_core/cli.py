@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as e:  # an optional dependency: say which extra brings it
         extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if e.name == "decord" and not os.environ.get("TPO_DEBUG"):
+            print(f"tpo {args.command}: error: reading video files needs decord, which PyPI has no wheel of for "
+                  "this machine (x86-64 only): build decord from source", file=sys.stderr)
+            return 2
         if extra is None or os.environ.get("TPO_DEBUG"):
             raise
         print(f"tpo {args.command}: error: this command needs {e.name!r}, which is not installed: "
