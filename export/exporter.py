@@ -32,9 +32,12 @@ import onnx
 import torch
 
 from export.components import build_wrapper
+from export.llm_gqa import export_llm_gqa, float_precision
+from export.llm_gqa import kv_fields as gqa_kv_fields
 from export.manifest_fields import build_manifest
 from export.specs import (
     ONNX_DTYPES,
+    PRECISION_DTYPES,
     ExportError,
     as_args,
     check_onnx_io,
@@ -51,6 +54,7 @@ from tpo_core.export_specs import ComponentIO, ExportLimits, component_io, tenso
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
+LLM_GRAPHS = ("plain", "gqa")
 # graphs with more weight bytes than this use ONNX external data (required over 2 GB). Measured on the 7B vision
 # graph (0.79 GB fp16): inline, the exporter serializes the weights in memory (peak RSS +2.4 GB); external data
 # streams them (+0.12 GB).
@@ -271,17 +275,29 @@ def write_tensors(model, out: Path, precision: str) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------- entry point
 def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                  components: Sequence[str] | None = None, limits: ExportLimits | None = None, model=None,
-                 source: dict | None = None, log: Log = print, exporter: str = "dynamo") -> Manifest:
+                 source: dict | None = None, log: Log = print, exporter: str = "dynamo", llm_graph: str = "plain",
+                 llm_target: str | None = None) -> Manifest:
     """Export every component (or ``components``) of ``checkpoint`` to ``out``; returns the reloaded manifest.
 
     checkpoint: a checkpoint folder, 'embedded' or 'untrained-tiny' (ignored when ``model`` is given).
-    precision: fp32 | fp16 | bf16 (weights, activations and KV in that type; logits float32).
+    precision: fp32 | fp16 | bf16 (weights, activations and KV in that type; logits float32); with
+        ``llm_graph="gqa"`` also int4 | int8: weight-only MatMulNBits LLM, every other graph (and the LLM's
+        activations and KV) in ``export.llm_gqa.float_precision(precision, llm_target)`` (fp16 for CUDA).
     exporter: ``dynamo`` (default) or ``torchscript`` (see ``export_component``).
+    llm_graph: ``plain`` (past/present graph of ``export/llm_graph.py``: any provider, TensorRT) or ``gqa``
+        (``export/llm_gqa.py``: GroupQueryAttention on a shared KV buffer, for ORT CUDA / CPU; needs
+        onnxruntime-genai's builder). ``llm_target``: the gqa builder's provider (cuda | cpu; default by precision).
     A partial export (``components``) writes a manifest that loads only with ``Manifest.load(dir,
     require_all=False)``; it is meant for measurements such as ``scripts/export_7b.py``.
     """
     t0 = time.perf_counter()
-    dtype = check_precision(precision)
+    if llm_graph not in LLM_GRAPHS:
+        raise ValueError(f"unknown llm_graph {llm_graph!r}; choose one of {LLM_GRAPHS}")
+    if llm_graph == "plain" and precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision {precision!r} needs --llm-graph gqa (weight-only MatMulNBits); the plain graph "
+                         f"exports {sorted(PRECISION_DTYPES)}")
+    fprec = float_precision(precision, llm_target) if llm_graph == "gqa" else precision
+    dtype = check_precision(fprec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
@@ -293,7 +309,7 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
                             "config": model.config.to_dict(), "tokenizer_sha256": tokenizer_hash(model.tokenizer)}
     log(f"[tpo export] {source['checkpoint']} ({model.config.preset}, {precision}, opset {opset}, {exporter}) "
         f"-> {out}; loaded in {time.perf_counter() - t0:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
-    source = {**source, "exporter": exporter}
+    source = {**source, "exporter": exporter, "llm_graph": llm_graph}
     ios = component_io(model.config, limits)
     names = list(components or ios)
     unknown = sorted(set(names) - set(ios))
@@ -301,16 +317,24 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
         raise ValueError(f"unknown component(s) {unknown}; components: {list(ios)}")
     report, specs = {}, {}
     for name in names:
-        rec = export_component(model, ios[name], out, precision, opset, log, exporter)
+        if name == "llm" and llm_graph == "gqa":
+            limits = limits or ExportLimits()
+            report[name], specs[name] = export_llm_gqa(
+                model, out, precision, model.config.llm.max_context, limits.max_batch,
+                limits.prefill_opt or model.config.qformer.num_queries + 48, llm_target, log)
+            continue
+        rec = export_component(model, ios[name], out, fprec, opset, log, exporter)
         report[name] = rec
         ext = rec["external_data"]
-        specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), precision,
+        specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), fprec,
                                      external_data=ext, external_data_sha256=sha256_file(out / ext) if ext else None)
-    tensors = write_tensors(model, out, precision)
+    tensors = write_tensors(model, out, fprec)
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; export a checkpoint folder (it holds tokenizer.json)")
     model.tokenizer.save(str(out / "tokenizer.json"))
     manifest = build_manifest(model, source, precision, opset, specs, tensors)
+    if llm_graph == "gqa" and "llm" in specs:
+        manifest.kv.update(gqa_kv_fields())
     manifest.save(out)
     total = time.perf_counter() - t0
     (out / "export_report.json").write_text(json.dumps(
@@ -324,5 +348,5 @@ def remove_export(out: str | Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
-__all__ = ["DEFAULT_OPSET", "EXPORTERS", "ExportError", "export_model", "export_component", "load_for_export",
-           "load_source", "restore_buffers", "write_tensors", "peak_rss_mb"]
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "LLM_GRAPHS", "ExportError", "export_model", "export_component",
+           "load_for_export", "load_source", "restore_buffers", "write_tensors", "peak_rss_mb"]
