@@ -125,15 +125,19 @@ def write_tokenizer(folder: Path, tokenizer=None) -> None:
 
 
 def run_builder(hf_dir: str | Path, out_dir: str | Path, precision: str, target: str,
-                options: dict[str, str] | None = None, log: Log = print) -> dict:
-    """Run the builder (subprocess) on a HF folder; returns {"seconds", "command", "log"} (log: last lines)."""
+                options: dict[str, str] | None = None, log: Log = print, tpo_options: bool = True) -> dict:
+    """Run the builder (subprocess) on a HF folder; returns {"seconds", "command", "log"} (log: last lines).
+
+    ``tpo_options``: add ``BUILDER_OPTIONS`` (False: the builder's defaults, as an ORT GenAI user would build)."""
     if importlib.util.find_spec("onnxruntime_genai") is None:
         raise RuntimeError("--llm-graph gqa needs ONNX Runtime GenAI's model builder: pip install "
                            "onnxruntime-genai==0.18.0 (or onnxruntime-genai-cuda on a CUDA machine)")
     out_dir, cache = Path(out_dir), Path(out_dir).parent / "builder_cache"
-    opts = {**BUILDER_OPTIONS, **(options or {})}
+    opts = {**(BUILDER_OPTIONS if tpo_options else {}), **(options or {})}
     cmd = [sys.executable, str(Path(__file__).with_name("genai_builder.py")), "-i", str(hf_dir), "-o", str(out_dir),
-           "-p", precision, "-e", target, "-c", str(cache), "--extra_options", *[f"{k}={v}" for k, v in opts.items()]]
+           "-p", precision, "-e", target, "-c", str(cache)]
+    if opts:
+        cmd += ["--extra_options", *[f"{k}={v}" for k, v in opts.items()]]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     tail = "\n".join((proc.stdout + "\n" + proc.stderr).strip().splitlines()[-25:])

@@ -141,7 +141,7 @@ def test_greedy_tokens_match_hf(hf_model, graphs):
     with torch.no_grad():
         ref = hf_model.generate(inputs_embeds=table[prompt], attention_mask=torch.ones_like(prompt),
                                 max_new_tokens=16, do_sample=False, min_new_tokens=16)[0].tolist()
-    llm = OrtLLM(graphs("fp32"), CAPACITY, static_decode_mask=True)
+    llm = OrtLLM(graphs("fp32"), CAPACITY)
     _, _, tok = llm.append(table[prompt].numpy())
     got = [tok]
     while len(got) < 16:
@@ -158,7 +158,7 @@ def test_cuda_target_graphs_on_cpu(hf_model, graphs, precision):
     Cosine of the logits with HF's on these random Gaussian weights (the worst case for round-to-nearest 4-bit
     blocks), observed: fp16 0.9999996, int8 0.99992-0.99995, int4 0.980-0.989; tokens all equal."""
     path = graphs(precision)
-    llm = OrtLLM(path, CAPACITY, static_decode_mask=True)
+    llm = OrtLLM(path, CAPACITY)
     assert llm.dtype == "float16"
     x = torch.randn(1, sum(STEPS), 256, generator=torch.Generator().manual_seed(4))
     ref = hf_steps(hf_model, x)

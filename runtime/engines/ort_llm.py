@@ -55,13 +55,15 @@ class OrtLLM:
         cuda_graph: CUDA only: capture decode steps in a CUDA graph (``enable_cuda_graph``).
         stream: CUDA only: a ``torch.cuda.Stream`` (or raw handle) for ORT to compute on. Given, the mask/embedding
             writes, the run and the token read-back are ordered on that one stream (no host sync before a run).
-        static_decode_mask: bind the whole ``[1, capacity]`` mask and the static buffers in decode steps
-            (default: ``cuda_graph`` on CUDA, False on the CPU; True on the CPU exercises the CUDA-graph bindings).
+        static_decode_mask: decode steps reuse one binding of static buffers with the whole ``[1, capacity]`` mask
+            (default; required by CUDA graphs, and on the CPU it saves re-binding ``4 L + 5`` tensors per token:
+            0.18 vs 0.32 ms/token for the 4-layer tiny LLM on 2 cores). False: a fresh binding per step with the
+            mask cut to ``length + 1`` (not allowed with ``cuda_graph``).
         threads, optimization, provider_options, log_severity: as :class:`runtime.engines.ort.OrtEngine`.
     """
 
     def __init__(self, path: str | Path, capacity: int, device: str = "cpu", *, cuda_graph: bool = True,
-                 stream: Any = None, static_decode_mask: bool | None = None, threads: int | None = None,
+                 stream: Any = None, static_decode_mask: bool = True, threads: int | None = None,
                  optimization: str = "all", provider_options: dict | None = None, log_severity: int = 3):
         path = Path(path)
         if not path.is_file():
@@ -75,7 +77,9 @@ class OrtLLM:
         if not self.on_cuda and device != "cpu":
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
         self.cuda_graph = bool(cuda_graph and self.on_cuda)
-        self.static_decode = self.cuda_graph if static_decode_mask is None else bool(static_decode_mask)
+        self.static_decode = bool(static_decode_mask)
+        if self.cuda_graph and not self.static_decode:
+            raise ValueError("cuda_graph=True needs static_decode_mask=True (a captured graph replays fixed addresses)")
         self._shared_stream = stream is not None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = OPT_LEVELS[optimization]
