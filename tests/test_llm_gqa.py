@@ -254,3 +254,25 @@ def test_tpo_tiny_export_matches_task_llm(tmp_path):
         got.append(tok)
         _, _, tok = llm.append(table[[tok]][None].numpy())
     assert got == want
+
+
+@pytest.mark.slow
+def test_llm_peers_benchmark_plumbing(tmp_path):
+    """benchmarks/llm_peers.py end to end at a tiny size on the CPU (our fp16 graph, ORT GenAI's own build and
+    Generator, HF eager): the result file has exactly the issue's layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llm_peers", Path(__file__).parents[1] / "benchmarks/llm_peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    out = tmp_path / "out"
+    assert peers.main(["--phase", "all", "--device", "cpu", "--preset", "tiny", "--layers", "1", "--prompt", "16",
+                       "24", "--decode-steps", "4", "--iters", "1", "--warmup", "1", "--work", str(tmp_path / "w"),
+                       "--out", str(out), "--peers", "tpo_fp16", "ort_genai_fp16", "hf_eager"]) == 0
+    [main] = [p for p in out.glob("llm_peers_*.json") if not p.stem.endswith(("_detail", "_p24"))]
+    doc = json.loads(main.read_text())
+    assert list(doc) == ["gpu", "layers", "prompt_tokens", "copy_bw_GBps", "floor_ms", "runs", "command"]
+    assert doc["layers"] == 1 and doc["prompt_tokens"] == 16 and doc["copy_bw_GBps"] > 0 and doc["floor_ms"] > 0
+    assert list(doc["runs"]) == ["tpo_fp16", "ort_genai_fp16", "hf_eager"]
+    assert all(set(r) == {"decode_ms", "prefill_ms"} and min(r.values()) > 0 for r in doc["runs"].values())
+    assert (out / main.name.replace(".json", "_p24.json")).is_file() and list(out.glob("*.png"))
