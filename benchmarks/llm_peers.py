@@ -178,13 +178,17 @@ def run_tpo(path: Path, table: torch.Tensor, prompts: list[np.ndarray], args, cl
     cap = max(len(p) for p in prompts) + args.warmup + args.decode_steps + 2
     llm = OrtLLM(path, cap, args.device, cuda_graph=True)
     res = {"_loaded_gb": device_used_gb(args.device), "_kv_gb": llm.nbytes / 1e9}
+    if not clock.cuda:  # numpy gathers on the CPU: a torch op there leaves its OpenMP threads spinning against ORT's
+        table = table.numpy()
     for ids in prompts:
-        res[len(ids)] = tpo_prompt(llm, table, torch.from_numpy(ids).to(table.device), args, clock)
+        res[len(ids)] = tpo_prompt(llm, table, torch.from_numpy(ids).to(table.device) if clock.cuda else ids, args,
+                                   clock)
     llm.close()
     return res
 
 
-def tpo_prompt(llm, table: torch.Tensor, idx: torch.Tensor, args, clock: Clock) -> dict:
+def tpo_prompt(llm, table, idx, args, clock: Clock) -> dict:
+    """``table`` [V, D] and ``idx`` [P]: torch CUDA tensors, or numpy arrays on the CPU."""
     def prefill():
         llm.reset()
         return llm.append(table[idx][None])  # the gather is timed too (ORT GenAI embeds in its graph)
@@ -195,7 +199,7 @@ def tpo_prompt(llm, table: torch.Tensor, idx: torch.Tensor, args, clock: Clock) 
     for _ in range(args.warmup + args.decode_steps):
         clock.sync()
         t0 = time.perf_counter()
-        tok = llm.append(table[tok].view(1, 1, -1))[2]  # the token id is read back: synchronous
+        tok = llm.append(table[tok].reshape(1, 1, -1))[2]  # the token id is read back: synchronous
         steps.append((time.perf_counter() - t0) * 1e3)
     return {"prefill": pre, "decode": steps[args.warmup:]}
 
