@@ -44,10 +44,13 @@ setup(
     ],
     extras_require={
         "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0"],
+        # `tpo export --llm-graph gqa`: ONNX Runtime GenAI's model builder (build time only; on CUDA machines
+        # onnxruntime-genai-cuda, which ships the same builder, sits beside onnxruntime-gpu)
+        "gqa": ["onnxruntime-genai>=0.18"],
         "trt": ["tensorrt-rtx>=1.0"],  # builds engines anywhere (also CPU-only machines); runs on RTX GPUs
         "tensorrt": ["tensorrt>=10.3"],  # servers; on Jetson use the JetPack TensorRT instead
         # triton: its CPU interpreter (TRITON_INTERPRET=1) tests the fused mask kernel on machines without a GPU
-        "test": ["pytest>=8", "ruff>=0.6", "tensorrt-rtx>=1.0", "triton>=3.0"],
+        "test": ["pytest>=8", "ruff>=0.6", "tensorrt-rtx>=1.0", "triton>=3.0", "onnxruntime-genai>=0.18"],
     },
     entry_points={"console_scripts": ["tpo=tpo_core.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],

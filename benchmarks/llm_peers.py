@@ -40,7 +40,7 @@ import json
 import os
 import re
 import shlex
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,13 +67,11 @@ def llm_config(preset: str, layers: int | None):
     return mistral_config(cfg)
 
 
-def make_weights(folder: Path, preset: str, layers: int | None, seed: int = 0) -> dict:
-    """A random HF Mistral folder in float16 (built on meta, filled in place: one copy of the weights in RAM)."""
+def random_model(preset: str, layers: int | None, seed: int = 0):
+    """The benchmark's random HF Mistral in float16 on the CPU (built on meta, filled in place: one copy of the
+    weights). Deterministic in ``seed``: the bench phase rebuilds it instead of reading the HF folder back."""
     from transformers import MistralForCausalLM
 
-    from export.llm_gqa import write_tokenizer
-
-    t0 = time.perf_counter()
     cfg = llm_config(preset, layers)
     with torch.device("meta"):
         lm = MistralForCausalLM(cfg)
@@ -89,6 +87,17 @@ def make_weights(folder: Path, preset: str, layers: int | None, seed: int = 0) -
             for i in range(0, flat.numel(), tile.numel() - off):
                 n = min(tile.numel() - off, flat.numel() - i)
                 flat[i:i + n].copy_(tile[off:off + n])
+    with torch.device("cpu"):  # non-persistent buffers are left uninitialized by to_empty
+        lm.model.rotary_emb = type(lm.model.rotary_emb)(config=cfg)
+    return lm.eval()
+
+
+def make_weights(folder: Path, preset: str, layers: int | None, seed: int = 0) -> dict:
+    """The random model as a HF folder (safetensors, float16) + a minimal tokenizer: every builder's input."""
+    from export.llm_gqa import write_tokenizer
+
+    t0 = time.perf_counter()
+    lm = random_model(preset, layers, seed)
     lm.save_pretrained(str(folder), safe_serialization=True)
     write_tokenizer(folder)
     return {"seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in lm.parameters())}
@@ -96,17 +105,23 @@ def make_weights(folder: Path, preset: str, layers: int | None, seed: int = 0) -
 
 # ----------------------------------------------------------------------------------------------- builds
 def build_peer(peer: str, hf: Path, work: Path) -> dict:
-    from export.llm_gqa import build_from_hf, run_builder
+    """One builder run. Ours is built after ORT GenAI's build of the same precision when that exists, and then
+    references its weights file (hard link; every byte compared first): the 7B fp16 weights are on disk once."""
+    from export.llm_gqa import build_from_hf, graph_bytes, run_builder, share_external_data
 
+    if not (hf / "config.json").is_file():
+        raise SystemExit(f"no HF weights in {hf}: run --phase weights first (the build phase needs them)")
     kind, precision = BUILT[peer]
     out = work / peer
     if kind == "tpo":
         info = build_from_hf(hf, out, precision, target="cuda", name="llm")
         rec = {"seconds": info["builder"]["seconds"], "file": info["file"]}
+        donor = work / f"ort_genai_{precision}" / "model.onnx"
+        rec["shared_with"] = str(donor) if donor.is_file() and share_external_data(out / "llm.onnx", donor) else None
     else:
         rec = run_builder(hf, out, precision, "cuda", tpo_options=False)
         rec = {"seconds": rec["seconds"], "file": "model.onnx"}
-    rec["bytes"] = sum(f.stat().st_size for f in out.glob("*.onnx*"))
+    rec["bytes"] = graph_bytes(out / rec["file"])
     (out / "built.json").write_text(json.dumps(rec) + "\n")
     print(f"[llm_peers] built {peer}: {rec['bytes'] / 1e9:.2f} GB in {rec['seconds']:.0f}s", flush=True)
     return rec
@@ -236,15 +251,14 @@ def genai_prompt(og, model, ids: np.ndarray, args, clock: Clock) -> dict:
     return {"prefill": pre[args.warmup:], "decode": steps}
 
 
-def run_hf(hf: Path, prompts: list[np.ndarray], args, clock: Clock) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float16, attn_implementation="sdpa")
-    model = model.to(args.device).eval()
+def run_hf(lm, prompts: list[np.ndarray], args, clock: Clock) -> dict:
+    """transformers eager (SDPA attention; the config's attn_implementation) on the rebuilt random weights."""
+    model = lm.to(args.device).eval()
     res = {"_loaded_gb": device_used_gb(args.device)}
     with torch.no_grad():
         for ids in prompts:
             res[len(ids)] = hf_prompt(model, torch.from_numpy(ids)[None].to(args.device), args, clock)
+    lm.to("cpu")  # the device memory goes back before the next peer
     return res
 
 
@@ -275,13 +289,13 @@ def device_used_gb(device: str) -> float:
     return (total - free) / 1e9
 
 
-def run_peer(peer: str, args, hf: Path, table, prompts, clock) -> tuple[dict, dict]:
+def run_peer(peer: str, args, lm, table, prompts, clock) -> tuple[dict, dict]:
     """(timings per prompt length, {"load_s", "device_gb"}) for one peer; its memory is released after."""
     before = device_used_gb(args.device)
     t0 = time.perf_counter()
     work = Path(args.work)
     if peer == "hf_eager":
-        res = run_hf(hf, prompts, args, clock)
+        res = run_hf(lm, prompts, args, clock)
     elif peer.startswith("tpo"):
         res = run_tpo(work / peer / "llm.onnx", table, prompts, args, clock)
     else:
@@ -381,25 +395,19 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------------------------- main
 def bench(args) -> Path:
     """Measure ``args.peers`` in this process; returns the partial record written under ``--work``."""
-    hf = Path(args.work) / "hf"
     cfg = llm_config(args.preset, args.layers)
     rng = np.random.default_rng(args.seed)
     prompts = [rng.integers(3, cfg.vocab_size, p).astype(np.int64) for p in args.prompt]
     clock = Clock(args.device)
     bw = copy_bandwidth(args.device, args.copy_gb)
     print(f"[llm_peers] copy bandwidth {bw:.0f} GB/s", flush=True)
-    from safetensors import safe_open
-
-    table = None
-    for f in sorted(hf.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            if "model.embed_tokens.weight" in st.keys():
-                table = st.get_tensor("model.embed_tokens.weight").to(args.device)
+    lm = random_model(args.preset, args.layers, args.seed)  # the HF folder's weights, rebuilt (same seed)
+    table = lm.get_input_embeddings().weight.detach().to(args.device)
     timings, info = {}, {}
     for peer in args.peers:
         if peer in BUILT and not (Path(args.work) / peer / "built.json").is_file():
             raise SystemExit(f"{peer} is not built in {args.work}: run --phase build --peers {peer} first")
-        timings[peer], info[peer] = run_peer(peer, args, hf, table, prompts, clock)
+        timings[peer], info[peer] = run_peer(peer, args, lm, table, prompts, clock)
         if peer in BUILT:
             info[peer].update(json.loads((Path(args.work) / peer / "built.json").read_text()))
         print(f"[llm_peers] {peer}: " + ", ".join(f"P={p}: decode {np.median(t['decode']):.3f} ms, prefill "
@@ -442,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/llm_peers", help="weights and builds (kept between phases)")
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks" / "results")))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop-hf", action="store_true", help="delete the HF folder after the build phase (disk)")
     args = p.parse_args(argv)
     phases = {"weights", "build", "bench"} if "all" in args.phase else set(args.phase)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -452,14 +461,17 @@ def main(argv: list[str] | None = None) -> int:
         rec = make_weights(work / "hf", args.preset, args.layers, args.seed)
         print(f"[llm_peers] weights: {rec['params'] / 1e9:.2f} B params in {rec['seconds']:.0f}s", flush=True)
     if "build" in phases:
-        for peer in args.peers:
-            if peer in BUILT:
-                build_peer(peer, work / "hf", work)
+        for peer in sorted((p for p in args.peers if p in BUILT), key=lambda p: not p.startswith("ort_genai")):
+            build_peer(peer, work / "hf", work)
+        if args.drop_hf:
+            shutil.rmtree(work / "hf")
+            print(f"[llm_peers] removed {work / 'hf'} (the bench phase rebuilds the weights in memory)")
     if "bench" in phases:
         report(args, [bench(args)])
     elif "report" in phases:
         report(args, sorted(work.glob("partial_*.json")))
-    subprocess.run(["df", "-h", str(work)], check=False)
+    free = shutil.disk_usage(work).free
+    print(f"[llm_peers] {work}: {free / 1e9:.1f} GB free")
     return 0
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -266,6 +267,68 @@ def _move_external_data(proto: onnx.ModelProto, src_dir: Path, out_dir: Path, na
             if e.key == "location":
                 e.value = data_name
     return data_name
+
+
+def _external(t: onnx.TensorProto) -> dict | None:
+    if t.data_location != TensorProto.EXTERNAL:
+        return None
+    e = {kv.key: kv.value for kv in t.external_data}
+    return {"location": e["location"], "offset": int(e.get("offset", 0)), "length": int(e["length"])}
+
+
+def graph_bytes(path: str | Path) -> int:
+    """Bytes of a graph: the .onnx file plus every external tensor it references (shared files counted once per
+    tensor, not per file)."""
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    return path.stat().st_size + sum(e["length"] for t in proto.graph.initializer if (e := _external(t)))
+
+
+def _same_bytes(a: Path, a_off: int, b: Path, b_off: int, length: int, chunk: int = 1 << 26) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        fa.seek(a_off)
+        fb.seek(b_off)
+        for start in range(0, length, chunk):
+            n = min(chunk, length - start)
+            if fa.read(n) != fb.read(n):
+                return False
+    return True
+
+
+def share_external_data(path: str | Path, donor: str | Path, log: Log = print) -> int:
+    """Point ``path``'s external initializers at ``donor``'s weights file when every tensor exists there with equal
+    bytes (e.g. our graph and ORT GenAI's default build of the same HF folder), through a hard link beside
+    ``path``; ``path``'s own weights file is deleted. Returns the bytes saved (0: nothing shared, nothing changed).
+    Every byte is compared first."""
+    path, donor = Path(path), Path(donor)
+    ours = onnx.load(str(path), load_external_data=False)
+    theirs = {t.name: e for t in onnx.load(str(donor), load_external_data=False).graph.initializer
+              if (e := _external(t))}
+    exts = [(t, e) for t in ours.graph.initializer if (e := _external(t))]
+    own = {e["location"] for _, e in exts}
+    donor_files = {theirs[t.name]["location"] for t, _ in exts if t.name in theirs}
+    if not exts or len(own) != 1 or len(donor_files) != 1:
+        return 0
+    for t, e in exts:
+        d = theirs.get(t.name)
+        if d is None or d["length"] != e["length"] or not _same_bytes(
+                path.parent / e["location"], e["offset"], donor.parent / d["location"], d["offset"], e["length"]):
+            log(f"[tpo export] {path.name}: {t.name} differs from {donor.name}'s; weights not shared")
+            return 0
+    link = f"{path.name}.shared.data"
+    (path.parent / link).unlink(missing_ok=True)
+    os.link(donor.parent / donor_files.pop(), path.parent / link)
+    for t, _ in exts:
+        d = theirs[t.name]
+        del t.external_data[:]
+        for key, value in (("location", link), ("offset", d["offset"]), ("length", d["length"])):
+            t.external_data.add(key=key, value=str(value))
+    old = path.parent / own.pop()
+    saved = old.stat().st_size
+    onnx.save(ours, str(path))
+    old.unlink()
+    log(f"[tpo export] {path.name}: weights shared with {donor} (hard link), {saved / 1e9:.2f} GB saved")
+    return saved
 
 
 # ------------------------------------------------------------------------------------------ manifest entry

@@ -99,10 +99,11 @@ class OrtLLM:
         self._read_io(path)
         self._alloc()
         self._decode_binding = None
+        # gpu_graph_id is set on every run: ORT's Python wrapper reads it, and a missing entry costs a C++
+        # exception per run (0.28 ms measured with onnxruntime 1.32 on the CPU, longer than the tiny LLM's step)
         self._ro_prefill, self._ro_decode = ort.RunOptions(), ort.RunOptions()
-        if self.cuda_graph:
-            self._ro_prefill.add_run_config_entry("gpu_graph_id", GRAPH_ID_SKIP)
-            self._ro_decode.add_run_config_entry("gpu_graph_id", GRAPH_ID_DECODE)
+        self._ro_prefill.add_run_config_entry("gpu_graph_id", GRAPH_ID_SKIP)
+        self._ro_decode.add_run_config_entry("gpu_graph_id", GRAPH_ID_DECODE if self.cuda_graph else GRAPH_ID_SKIP)
         if self._shared_stream:  # the token read-back on the same stream waits for the run
             for ro in (self._ro_prefill, self._ro_decode):
                 ro.add_run_config_entry("disable_synchronize_execution_providers", "1")
