@@ -105,19 +105,14 @@ def make_weights(folder: Path, preset: str, layers: int | None, seed: int = 0) -
 
 # ----------------------------------------------------------------------------------------------- builds
 def build_peer(peer: str, hf: Path, work: Path) -> dict:
-    """One builder run. Ours is built after ORT GenAI's build of the same precision when that exists, and then
-    references its weights file (hard link; every byte compared first): the 7B fp16 weights are on disk once."""
-    from export.llm_gqa import build_from_hf, graph_bytes, run_builder, share_external_data
+    """One builder run (a subprocess) into ``work/peer``; returns its record (also written to built.json)."""
+    from export.llm_gqa import build_from_hf, graph_bytes, run_builder
 
-    if not (hf / "config.json").is_file():
-        raise SystemExit(f"no HF weights in {hf}: run --phase weights first (the build phase needs them)")
     kind, precision = BUILT[peer]
     out = work / peer
     if kind == "tpo":
         info = build_from_hf(hf, out, precision, target="cuda", name="llm")
         rec = {"seconds": info["builder"]["seconds"], "file": info["file"]}
-        donor = work / f"ort_genai_{precision}" / "model.onnx"
-        rec["shared_with"] = str(donor) if donor.is_file() and share_external_data(out / "llm.onnx", donor) else None
     else:
         rec = run_builder(hf, out, precision, "cuda", tpo_options=False)
         rec = {"seconds": rec["seconds"], "file": "model.onnx"}
@@ -125,6 +120,27 @@ def build_peer(peer: str, hf: Path, work: Path) -> dict:
     (out / "built.json").write_text(json.dumps(rec) + "\n")
     print(f"[llm_peers] built {peer}: {rec['bytes'] / 1e9:.2f} GB in {rec['seconds']:.0f}s", flush=True)
     return rec
+
+
+def build_all(peers: list[str], work: Path, jobs: int) -> None:
+    """Builder runs for ``peers`` (``jobs`` at once), then each of ours references the weights file of ORT GenAI's
+    build of the same precision when there is one (hard link; every byte compared first): on disk once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from export.llm_gqa import share_external_data
+
+    hf = work / "hf"
+    if not (hf / "config.json").is_file():
+        raise SystemExit(f"no HF weights in {hf}: run --phase weights first (the build phase needs them)")
+    todo = sorted((p for p in peers if p in BUILT), key=lambda p: not p.startswith("ort_genai"))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(lambda p: build_peer(p, hf, work), todo))
+    for peer in (p for p in todo if p.startswith("tpo")):
+        donor = work / f"ort_genai_{BUILT[peer][1]}" / "model.onnx"
+        rec = json.loads((work / peer / "built.json").read_text())
+        if donor.is_file() and share_external_data(work / peer / "llm.onnx", donor):
+            rec["shared_with"] = str(donor)
+            (work / peer / "built.json").write_text(json.dumps(rec) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -451,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks" / "results")))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drop-hf", action="store_true", help="delete the HF folder after the build phase (disk)")
+    p.add_argument("--jobs", type=int, default=1, help="builder runs at once (each holds the model in RAM)")
     args = p.parse_args(argv)
     phases = {"weights", "build", "bench"} if "all" in args.phase else set(args.phase)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -461,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = make_weights(work / "hf", args.preset, args.layers, args.seed)
         print(f"[llm_peers] weights: {rec['params'] / 1e9:.2f} B params in {rec['seconds']:.0f}s", flush=True)
     if "build" in phases:
-        for peer in sorted((p for p in args.peers if p in BUILT), key=lambda p: not p.startswith("ort_genai")):
-            build_peer(peer, work / "hf", work)
+        build_all(args.peers, work, args.jobs)
         if args.drop_hf:
             shutil.rmtree(work / "hf")
             print(f"[llm_peers] removed {work / 'hf'} (the bench phase rebuilds the weights in memory)")
