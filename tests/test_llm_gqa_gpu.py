@@ -117,12 +117,14 @@ def test_reset_and_shared_stream(graphs):
         assert a[2] == b[2] == c[2]
 
 
-def test_int4_cuda_matches_cpu_provider(graphs):
-    """The same int4 graph (MatMulNBits) on CUDA and on the CPU provider."""
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_quantized_cuda_matches_cpu_provider(graphs, precision):
+    """The same int4 / int8 graph (MatMulNBits) on CUDA and on the CPU provider (int8: whether this
+    onnxruntime-gpu has 8-bit MatMulNBits kernels on CUDA)."""
     steps = [16] + [1] * 16
     x = torch.randn(1, sum(steps), 256, generator=torch.Generator().manual_seed(3))
-    gpu = _run(OrtLLM(graphs("int4"), CAP, "cuda"), x.cuda(), steps)
-    cpu = _run(OrtLLM(graphs("int4"), CAP, "cpu"), x.numpy(), steps)
+    gpu = _run(OrtLLM(graphs(precision), CAP, "cuda"), x.cuda(), steps)
+    cpu = _run(OrtLLM(graphs(precision), CAP, "cpu"), x.numpy(), steps)
     agree = sum(a[2] == b[2] for a, b in zip(gpu, cpu))
     assert all(_cos(a[0], b[0]) > 0.999 for a, b in zip(gpu, cpu))
     assert agree >= len(steps) - 2
