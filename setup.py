@@ -51,7 +51,8 @@ setup(
     extras_require={
         "export": EXPORT,  # tpo export / verify / demo / ask: the PyTorch model + the ONNX exporters
         "train": TRAIN,  # tpo train / eval / data synth
-        "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0"],  # CUDA engines + the fused Triton mask decoder
+        # CUDA engines, the fused Triton kernels (mask decode, preprocessing), NVDEC decoding (x86-64 wheels)
+        "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0", "pynvvideocodec>=2.2; platform_machine == 'x86_64'"],
         # `tpo export --llm-graph gqa`: ONNX Runtime GenAI's model builder (build time only; on CUDA machines
         # onnxruntime-genai-cuda, which ships the same builder, sits beside onnxruntime-gpu)
         "gqa": GQA,

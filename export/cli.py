@@ -83,9 +83,6 @@ def run_export(args: argparse.Namespace) -> int:
     from export.exporter import export_model
     from tpo_core.export_specs import ExportLimits
 
-    if args.verify and args.llm_graph == "gqa":
-        raise ValueError("--verify checks the plain LLM graph's past/present interface; for --llm-graph gqa run "
-                         "`python -m pytest tests/test_llm_gqa.py` (the GQA graph against the HF model) instead")
     manifest = export_model(args.checkpoint, args.out, precision=args.precision, opset=args.opset,
                             components=args.components, exporter=args.exporter, llm_graph=args.llm_graph,
                             llm_target=args.llm_target,

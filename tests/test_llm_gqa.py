@@ -276,3 +276,20 @@ def test_llm_peers_benchmark_plumbing(tmp_path):
     assert list(doc["runs"]) == ["tpo_fp16", "ort_genai_fp16", "hf_eager"]
     assert all(set(r) == {"decode_ms", "prefill_ms"} and min(r.values()) > 0 for r in doc["runs"].values())
     assert (out / main.name.replace(".json", "_p24.json")).is_file() and list(out.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_tpo_verify_drives_the_gqa_export_through_the_pipeline(tmp_path):
+    """A full tiny export with the GQA LLM graph passes `tpo verify`: the graph through OrtLLM vs the HF forward,
+    and the runtime Pipeline (GQAGenerator) end to end vs TPOModel.generate (same greedy tokens, heads in
+    tolerance)."""
+    from export.exporter import export_model
+    from export.verify import verify_export
+
+    export_model("untrained-tiny", tmp_path, precision="fp32", llm_graph="gqa", exporter="torchscript",
+                 log=lambda m: None)
+    report = verify_export(tmp_path, videos=1)
+    assert report.ok, report.summary()
+    assert any(f.startswith("llm.") for f in report.worst) and len(report.e2e) == 4
+    assert all(case["tokens_equal"] for case in report.e2e)
+    assert {t for case in report.e2e for t in case["tasks"]} == {"region", "temporal", "mask"}

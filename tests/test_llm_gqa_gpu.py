@@ -110,6 +110,7 @@ def test_reset_and_shared_stream(graphs):
         buf.fill_(float("nan"))
     again = _run(llm, y, steps)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # y was written on the default stream: order it first
     with torch.cuda.stream(stream):
         shared = _run(OrtLLM(graphs("fp16"), CAP, "cuda", stream=stream), y, steps)
     for a, b, c in zip(fresh, again, shared):
