@@ -12,12 +12,14 @@
    (``--clip-seconds`` at 30 fps, keyframe every ``--gop`` frames); medians over ``--reps`` after ``--warmup``.
 
    - *Time to first answer*: ``Pipeline.ask`` on the file: read the 16 sampled frames -> preprocess -> vision ->
-     prefill -> first token (wall clock, first token = when the prefill's logits are chosen from), then to the end
-     of a ``--tokens``-token answer; per stage from ``TPOResult.timings_ms`` (each stage ends with a device sync).
-     Two video paths: ``host`` (the shipped ``Pipeline``: decord + numpy preprocessing) and ``device``
-     (``DevicePipeline`` below: NVDEC into GPU memory via ``runtime.video_gpu`` with decord fallback, fused
-     Triton preprocessing). Then one answer per head with the task forced at step 0 (``force_token``): region,
-     temporal, and mask (``<track_begin>``: the SAM2-L head tracks all 16 frames and decodes them at 1080p).
+     prefill -> first token (wall clock, when the first chosen token is fed back), then to the end of a
+     ``--tokens``-token answer; per stage from ``TPOResult.timings_ms`` (each stage ends with a device sync).
+     Two video paths through the same ``Pipeline`` (``set_video_path``): ``device`` (what it does on CUDA:
+     NVDEC into GPU memory via ``runtime.video_gpu``, decord + upload as the fallback, fused Triton
+     preprocessing) and ``host`` (what it does on a CPU machine: decord + numpy preprocessing). Then one answer
+     per head with the task forced at step 0 (``force_token``): region, temporal, and mask (``<track_begin>``:
+     the SAM2-L head tracks all 16 frames and decodes them at 1080p). The PyTorch reference
+     (``TPOModel.generate``, eager, same weights) answers the same question on the same clip.
    - *One tracked mask frame at 1080p* (``benchmarks/e2e_mask.py``): our mask engines vs transformers'
      ``Sam2VideoModel`` eager (same SAM2-L modules: same config and, for our own random export, same weights) in
      ``--hf-dtypes``, steady state with a full memory bank.
@@ -229,71 +231,66 @@ def write_clip(path: Path, seconds: float, fps: int, hw: tuple[int, int], gop: i
     return path
 
 
-class DevicePipeline(Pipeline):
-    """``Pipeline`` with a switchable video path. ``device_video = False``: exactly the shipped ``Pipeline`` (decord,
-    numpy preprocessing on the host). True: files decoded into GPU memory (``runtime.video_gpu.read_clip_cuda``:
-    NVDEC, decord fallback) and preprocessed there (``DevicePreprocessor``, fused Triton); every later stage is the
-    shipped ``Pipeline.ask``. On the CPU (tests) the frames are CPU tensors and the kernels run in Triton's
-    interpreter (``TRITON_INTERPRET=1``). One instance serves both paths: the 7B engines are loaded once."""
+def set_video_path(pipe, path: str) -> None:
+    """Switch the shipped ``Pipeline``'s video path (every stage after it is the same ``Pipeline.ask``).
 
-    device_video = False
-    last_decoder = ""
-    _pre = None
-
-    def _device_pre(self):
-        if self._pre is None:
+    ``device``: what ``Pipeline`` does on CUDA: a file is decoded into GPU memory (``runtime.video_gpu.
+    read_clip_cuda``: NVDEC, else decord + one upload) and preprocessed there by the fused Triton kernels
+    (``pipe.device_pre``). ``host``: what it does on a CPU machine (``device_pre = None``): decord, numpy
+    preprocessing, one upload of the float frames. On the CPU (tests) ``device`` runs the kernels in Triton's
+    interpreter on CPU tensors (``TRITON_INTERPRET=1``)."""
+    if not hasattr(pipe, "_e2e_device_pre"):
+        pre = pipe.device_pre
+        if pre is None:
             from runtime.kernels.preprocess_triton import DevicePreprocessor
 
-            dt = {"float32": torch.float32, "float16": torch.float16}
-            self._pre = DevicePreprocessor(self.preprocessor, dt[self._input_dtype("vision", "frames")],
-                                           dt[self._input_dtype("mask_image_encoder", "pixels")])
-        return self._pre
+            pre = DevicePreprocessor(pipe.preprocessor, getattr(torch, pipe._input_dtype("vision", "frames")),
+                                     getattr(torch, pipe._input_dtype("mask_image_encoder", "pixels")))
+        pipe._e2e_device_pre = pre
+    pipe.device_pre = pipe._e2e_device_pre if path == "device" else None
 
-    def load_clip(self, video, fps=None):
-        if not (self.device_video and isinstance(video, (str, Path))):
-            self.last_decoder = "decord" if isinstance(video, (str, Path)) else ""
-            return super().load_clip(video, fps)
-        from runtime.video_gpu import read_clip_cuda
 
-        clip = read_clip_cuda(video, self.num_frames, self.device)
-        self.last_decoder = f"{clip.decoder}{'/' + clip.strategy if clip.strategy else ''}"
-        return clip
-
-    def _vision_input(self, frames):
-        return super()._vision_input(frames) if isinstance(frames, np.ndarray) else self._device_pre().vision(frames)
-
-    def mask_pixels(self, frames):
-        return super().mask_pixels(frames) if isinstance(frames, np.ndarray) else self._device_pre().mask(frames)
+def decoder_of(pipe, video: str) -> str:
+    """Which decoder the pipeline's clip reader uses for ``video`` (read once, untimed)."""
+    clip = pipe.load_clip(video)
+    return f"{clip.decoder}{'/' + clip.strategy if clip.strategy else ''}" if hasattr(clip, "decoder") else "decord"
 
 
 # ------------------------------------------------------------------------------------------------ answers
 def time_answers(pipe, video: str, prompt: str, reps: int, warmup: int, tokens: int, force: str | None = None) -> dict:
-    """``Pipeline.ask`` ``warmup + reps`` times -> medians of the wall clocks and of every ``timings_ms`` stage."""
+    """``Pipeline.ask`` ``warmup + reps`` times -> medians of the wall clocks and of every ``timings_ms`` stage.
+
+    First token (wall) = when the generator is first fed the chosen token (no logits processor on the measured
+    answers: on the GQA graph one would copy every step's logits to the host); the end of the answer if there is
+    no second step. Forced answers use ``force_token`` as a logits processor and report only their wall clock."""
     from runtime.contract.routing import force_token
 
     sync, runs, last = make_sync(pipe.device), [], None
     forced = force_token(pipe.manifest.task_tokens[force].id) if force else None
+    gen = pipe.generator
     for i in range(warmup + reps):
         mark: dict[str, float] = {}
 
-        def hook(step, logits, mark=mark):
-            if step == 0:
-                mark["first"] = time.perf_counter()
-            return forced(step, logits) if forced else logits
+        def first_feed(token, mark=mark, feed=type(gen).feed_token):
+            mark.setdefault("first", time.perf_counter())
+            return feed(gen, token)
 
-        sync()
-        t0 = time.perf_counter()
-        last = pipe.ask(video, prompt, max_new_tokens=tokens, logits_processor=hook)
-        sync()
-        t1 = time.perf_counter()
+        gen.feed_token = first_feed  # instance attribute: Pipeline.ask passes self.generator.feed_token
+        try:
+            sync()
+            t0 = time.perf_counter()
+            last = pipe.ask(video, prompt, max_new_tokens=tokens, logits_processor=forced)
+            sync()
+            t1 = time.perf_counter()
+        finally:
+            del gen.feed_token
         if i >= warmup:
-            runs.append({"first_token_ms": (mark["first"] - t0) * 1e3, "answer_ms": (t1 - t0) * 1e3,
-                         **last.timings_ms})
+            first = {} if forced else {"first_token_ms": (mark.get("first", t1) - t0) * 1e3}
+            runs.append({**first, "answer_ms": (t1 - t0) * 1e3, **last.timings_ms})
     keys = [k for k in runs[0] if all(k in r for r in runs)]
     out = {k: stats([r[k] for r in runs]) for k in keys}
     out["tasks"], out["token_ids"] = list(last.tasks), list(last.token_ids)
-    if getattr(pipe, "last_decoder", ""):
-        out["decoder"] = pipe.last_decoder
+    out["decoder"] = decoder_of(pipe, video)
     return out
 
 
@@ -383,16 +380,17 @@ def run_bench(args, state: Path) -> dict:
     paths = [p for p in args.paths if p == "host" or args.device.startswith("cuda") or os.environ.get(
         "TRITON_INTERPRET") == "1"]
     t0 = time.perf_counter()
-    pipe = DevicePipeline.from_manifest(export, backend="ort", device=args.device, threads=args.threads)
+    pipe = Pipeline.from_manifest(export, backend="ort", device=args.device, threads=args.threads)
     report["setup_s"] = time.perf_counter() - t0
     print(f"[e2e] pipeline loaded in {report['setup_s']:.1f}s (hashes checked, every engine opened)", flush=True)
     for path in paths:
-        pipe.device_video = path == "device"
+        set_video_path(pipe, path)
         report["answers"][path] = bench_answers(pipe, str(clip), args)
+    set_video_path(pipe, "device" if args.device.startswith("cuda") else "host")  # the shipped default
     m = pipe.manifest
     report.update(preset=m.source.preset, precision=m.precision, source=m.source.checkpoint,
                   llm_layers=m.kv.layers,
-                  llm_graph=getattr(m.kv, "graph", None) or getattr(m.source, "llm_graph", None) or "plain",
+                  llm_graph=m.kv.graph,
                   frames_sampled=m.preprocess.num_frames)
     exp_rec = export / "export_report.json"
     if exp_rec.is_file():
@@ -447,8 +445,8 @@ def print_tables(rep: dict, file=None) -> None:
     paths = list(ans)
     print(f"\nTime to first answer, {rep['frames_sampled']} frames of a {rep['clip']['hw'][0]}p clip "
           f"({rep['clip']['seconds']:g} s, GOP {rep['clip']['gop']}), {rep['preset']} {rep['precision']}, "
-          f"{rep['llm_layers']} LLM layers, {rep.get('gpu', rep['device'])} (median ms; reference = TPOModel.generate "
-          "in PyTorch eager)", file=file)
+          f"{rep['llm_layers']} LLM layers ({rep['llm_graph']} graph), {rep.get('gpu', rep['device'])} (median ms; "
+          "reference = TPOModel.generate in PyTorch eager)", file=file)
     print(f"{'stage':34s}" + "".join(f"{p:>11s}" for p in paths), file=file)
     rows = [("read (decode sampled frames)", "read_ms"), ("preprocess", "preprocess_ms"), ("vision", "vision_ms"),
             ("prefill", "prefill_ms"), ("first token (wall)", "first_token_ms"), ("decode", "decode_ms"),

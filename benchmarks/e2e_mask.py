@@ -7,10 +7,10 @@ are run untimed, then each of ``reps`` further frames is timed stage by stage (h
 synchronization at every stage boundary; the frame total is the sum of its stages; medians over frames).
 
 Ours (``Pipeline`` engines, the export's precision, ORT): ``preprocess`` (uint8 frame -> ``[1, 3, S, S]``
-pixels: the fused Triton kernel on CUDA, numpy on the CPU), ``image_encoder`` (``mask_image_encoder``),
-``track`` (``MaskTracker.step``: ``mask_memory_attention`` over the full ring buffer + ``mask_decoder`` +
-``mask_memory_encoder``), ``upsample`` (fused ``decode_masks`` of the low-res logits to ``(H, W)`` bits on the
-device, object score not used so the work is never skipped).
+pixels, ``Pipeline.mask_pixels``: the fused Triton kernel on CUDA, numpy on the CPU), ``image_encoder``
+(``mask_image_encoder``), ``track`` (``MaskTracker.step``: ``mask_memory_attention`` over the full ring buffer
++ ``mask_decoder`` + ``mask_memory_encoder``), ``upsample`` (fused ``decode_masks`` of the low-res logits to
+``(H, W)`` bits on the device, object score not used so the work is never skipped).
 
 Peer (``Sam2VideoModel`` of transformers, eager, in ``dtype``; the SAM2 modules of the same ``MaskHead``, so the
 same config and weights as the export when the export came from the same random build): transformers' streaming
@@ -93,17 +93,10 @@ def our_mask_frames(pipe, frames: list, fill: int, reps: int, seed: int = 0) -> 
     tracker.start(tracker.sparse_prompt(task))
     px_dtype = pipe._input_dtype("mask_image_encoder", "pixels")
     h, w = int(frames[0].shape[0]), int(frames[0].shape[1])
-    on_device = not isinstance(frames[0], np.ndarray)
-    if on_device:
-        from runtime.kernels.preprocess_triton import DevicePreprocessor
+    on_device = pipe.device_pre is not None
 
-        dev = DevicePreprocessor(pipe.preprocessor, mask_dtype=_torch_dtype(px_dtype))
-
-        def preprocess(f):
-            return dev.mask(f[None])
-    else:
-        def preprocess(f):
-            return ops.asarray(pipe.mask_pixels(f[None]), px_dtype)
+    def preprocess(f):
+        return ops.asarray(pipe.mask_pixels(f[None]), px_dtype)
 
     from runtime.mask_decode import decode_masks
 

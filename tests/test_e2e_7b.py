@@ -114,3 +114,20 @@ def test_device_video_path_gives_the_host_path_tokens(state, tmp_path):
     host, dev = rep["answers"]["host"]["describe"], rep["answers"]["device"]["describe"]
     assert dev["decoder"] == "decord" and host["decoder"] == "decord"  # no NVDEC on the CPU
     assert dev["token_ids"] == host["token_ids"] and len(dev["token_ids"]) == 3
+
+
+@pytest.mark.slow
+def test_gqa_llm_phase_merges_and_answers_like_the_reference(e2e, tmp_path):
+    """``--llm-graph gqa`` (ONNX Runtime GenAI's builder, fp32 on the CPU provider): the LLM phase's kv block
+    survives the merge, and Pipeline (OrtLLM) chooses the PyTorch reference's greedy tokens."""
+    from runtime.manifest import Manifest
+
+    state = tmp_path / "state"
+    assert e2e.main([*SMALL, "--phase", "export-llm", "export-rest", "--exporter", "torchscript", "--llm-graph",
+                     "gqa", "--state", str(state)]) == 0
+    assert Manifest.load(state / "export").kv.graph == "gqa"
+    rep = _run(e2e, state, tmp_path / "out", "--paths", "host", "--heads", "--reps", "1", "--warmup", "0",
+               "--tokens", "5", "--skip-mask")
+    assert rep["llm_graph"] == "gqa"
+    tokens = rep["answers"]["host"]["describe"]["token_ids"]
+    assert len(tokens) >= 3 and rep["reference"]["same_tokens_prefix"] == len(tokens)
