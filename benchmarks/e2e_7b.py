@@ -3,8 +3,9 @@
 1. **Export** (CPU work, on the GPU machine's host): the ``videochat-tpo-7b`` preset built on ``meta`` and
    materialized once, directly in the export precision, with seeded random weights (one generator per part: any
    phase rebuilds exactly the same weights), then every component exported through ``export.exporter.
-   export_model`` (``--llm-graph gqa`` where the exporter has it). At 7B the LLM graph alone takes ~5 min
-   (docs/export.md: 308 s on the H100 host), so it is its own phase: ``export-llm`` writes ``STATE/llm_part``,
+   export_model`` (``--llm-graph gqa`` by default: the GroupQueryAttention graph ``Pipeline`` drives through
+   ``OrtLLM``; ``plain``: the past/present graph). At 7B the LLM graph alone takes ~5 min (docs/export.md: 308 s
+   for the plain graph on the H100 host), so it is its own phase: ``export-llm`` writes ``STATE/llm_part``,
    ``export-rest`` exports the other nine graphs into ``STATE/export``, moves the LLM files in and writes the
    merged manifest (then ``Manifest.load`` re-checks every file hash). ``--export DIR`` reuses any export folder
    instead (e.g. ``scripts/convert_fullsize.py``'s).
@@ -42,7 +43,6 @@ CPU plumbing at the tiny size (seconds)::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -136,15 +136,9 @@ def export_parts(args, components: list[str] | None, out: Path) -> dict:
     built_s = time.perf_counter() - t0
     print(f"[e2e] built {args.preset} ({args.precision}, seed {args.seed}) in {built_s:.1f}s, "
           f"peak RSS {peak_rss_mb() / 1024:.1f} GB", flush=True)
-    kwargs = {}
-    if args.llm_graph != "plain":
-        if "llm_graph" not in inspect.signature(export_model).parameters:
-            raise ValueError(f"--llm-graph {args.llm_graph}: this checkout's exporter has no llm_graph option (it "
-                             "comes with the GQA graph, branch h-gpu); use --llm-graph plain")
-        kwargs["llm_graph"] = args.llm_graph
     shutil.rmtree(out, ignore_errors=True)
     export_model("in-memory", out, precision=args.precision, components=components, model=model,
-                 source=source_of(model, args.preset, args.seed), exporter=args.exporter, **kwargs)
+                 source=source_of(model, args.preset, args.seed), exporter=args.exporter, llm_graph=args.llm_graph)
     rec = {"components": components or "all", "build_s": built_s, "seconds": time.perf_counter() - t0,
            "peak_rss_gb": peak_rss_mb() / 1024}
     (out / "e2e_phase.json").write_text(json.dumps(rec, indent=1) + "\n")
@@ -481,6 +475,18 @@ def print_tables(rep: dict, file=None) -> None:
             print(f"HF {d}: {r['error']}", file=file)
 
 
+def check_transformers() -> None:
+    """The model code and the SAM2 peer need transformers 5 (setup.py); a carried 4.x on PYTHONPATH would shadow
+    the GPU image's 5.17."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise SystemExit(f"transformers {transformers.__version__} from {Path(transformers.__file__).parent} is "
+                         "first on the path; this benchmark needs transformers >= 5.17 (the GPU image has 5.17): carry "
+                         "the wheels without transformers==4.57.6 (name them, not --gpu-runtime) or remove it from "
+                         "/tmp/site")
+
+
 def gpu_tag(rep: dict) -> str:
     name = rep.get("gpu") or f"cpu-{rep['preset']}"
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
@@ -494,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
     p.add_argument("--layers", type=int, default=None, help="LLM layers (default: the preset's); a quick dry run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--llm-graph", default="plain", help="plain | gqa (the GQA graph, once the exporter has it)")
+    p.add_argument("--llm-graph", choices=("gqa", "plain"), default="gqa",
+                   help="gqa: GroupQueryAttention graph from ONNX Runtime GenAI's builder, driven by OrtLLM (needs "
+                        "onnxruntime-genai at export); plain: the past/present graph")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     p.add_argument("--state", default="/tmp/tpo_e2e_7b", help="folder kept between phases")
     p.add_argument("--export", default=None, help="bench this export folder instead of STATE/export")
@@ -521,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU; pass --device cpu (tiny preset) or run on the GPU")
+    check_transformers()
     torch.set_num_threads(os.cpu_count() or 1)
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
