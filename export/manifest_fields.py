@@ -136,7 +136,7 @@ def build_manifest(model, source: dict, precision: str, opset: int, components: 
     return Manifest(
         toolkit_version=__version__, source=source, precision=precision, opset=opset, components=components,
         tensors=tensors, tokenizer=_tokenizer(model), task_tokens=_task_tokens(model),
-        prompt=prompt_template(cfg.system_message, cfg.qformer.num_queries), preprocess=_preprocess(cfg),
+        prompt=prompt_template(cfg.system_message, cfg.num_visual_tokens), preprocess=_preprocess(cfg),
         kv={"layers": llm.num_layers, "kv_heads": llm.num_kv_heads, "head_dim": llm.head_dim,
             "max_context": llm.max_context, "dtype": kv_dtype, "layout": "[batch, kv_heads, seq, head_dim]",
             "past_names": past, "present_names": present, "rope": "keys cached after RoPE",

@@ -91,7 +91,7 @@ def test_prompt_tokens_match_reference():
     with tempfile.TemporaryDirectory() as d:
         model.tokenizer.save(str(Path(d) / "tokenizer.json"))
         tok = PromptTokenizer(_tokenizer(model), prompt_template(model.config.system_message,
-                                                                 model.config.qformer.num_queries), Path(d))
+                                                                 model.config.num_visual_tokens), Path(d))
     times = np.arange(8) * 0.37
     for q in ("What is red?", "  When does the blue square appear? ", "Track the green circle.", "start it"):
         ref = model.prompts.build(q, times)

@@ -13,7 +13,7 @@ import pytest
 from tpo_core.data.formats import load_conversations, load_qvhighlights, load_region, load_segmentation
 from tpo_core.data.rle import decode as rle_decode
 from tpo_core.data.rle import mask_bbox
-from tpo_core.data.synth import add_synth_parser, generate, synth_main
+from tpo_core.data.synth import add_synth_parser, generate, region_label_frame, synth_main
 from tpo_core.data.synth_scene import BACKGROUND_COLOURS, COLOURS, SHAPES
 from tpo_core.data.synth_tasks import (
     MASK_TEMPLATES,
@@ -26,7 +26,7 @@ from tpo_core.data.synth_tasks import (
 )
 from tpo_core.tokens import TASK_TOKENS, prompt_chunks
 
-ANNOTATIONS = ("temporal.jsonl", "region.json", "segmentation.json", "conversations.json")
+ANNOTATIONS = ("temporal.jsonl", "region.json", "segmentation.json", "conversations.json", "negatives.json")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_region_boxes_match_pixels(dataset):
     assert regions
     for r in regions:
         seg = segs[r.id]
-        assert r.frame_index == seg.num_frames // 2 and r.time == pytest.approx(r.frame_index / seg.extra["fps"])
+        assert r.frame_index == region_label_frame(seg.num_frames)
+        assert r.time == pytest.approx(r.frame_index / seg.extra["fps"])
         mask = seg.mask(r.frame_index)
         assert np.allclose(_norm(mask_bbox(mask), r.width, r.height), r.box, atol=1e-9)  # exact
         frame = decord.VideoReader(str(dataset / r.video))[r.frame_index].asnumpy().astype(int)
@@ -131,12 +132,14 @@ def test_conversation_answers_are_exact(dataset):
 
 def test_task_samples(dataset):
     samples = task_samples(dataset)
-    by_task = {t: [s for s in samples if s.task == t] for t in ("region", "temporal", "mask", "qa")}
+    by_task = {t: [s for s in samples if s.task == t] for t in ("region", "temporal", "mask", "qa", "negative")}
     assert all(by_task.values()), {t: len(v) for t, v in by_task.items()}
     for s in samples:
         assert Path(s.video).is_file()
-        if s.task != "qa":
+        if s.task not in ("qa", "negative"):
             assert s.answer == TASK_ANSWERS[s.task]
+    for s in by_task["negative"]:
+        assert s.answer.endswith(" is not in the video.") and s.phrase in s.question
     region = load_region(dataset / "region.json")
     assert [s.box for s in by_task["region"]] == [r.box for r in region]
     queries = {r.id: r.query for r in region}

@@ -91,7 +91,7 @@ def _vision(cfg: TPOConfig, lim: ExportLimits) -> ComponentIO:
         "vision",
         (IOSpec("frames", "float32", ("batch", t, 3, v.img_size, v.img_size),
                 "RGB frames resized to the model size, values 0..255 (not normalized: the graph normalizes)"),),
-        (IOSpec("visual_tokens", FLOAT, ("batch", cfg.qformer.num_queries, d), "visual tokens in LLM space"),
+        (IOSpec("visual_tokens", FLOAT, ("batch", cfg.num_visual_tokens, d), "visual tokens in LLM space"),
          IOSpec("frame_features", FLOAT, ("batch", t // v.tubelet_size, v.embed_dim),
                 "per-frame encoder features (temporal head input)")),
         {"default": {"batch": _rng(1, 1, lim.max_batch)}},
@@ -112,7 +112,7 @@ def _llm(cfg: TPOConfig, lim: ExportLimits) -> ComponentIO:
     outputs = [IOSpec("logits", "float32", ("batch", vocab), "next-token logits of the LAST position"),
                IOSpec("hidden_states", FLOAT, ("batch", "seq", c.hidden_size), "final-norm hidden states")]
     outputs += [IOSpec(n, FLOAT, ("batch", kvh, "total", hd), "past + new keys/values") for n in present]
-    prompt = cfg.qformer.num_queries + 48
+    prompt = cfg.num_visual_tokens + 48
     opt = lim.prefill_opt or prompt
     profiles = {
         "prefill": {"batch": _rng(1, 1, lim.max_batch), "seq": _rng(1, opt, ctx), "past": _rng(0, 0, ctx - 1),

@@ -36,7 +36,8 @@ from ..prompting import PromptBuilder
 from .video import VideoClip, preprocess_frames, read_video
 
 IGNORE_INDEX = -100
-TASKS = ("region", "temporal", "mask", "qa")
+TASKS = ("region", "temporal", "mask", "qa", "negative")
+TEXT_TASKS = ("qa", "negative")  # answered in text: no head, no placeholder
 
 
 class ClipCache:
@@ -186,7 +187,7 @@ class TPOCollator:
         visual = [False] * len(p.pre) + [True] * p.num_visual + [False] * (len(p.post) + len(p.answer))
         labels = [IGNORE_INDEX] * p.prompt_len + [IGNORE_INDEX if t in self.placeholders else t for t in p.answer]
         pos = next((p.prompt_len + i for i, t in enumerate(p.answer) if t in self.placeholders), -1)
-        if sample.task != "qa" and pos < 0:
+        if sample.task not in TEXT_TASKS and pos < 0:
             raise ValueError(f"{sample.task} sample {sample.id!r}: answer {sample.answer!r} holds no task "
                              "placeholder; task answers must contain e.g. '<box_begin><boxes>'")
         return ids, labels, visual, pos
@@ -238,7 +239,7 @@ class TPOCollator:
                 mframes.append(frames)
                 mtargets.append(targets)
                 mboxes.append(box)
-            elif s.task != "qa":
+            elif s.task not in TEXT_TASKS:
                 raise ValueError(f"sample {s.id!r} has task {s.task!r}; allowed: {TASKS}")
         t, sm = self.cfg.vision.num_frames, self.cfg.mask.low_res_size
         return Batch(
