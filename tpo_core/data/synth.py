@@ -260,6 +260,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all CPU cores, at most 8)")
     p.add_argument("--masks", choices=MASK_MODES, default="png", help="PNG files, COCO RLE in the json, or both")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--clip-frames", type=int, default=0,
+                   help="also decode every video's N sampled frames into DIR/clips_tN (training reads them instead "
+                        "of decoding: tpo_core/data/clip_store.py); 0 = no")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -269,6 +272,12 @@ def run_synth(args: argparse.Namespace) -> int:
     secs = manifest["generation_seconds"]
     print(f"wrote {manifest['counts']['videos']} {args.split} videos to {args.out} in {secs:.1f} s "
           f"({manifest['counts']['videos'] / max(secs, 1e-9):.1f} videos/s, {workers} workers): {manifest['counts']}")
+    if args.clip_frames:
+        from tpo_core.data.clip_store import build_clip_store
+
+        t0 = time.perf_counter()
+        folder = build_clip_store(args.out, args.clip_frames, workers)
+        print(f"wrote the clip store {folder} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -43,6 +43,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, help="override: log every N steps")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="collate batches in N worker processes (0 = one background thread)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--eval-data", help="after training, evaluate <out>/final on this dataset folder")
     p.add_argument("--eval-limit", type=int, help="samples per task for --eval-data")
@@ -61,7 +63,8 @@ def run_train(args) -> int:
                 overrides.setdefault("stages", {}).setdefault(st, {})[field] = value
     cfg = load_train_config(args.config, preset=args.preset, seed=args.seed, overrides=overrides)
     results = train(cfg, args.data, args.out, stages=args.stage, resume=args.resume, init=args.init,
-                    cpu=True if args.cpu else None, quiet=args.quiet, max_minutes=args.max_minutes)
+                    cpu=True if args.cpu else None, quiet=args.quiet, max_minutes=args.max_minutes,
+                    loader_workers=args.loader_workers)
     for r in results:
         last = r.history[-1] if r.history else {}
         print(f"{r.stage}: {r.steps} steps in {r.seconds:.1f} s, last loss {last.get('loss', float('nan')):.4f} "
