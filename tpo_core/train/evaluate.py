@@ -143,15 +143,9 @@ def select(samples: list, limit: int | None = None, per_task_limit: int | None =
     return samples[:limit] if limit else samples
 
 
-def evaluate(model, samples: list, limit: int | None = None, per_task_limit: int | None = None,
-             progress: bool = False) -> tuple[dict, list[dict]]:
-    """-> (summary dict as ``metrics.summarize`` + ``diagnostics``, per-sample records). ``limit`` caps samples
-    in total, ``per_task_limit`` per task (taken in dataset order)."""
-    samples = select(samples, limit, per_task_limit)
+def _run(model, samples: list, prior: dict, progress: bool = False) -> tuple[MetricAccumulator, list[dict]]:
     model.eval()
     acc, cache, records = MetricAccumulator(), {}, []
-    prior = priors(samples)
-    t0 = time.perf_counter()
     iterator = samples
     if progress:
         from tqdm.auto import tqdm
@@ -160,11 +154,54 @@ def evaluate(model, samples: list, limit: int | None = None, per_task_limit: int
     with torch.no_grad():
         for s in iterator:
             records.append(score_sample(model, s, _clip(cache, model, s.video), acc, prior))
+    return acc, records
+
+
+def _finish(acc: MetricAccumulator, records: list[dict], seconds: float) -> dict:
     summary = summarize(acc)
     summary["diagnostics"] = diagnostics(records)
     summary["qa"]["baseline_majority"] = summary["diagnostics"]["qa"].get("majority_baseline")
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    return summary, records
+    summary["seconds"] = round(seconds, 2)
+    return summary
+
+
+def evaluate(model, samples: list, limit: int | None = None, per_task_limit: int | None = None,
+             progress: bool = False) -> tuple[dict, list[dict]]:
+    """-> (summary dict as ``metrics.summarize`` + ``diagnostics``, per-sample records). ``limit`` caps samples
+    in total, ``per_task_limit`` per task (taken in dataset order)."""
+    samples = select(samples, limit, per_task_limit)
+    t0 = time.perf_counter()
+    acc, records = _run(model, samples, priors(samples), progress)
+    return _finish(acc, records, time.perf_counter() - t0), records
+
+
+def _shard(args: tuple) -> tuple[dict, list[dict]]:
+    checkpoint, samples, prior, threads = args
+    from ..model import TPOModel
+
+    torch.set_num_threads(threads)
+    acc, records = _run(TPOModel.from_pretrained(checkpoint), samples, prior)
+    return acc.values, records
+
+
+def evaluate_parallel(checkpoint, samples: list, workers: int, limit: int | None = None,
+                      per_task_limit: int | None = None, threads: int = 1) -> tuple[dict, list[dict]]:
+    """``evaluate`` of the checkpoint folder ``checkpoint`` on the CPU in ``workers`` processes (sample i goes to
+    process i mod workers); the same summary as one process (the baselines' constants come from all samples),
+    records in shard order."""
+    import multiprocessing as mp
+
+    samples = select(samples, limit, per_task_limit)
+    prior, t0 = priors(samples), time.perf_counter()
+    jobs = [(str(checkpoint), samples[k::workers], prior, threads) for k in range(workers) if samples[k::workers]]
+    with mp.get_context("spawn").Pool(len(jobs)) as pool:
+        parts = pool.map(_shard, jobs)
+    acc, records = MetricAccumulator(), []
+    for values, recs in parts:
+        for name, vals in values.items():
+            acc.values.setdefault(name, []).extend(vals)
+        records += recs
+    return _finish(acc, records, time.perf_counter() - t0), records
 
 
 def _pct(v) -> str:
