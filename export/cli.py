@@ -1,7 +1,8 @@
-"""``tpo export``, ``tpo verify`` and ``tpo build`` (registered by ``tpo_core.cli`` through ``add_parsers``).
+"""``tpo export``, ``tpo verify``, ``tpo build`` and ``tpo demo`` (registered on the ``tpo`` umbrella, ``runtime.cli``,
+through ``add_parsers``).
 
     tpo export --checkpoint DIR|embedded|untrained-tiny --out DIR [--precision fp32|fp16|bf16] [--opset N]
-    tpo verify DIR [--checkpoint DIR] [--videos N] [--json]
+    tpo verify DIR [--checkpoint DIR] [--videos N] [--device cpu|cuda] [--json]
     tpo build DIR [--builder auto|tensorrt|tensorrt-rtx] ...      (export/trt_build.py)
 """
 
@@ -12,7 +13,7 @@ import json
 
 
 def _add_export(sub) -> None:
-    from export.exporter import DEFAULT_OPSET, EXPORTERS
+    from export import DEFAULT_OPSET, EXPORTERS
 
     p = sub.add_parser("export", help="split a TPO model into ONNX graphs + manifest.json",
                        description="Write one ONNX graph per component (vision, llm, heads, mask graphs), the "
@@ -36,17 +37,37 @@ def _add_export(sub) -> None:
 
 def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="check an export folder against the PyTorch reference (ONNX Runtime)",
-                       description="Every graph vs the PyTorch model on random inputs per profile and on real "
-                                   "frames, then greedy decoding through the ONNX graphs vs TPOModel.generate. "
-                                   "Exits 1 if anything is out of tolerance.")
+                       description="Every graph on its runtime engine vs the PyTorch model on random inputs per "
+                                   "profile and on real frames, then the runtime Pipeline vs TPOModel.generate "
+                                   "end to end. Exits 1 if anything is out of tolerance.")
     p.add_argument("dir", help="export folder holding manifest.json")
     p.add_argument("--checkpoint", default=None, help="reference checkpoint (default: the manifest's source)")
     p.add_argument("--videos", type=int, default=2, help="generated videos for real-frame and end-to-end checks")
-    p.add_argument("--provider", default="CPUExecutionProvider",
-                   help="ONNX Runtime execution provider (CUDAExecutionProvider for bf16 exports)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the runtime's ONNX Runtime engines run "
+                   "(cuda for bf16 exports)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generation check")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run_verify)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="fresh-install demo: sample video, export (cached), 4 task requests on CPU",
+                       description="Generates a sample video, exports the embedded default model (cached under "
+                                   "~/.cache/tpo-edge keyed by the checkpoint and code hash), runs a QA, a grounding, "
+                                   "a temporal and a segmentation request through the runtime on the CPU, prints the "
+                                   "answers and writes an annotated video.")
+    p.add_argument("--checkpoint", default="embedded", help="'embedded' (default), 'untrained-tiny' or a folder")
+    p.add_argument("--out", default="tpo-demo", help="folder for results.json and annotated.mp4")
+    p.add_argument("--force-routing", choices=("auto", "on", "off"), default="auto",
+                   help="force each task's *_begin token (auto: only for the untrained fallback model)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from export.demo import run_demo
+
+    return run_demo(args)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -75,10 +96,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers) -> None:
     """Register ``export``, ``verify``, ``build`` and ``demo``."""
-    from export.demo import add_parsers as add_demo
     from export.trt_build import add_build_parser
 
     _add_export(subparsers)
     _add_verify(subparsers)
     add_build_parser(subparsers)
-    add_demo(subparsers)
+    _add_demo(subparsers)

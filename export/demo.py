@@ -15,35 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cli import cache_root, force_token, print_result, write_outputs
-from tpo_core.cli import SAMPLE_PROMPTS
+from runtime.contract.routing import force_token
+from runtime.paths import cache_root
+from runtime.report import print_result, write_outputs
+from tpo_core.checkpoint import EMBEDDED_DEFAULT
+from tpo_core.data.sample import SAMPLE_PROMPTS, sample_video
 
 TASK_PROMPTS = tuple(zip(("qa", "region", "temporal", "mask"), SAMPLE_PROMPTS))  # one request per task
 BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="fresh-install demo: sample video, export (cached), 4 task requests on CPU",
-                       description="Generates a sample video, exports the embedded default model (cached under "
-                                   "~/.cache/tpo-edge keyed by the checkpoint and code hash), runs a QA, a grounding, "
-                                   "a temporal and a segmentation request through the runtime on the CPU, prints the "
-                                   "answers and writes an annotated video.")
-    p.add_argument("--checkpoint", default="embedded", help="'embedded' (default), 'untrained-tiny' or a folder")
-    p.add_argument("--out", default="tpo-demo", help="folder for results.json and annotated.mp4")
-    p.add_argument("--force-routing", choices=("auto", "on", "off"), default="auto",
-                   help="force each task's *_begin token (auto: only for the untrained fallback model)")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=run_demo)
-
-
 def _code_hash() -> str:
-    """Hash of the model + export code and the tokenizer assets: an export is stale when any of them changed."""
+    """Hash of the model + export code, the manifest schema and the tokenizer assets: an export is stale when any of
+    them changed."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     core = root / "tpo_core"
     files = sorted([*(core / "modeling").rglob("*.py"), *(core / "assets").rglob("*.json"),
                     *(root / "export").rglob("*.py"),
                     *(core / n for n in ("config.py", "model.py", "tokens.py", "prompting.py", "export_specs.py",
-                                         "checkpoint.py", "cli.py")), core / "data" / "tokenizer_build.py"])
+                                         "checkpoint.py", "generation.py")), core / "data" / "tokenizer_build.py",
+                    root / "runtime" / "manifest.py", *(root / "runtime" / "contract").rglob("*.py")])
     for f in files:
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
@@ -70,7 +61,6 @@ def _cached_export(checkpoint: str, cache: Path | None, log, exporter: str) -> P
     from export.exporter import export_model
     from runtime.manifest import Manifest, ManifestError
     from tpo_core.checkpoint import checkpoint_hash
-    from tpo_core.cli import EMBEDDED_DEFAULT
 
     folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
     weights = checkpoint_hash(folder)[:16] if (folder / "model.safetensors").is_file() else "untrained-tiny"
@@ -94,7 +84,6 @@ def _cached_export(checkpoint: str, cache: Path | None, log, exporter: str) -> P
 
 def prepare_demo(checkpoint: str, cache: Path | None = None, log=print) -> tuple[Path, Path, str, bool]:
     """-> (export folder, sample video, object phrase, whether the model is the untrained fallback)."""
-    from tpo_core.cli import EMBEDDED_DEFAULT, sample_video
 
     video, phrase = sample_video((cache or cache_root()) / "sample")
     folder = EMBEDDED_DEFAULT if checkpoint == "embedded" else Path(checkpoint)
@@ -164,7 +153,7 @@ def run_demo(args) -> int:
         q = next(iter(truth["qa"]), template) if task == "qa" else template.format(obj=phrase)
         lp = None
         if force and task in BEGIN_TOKEN:
-            lp = force_token(int(pipe.manifest.task_tokens[BEGIN_TOKEN[task]]["id"]))
+            lp = force_token(pipe.manifest.task_tokens[BEGIN_TOKEN[task]].id)
         res = pipe.ask(clip, q, max_new_tokens=16 if untrained else None, logits_processor=lp)
         prompts.append(q)
         results.append(res)
@@ -177,7 +166,3 @@ def run_demo(args) -> int:
     print(f"\nvideo: {video} ({clip.width}x{clip.height}, {clip.duration:.1f} s); export: {export_dir}")
     print(f"wrote {rpath} and {vpath}; {total:.1f} s total ({t_prep:.1f} s sample + export/cache)")
     return 0
-
-
-def add_parsers(subparsers) -> None:
-    _add_demo(subparsers)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,9 +30,10 @@ import numpy as np
 import onnx
 import torch
 
+from export import DEFAULT_OPSET, EXPORTERS
 from export.components import build_wrapper
-from export.manifest_fields import build_manifest
 from export.specs import (
+    DTYPE_NAMES,
     ONNX_DTYPES,
     ExportError,
     as_args,
@@ -46,11 +46,17 @@ from export.specs import (
     name_dims,
     to_numpy,
 )
-from runtime.manifest import Manifest, sha256_file
-from tpo_core.export_specs import ComponentIO, ExportLimits, component_io, tensor_files
+from runtime.manifest import REQUIRED_COMPONENTS, SCHEMA, SCHEMA_VERSION, Manifest, SourceInfo, TensorFile, sha256_file
+from tpo_core import __version__
+from tpo_core.export_specs import (
+    ComponentIO,
+    ExportLimits,
+    component_io,
+    manifest_sections,
+    tensor_files,
+    tokenizer_section,
+)
 
-DEFAULT_OPSET = 18
-EXPORTERS = ("dynamo", "torchscript")
 # graphs with more weight bytes than this use ONNX external data (required over 2 GB). Measured on the 7B vision
 # graph (0.79 GB fp16): inline, the exporter serializes the weights in memory (peak RSS +2.4 GB); external data
 # streams them (+0.12 GB).
@@ -80,9 +86,10 @@ def restore_buffers(model, force: bool = False, allow_meta: bool = False) -> Non
         mh.pixel_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         mh.pixel_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     mattn = mh.sam.memory_attention
-    if force or any(b.is_meta for b in mattn.rotary_emb.buffers()):
+    if force or mattn.position_ids.is_meta or any(b.is_meta for b in mattn.rotary_emb.buffers()):
         with torch.device("cpu"):
             mattn.rotary_emb = type(mattn.rotary_emb)(mh.sam_config)
+            mattn.position_ids = mattn.precompute_positions(mh.sam_config)
     if force and not model.vision.pos_embed.is_meta:
         model.vision.reset_pos_embed()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -128,15 +135,15 @@ def load_for_export(path: str | Path, dtype: torch.dtype):
 
 def load_source(checkpoint: str | Path, dtype: torch.dtype = torch.float32):
     """'embedded', 'untrained-tiny' or a folder -> (TPOModel in ``dtype``, LoRA merged; source record)."""
-    from tpo_core.checkpoint import checkpoint_hash
-    from tpo_core.cli import EMBEDDED_DEFAULT, load_model
+    from tpo_core.checkpoint import EMBEDDED_DEFAULT, checkpoint_hash
+    from tpo_core.model import load_model
 
     spec = str(checkpoint)
     folder = EMBEDDED_DEFAULT if spec == "embedded" else Path(spec)
     if spec == "untrained-tiny" or (spec == "embedded" and not (folder / "model.safetensors").is_file()):
         model = load_model("untrained-tiny").to(dtype)
         model.llm.merge_lora()
-        source = {"checkpoint": "untrained-tiny", "sha256": None, "seed": 0}
+        source = {"checkpoint": "untrained-tiny", "sha256": None}
     else:
         model = load_for_export(folder, dtype)
         source = {"checkpoint": spec if spec == "embedded" else str(folder.resolve()),
@@ -246,8 +253,8 @@ def _restore_spec_io(proto: onnx.ModelProto, cio: ComponentIO, precision: str) -
                 d.dim_value = want
 
 
-def write_tensors(model, out: Path, precision: str) -> dict[str, dict]:
-    """The ``.npy`` tensor files of ``tensor_files(config)``; returns manifest ``tensors`` entries."""
+def write_tensors(model, out: Path, precision: str) -> dict[str, TensorFile]:
+    """The ``.npy`` tensor files of ``tensor_files(config)``; returns the manifest's ``tensors`` entries."""
     dtype = check_precision(precision)
     llm = model.llm
     values = {
@@ -262,10 +269,26 @@ def write_tensors(model, out: Path, precision: str) -> dict[str, dict]:
         path = out / f"{spec.name}.npy"
         np.save(path, to_numpy(t))
         dtype_name = str(t.dtype).removeprefix("torch.")
-        entries[spec.name] = {"file": path.name, "sha256": sha256_file(path), "dtype": dtype_name,
-                              "shape": list(spec.shape), "doc": spec.doc,
-                              "storage": "uint16 bit pattern" if t.dtype == torch.bfloat16 else dtype_name}
+        entries[spec.name] = TensorFile(file=path.name, sha256=sha256_file(path), dtype=dtype_name, shape=spec.shape,
+                                        storage="uint16 bit pattern" if t.dtype == torch.bfloat16 else dtype_name,
+                                        doc=spec.doc)
     return entries
+
+
+def build_manifest(model, source: dict, precision: str, opset: int, specs: dict, tensors: dict[str, TensorFile],
+                   out: Path) -> Manifest:
+    """The typed manifest of an export folder (writes ``tokenizer.json`` first: its hash is part of it)."""
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer; export a checkpoint folder (it holds tokenizer.json)")
+    model.tokenizer.save(str(out / "tokenizer.json"))
+    tokenizer = tokenizer_section(model.tokenizer, "tokenizer.json", sha256_file(out / "tokenizer.json"))
+    kv_dtype = specs["llm"].input("past_key_0").dtype if "llm" in specs else DTYPE_NAMES[check_precision(precision)]
+    sections = manifest_sections(model.config, tokenizer, model.task_ids.by_token(), kv_dtype,
+                                 untrained_heads=tuple(getattr(model, "untrained_heads", ())))
+    src = SourceInfo(checkpoint=str(source["checkpoint"]), sha256=source["sha256"], preset=source["preset"],
+                     config=source["config"], tokenizer_sha256=source["tokenizer_sha256"], exporter=source["exporter"])
+    return Manifest(schema=SCHEMA, schema_version=SCHEMA_VERSION, toolkit_version=__version__, source=src,
+                    precision=precision, opset=opset, components=specs, tensors=tensors, **sections)
 
 
 # ------------------------------------------------------------------------------------------- entry point
@@ -306,22 +329,13 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
         ext = rec["external_data"]
         specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), precision,
                                      external_data=ext, external_data_sha256=sha256_file(out / ext) if ext else None)
-    tensors = write_tensors(model, out, precision)
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer; export a checkpoint folder (it holds tokenizer.json)")
-    model.tokenizer.save(str(out / "tokenizer.json"))
-    manifest = build_manifest(model, source, precision, opset, specs, tensors)
+    manifest = build_manifest(model, source, precision, opset, specs, write_tensors(model, out, precision), out)
     manifest.save(out)
     total = time.perf_counter() - t0
     (out / "export_report.json").write_text(json.dumps(
         {"seconds": total, "peak_rss_mb": peak_rss_mb(), "components": report}, indent=2) + "\n")
     log(f"[tpo export] done: {len(names)} graph(s) in {total:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
-    return Manifest.load(out, require_all=set(Manifest.REQUIRED_COMPONENTS) <= set(specs))
-
-
-def remove_export(out: str | Path) -> None:
-    """Delete an export folder (used by tests and re-exports)."""
-    shutil.rmtree(out, ignore_errors=True)
+    return Manifest.load(out, require_all=set(REQUIRED_COMPONENTS) <= set(specs))
 
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "ExportError", "export_model", "export_component", "load_for_export",

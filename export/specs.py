@@ -54,19 +54,19 @@ def dtype_of(spec: IOSpec, precision: str) -> str:
 
 
 def resolve(spec: IOSpec, precision: str) -> TensorSpec:
-    return TensorSpec(name=spec.name, dtype=dtype_of(spec, precision), dims=list(spec.dims), doc=spec.doc)
+    return TensorSpec(name=spec.name, dtype=dtype_of(spec, precision), dims=tuple(spec.dims), doc=spec.doc)
 
 
 def component_spec(cio: ComponentIO, file: str, sha256: str, precision: str, external_data: str | None = None,
                    tolerance: dict[str, float] | None = None, external_data_sha256: str | None = None) -> ComponentSpec:
     """The manifest entry of one exported graph."""
     return ComponentSpec(
-        file=file, sha256=sha256, inputs=[resolve(s, precision) for s in cio.inputs],
-        outputs=[resolve(s, precision) for s in cio.outputs],
-        profiles={p: {d: list(r) for d, r in ranges.items()} for p, ranges in cio.profiles.items()},
+        file=file, sha256=sha256, inputs=tuple(resolve(s, precision) for s in cio.inputs),
+        outputs=tuple(resolve(s, precision) for s in cio.outputs),
+        profiles={p: {d: tuple(r) for d, r in ranges.items()} for p, ranges in cio.profiles.items()},
         precision=precision, external_data=external_data, external_data_sha256=external_data_sha256,
         tolerance=tolerance if tolerance is not None else {s.name: ATOL[precision] for s in cio.outputs},
-        doc=cio.doc,
+        engine=None, doc=cio.doc,
     )
 
 

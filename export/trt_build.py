@@ -21,6 +21,7 @@ fails, naming the ONNX node for parser errors); nothing returns a status flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -340,8 +341,9 @@ class _Session:
     log: Log
 
 
-def build_component(s: _Session, name: str, spec: ComponentSpec, plan: PrecisionPlan) -> ComponentBuild:
-    """Parse, configure, build and write ``<name>.engine``; records ``spec.engine``."""
+def build_component(s: _Session, name: str, spec: ComponentSpec, plan: PrecisionPlan) -> tuple[ComponentBuild,
+                                                                                                 EngineRecord]:
+    """Parse, configure, build and write ``<name>.engine``; returns the build report and the engine record."""
     t0 = time.perf_counter()
     s.log(f"[tpo build] {name}: parsing {spec.file} ({plan.precision}, profiles {list(spec.profiles)})")
     network, parser = parse_onnx(s.trt, s.builder, s.logger, name, s.folder / spec.file, plan.strongly_typed)
@@ -369,13 +371,13 @@ def build_component(s: _Session, name: str, spec: ComponentSpec, plan: Precision
     _write_atomic(out, memoryview(serialized))
     del parser, network
     digest, seconds = sha256_file(out), time.perf_counter() - t0
-    spec.engine = EngineRecord(file=out.name, sha256=digest, builder=s.trt.name, builder_version=s.trt.version,
-                               precision=plan.precision, compute_target=s.target.compute_target,
-                               profiles=list(spec.profiles))
+    record = EngineRecord(file=out.name, sha256=digest, builder=s.trt.name, builder_version=s.trt.version,
+                          precision=plan.precision, compute_target=s.target.compute_target,
+                          profiles=tuple(spec.profiles))
     size = out.stat().st_size
     s.log(f"[tpo build] {name}: {size / 1e6:.2f} MB engine, {len(spec.profiles)} profile(s), "
           f"{plan.precision}, {s.target.compute_target}, {seconds:.2f}s -> {out.name}")
-    return ComponentBuild(name, out.name, digest, plan.precision, list(spec.profiles), size, seconds)
+    return ComponentBuild(name, out.name, digest, plan.precision, list(spec.profiles), size, seconds), record
 
 
 def _load_for_build(folder: Path, rebuild: Sequence[str] | None) -> Manifest:
@@ -386,9 +388,8 @@ def _load_for_build(folder: Path, rebuild: Sequence[str] | None) -> Manifest:
     data = json.loads(path.read_text())
     for name, comp in data.get("components", {}).items():
         if rebuild is None or name in rebuild:
-            comp.pop("engine", None)
-    manifest = Manifest.from_dict(data, path)
-    manifest.root = folder
+            comp["engine"] = None
+    manifest = dataclasses.replace(Manifest.from_dict(data, path), root=folder)
     manifest.verify_files()
     return manifest
 
@@ -429,7 +430,9 @@ def build_engines(manifest_dir: str | Path, builder: str = "auto", precision: st
                          str(timing_cache) if session.cache.active else None)
     log(f"[tpo build] {folder}: {len(names)} component(s) with {trt.name} {trt.version} for {target.compute_target}")
     for name in names:
-        report.components.append(build_component(session, name, manifest.components[name], plans[name]))
+        built, record = build_component(session, name, manifest.components[name], plans[name])
+        report.components.append(built)
+        manifest = manifest.with_component(name, dataclasses.replace(manifest.components[name], engine=record))
     manifest.save(folder)
     Manifest.load(folder)  # re-validate what was written, hashes included
     report.seconds = time.perf_counter() - t0

@@ -116,7 +116,7 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
         return gen.append(embeds)
 
     stages["prefill"] = _time(prefill, sync, iters, warmup)
-    steps = min(tokens, pipe.cache.capacity - ids.length)
+    steps = min(tokens, pipe.cache.capacity - ids.prompt_len)
     tok_emb = gen.embed_ids([int(pipe.tokenizer.eos_id)])
     decode = []
     for i in range(warmup + iters):
@@ -138,7 +138,7 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
     stages["ask"] = _time(lambda: pipe.ask(clip, "What is in the video?", max_new_tokens=tokens), sync,
                           max(1, iters // 4), min(warmup, 1))
     report = {"export": str(export_dir), "backend": backend, **_device_info(device), "versions": _versions(),
-              "frames": list(clip.frames.shape), "video_hw": [clip.height, clip.width], "prompt_tokens": ids.length,
+              "frames": list(clip.frames.shape), "video_hw": [clip.height, clip.width], "prompt_tokens": ids.prompt_len,
               "decode_steps": steps, "stages_ms": {k: _percentiles(v) for k, v in stages.items()}}
     report["decode_tokens_per_s"] = 1e3 / report["stages_ms"]["decode_token"]["p50"]
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

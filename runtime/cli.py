@@ -1,182 +1,79 @@
-"""``tpo run``, ``tpo stream``, ``tpo bench`` (registered by ``add_parsers`` from ``tpo_core/cli.py``).
+"""The ``tpo`` command: an umbrella that only registers the subcommands each installed part provides.
 
-They need only the runtime (numpy, onnxruntime, tokenizers, decord/av). ``tpo demo``, which also exports the
-embedded model and generates a sample video, lives in ``export/demo.py``.
+Parts register through the ``tpo_edge.commands`` entry-point group (see setup.py): each entry point is an
+``add_parsers(subparsers)`` function (``runtime.commands``: run, stream, bench; ``tpo_core.cli``: ask, info,
+data, train, eval; ``export.cli``: export, verify, build, demo). A part whose dependencies are not installed
+(e.g. a runtime-only install without torch) is listed with the extra that brings it, and its commands are
+absent. User errors (``ValueError`` / ``FileNotFoundError``, which name the problem and the fix) exit 2 with the
+message; ``TPO_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import sys
-from pathlib import Path
+from importlib.metadata import entry_points, version
 
-CACHE_ENV = "TPO_EDGE_CACHE"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tpo-edge")
-
-
-# ------------------------------------------------------------------------------------------------ run
-def _add_common(p) -> None:
-    p.add_argument("export_dir", metavar="DIR", help="export folder (manifest.json), written by `tpo export`")
-    p.add_argument("--backend", choices=("ort", "tensorrt"), default="ort")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per engine (ORT)")
+GROUP = "tpo_edge.commands"
+# optional dependency (top-level module) -> the setup.py extra that installs it
+EXTRA_OF = {**dict.fromkeys(("torch", "transformers", "peft", "safetensors", "scipy", "PIL", "sentencepiece", "google",
+                             "onnx", "onnxscript"), "export"),
+            "accelerate": "train", "matplotlib": "train", "triton": "gpu", "tensorrt_rtx": "trt",
+            "tensorrt": "tensorrt"}
+ORDER = ("core", "export", "runtime")  # help lists the parts in this order
+EXTRA = {"core": "train", "export": "export"}  # pip extra that brings a part's dependencies
 
 
-def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="answer a prompt about a video with an exported model (the runtime)",
-                       description="Pipeline.ask on one video: the answer, plus box (pixels), time span (seconds) "
-                                   "and per-frame masks when the model routes to a head.")
-    _add_common(p)
-    p.add_argument("--video", required=True, help="video file")
-    p.add_argument("--prompt", action="append", required=True, help="the question (repeat for several)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: greedy)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--out", default=None, help="folder for results.json and annotated.mp4")
-    p.set_defaults(func=run_run)
+def _parts():
+    eps = sorted(entry_points(group=GROUP), key=lambda e: (ORDER.index(e.name) if e.name in ORDER else 99, e.name))
+    if not eps:
+        raise SystemExit(f"tpo: no subcommands are registered (entry-point group {GROUP!r} is empty); reinstall "
+                         "tpo-edge with `pip install -e .`")
+    return eps
 
 
-def print_result(prompt: str, res, file=None) -> None:
-    file = file or sys.stdout
-    print(f"\nQ: {prompt}\nA: {res.text!r}  tasks={res.tasks}", file=file)
-    if res.region is not None:
-        print(f"   box (px): {[round(v, 1) for v in res.region.box]}", file=file)
-    if res.temporal is not None and res.temporal.best is not None:
-        b = res.temporal.best
-        print(f"   span: {b.start:.1f}-{b.end:.1f} s (score {b.score:.2f})", file=file)
-    if res.mask is not None:
-        print(f"   masks: {res.mask.num_frames} frames at {res.mask.width}x{res.mask.height}, areas "
-              f"{[int(a) for a in res.mask.areas]}", file=file)
-    for note in res.notes:
-        print(f"   note: {note}", file=file)
-    t = res.timings_ms
-    print("   ms: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in t.items() if k.endswith("_ms")), file=file)
-
-
-def write_outputs(out: Path, video, clip, prompts: list[str], results: list) -> tuple[Path, Path]:
-    """``results.json`` and ``annotated.mp4`` (masks, boxes, the best span on a timeline bar) into ``out``."""
-    from runtime.video_io import write_annotated
-
-    out.mkdir(parents=True, exist_ok=True)
-    data = {"video": str(video), "width": clip.width, "height": clip.height, "duration": clip.duration,
-            "results": [{"prompt": p, **r.to_dict()} for p, r in zip(prompts, results)]}
-    rpath = out / "results.json"
-    rpath.write_text(json.dumps(data, indent=2) + "\n")
-    labels = [f"{r.tasks[0] if r.tasks else 'qa'}: {r.text[:24]}" for r in results]
-    vpath = write_annotated(out / "annotated.mp4", video, clip, results, labels)
-    return rpath, vpath
-
-
-def run_run(args) -> int:
-    from runtime.pipeline import Pipeline
-
-    pipe = Pipeline.from_manifest(args.export_dir, backend=args.backend, device=args.device, threads=args.threads)
-    clip = pipe.load_clip(args.video)
-    results = [pipe.ask(clip, q, max_new_tokens=args.max_new_tokens, do_sample=args.top_p is not None,
-                        top_p=args.top_p or 0.9, temperature=args.temperature, seed=args.seed) for q in args.prompt]
-    if args.json:
-        print(json.dumps({"video": args.video, "results": [{"prompt": q, **r.to_dict()}
-                                                             for q, r in zip(args.prompt, results)]}, indent=2))
-    else:
-        print(f"video: {args.video} ({clip.width}x{clip.height}, {clip.duration:.1f} s)")
-        for q, r in zip(args.prompt, results):
-            print_result(q, r)
-    if args.out:
-        rpath, vpath = write_outputs(Path(args.out), args.video, clip, args.prompt, results)
-        print(f"wrote {rpath} and {vpath}", file=sys.stderr)
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- stream
-def _add_stream(sub) -> None:
-    p = sub.add_parser("stream", help="per-frame results from a video file, camera or stream URL")
-    _add_common(p)
-    p.add_argument("--source", required=True, help="video file, camera index (0, 1, ...) or URL (rtsp://...)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--cadence", type=int, default=30, help="re-ask the LLM every N frames (0: only at the start)")
-    p.add_argument("--window", type=int, default=32, help="recent frames the LLM sees on a re-ask")
-    p.add_argument("--track-every", type=int, default=1, help="track the mask on every N-th frame")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="one JSON line per frame")
-    p.set_defaults(func=run_stream)
-
-
-def run_stream(args) -> int:
-    from runtime.pipeline import Pipeline
-
-    pipe = Pipeline.from_manifest(args.export_dir, backend=args.backend, device=args.device, threads=args.threads)
-    stream = pipe.stream(args.source, args.prompt, cadence=args.cadence, window=args.window,
-                         track_every=args.track_every, max_frames=args.max_frames,
-                         max_new_tokens=args.max_new_tokens)
-    errors = 0
-    for r in stream:
-        errors += r.error is not None
-        if args.json:
-            print(json.dumps(r.to_dict()), flush=True)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every loadable part's subcommands (parts that could not be loaded are named in its epilog)."""
+    parser = argparse.ArgumentParser(prog="tpo", description="tpo-edge: train, export and deploy TPO video MLLMs")
+    parser.add_argument("--version", action="version", version=f"tpo-edge {version('tpo-edge')}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    missing = []
+    for ep in _parts():
+        try:
+            add = ep.load()
+        except ImportError as e:
+            missing.append(f"'{ep.name}' commands need `pip install tpo-edge[{EXTRA.get(ep.name, 'all')}]` "
+                           f"({e.name or e} is not installed)")
             continue
-        line = f"#{r.index:6d} t={r.timestamp:8.2f}s {r.latency_ms:7.1f} ms"
-        if r.error:
-            line += f"  ERROR {r.error}"
-        if r.box is not None:
-            line += f"  box={list(r.box)} score={r.object_score:.2f}"
-        if r.answer is not None:
-            line += f"  answer={r.answer.text!r} tasks={r.answer.tasks}"
-        print(line, flush=True)
-    print(f"stream ended ({errors} bad frame(s))", file=sys.stderr)
-    return 0
+        add(sub)
+    if missing:
+        parser.epilog = "unavailable: " + "; ".join(missing)
+    return parser
 
 
-def force_token(token_id: int, at_step: int = 0):
-    """A ``logits_processor`` forcing ``token_id`` at decode step ``at_step`` (constrained decoding)."""
-
-    def processor(step, logits):
-        if step != at_step:
-            return logits
-        logits = logits.clone() if hasattr(logits, "clone") else logits.copy()
-        logits[:] = -1e9
-        logits[token_id] = 0.0
-        return logits
-
-    return processor
-
-
-# ---------------------------------------------------------------------------------------------- bench
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="per-stage latency (p50/p90/p99) and peak memory of an export")
-    _add_common(p)
-    p.add_argument("--video", default=None, help="video file (default: random frames at --size)")
-    p.add_argument("--size", default="480x640", help="HxW of the random frames (no --video)")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--tokens", type=int, default=32, help="decode steps timed per iteration")
-    p.add_argument("--json", action="store_true", help="print the JSON report only")
-    p.add_argument("--out", default=None, help="also write the JSON report to this file")
-    p.set_defaults(func=run_bench_cli)
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:  # an optional dependency: say which extra brings it
+        extra = EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None or os.environ.get("TPO_DEBUG"):
+            raise
+        print(f"tpo {args.command}: error: this command needs {e.name!r}, which is not installed: "
+              f"`pip install 'tpo-edge[{extra}]'` (in a checkout: `pip install -e '.[{extra}]'`); the base install "
+              "only runs export folders (tpo run, tpo stream, tpo bench)", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:  # user-facing errors already say what is wrong and the fix
+        if os.environ.get("TPO_DEBUG"):
+            raise
+        print(f"tpo {args.command}: error: {e}\n(set TPO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
-def run_bench_cli(args) -> int:
-    from runtime.bench import print_report, run_bench
-
-    h, w = (int(v) for v in args.size.lower().split("x"))
-    report = run_bench(args.export_dir, backend=args.backend, device=args.device, threads=args.threads,
-                       video=args.video, size=(h, w), iters=args.iters, warmup=args.warmup, tokens=args.tokens)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text) if args.json else print_report(report)
-    return 0
-
-
-def add_parsers(subparsers) -> None:
-    """Register ``run``, ``stream`` and ``bench`` on the top-level ``tpo`` subparsers."""
-    _add_run(subparsers)
-    _add_stream(subparsers)
-    _add_bench(subparsers)
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.manifest import KVSpec
+
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -48,9 +50,8 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def from_manifest(cls, kv: dict, dtype: str, device: str = "cpu") -> KVCache:
-        return cls(int(kv["layers"]), int(kv["kv_heads"]), int(kv["head_dim"]), int(kv["max_context"]), dtype,
-                   device)
+    def from_manifest(cls, kv: KVSpec, dtype: str, device: str = "cpu") -> KVCache:
+        return cls(kv.layers, kv.kv_heads, kv.head_dim, kv.max_context, dtype, device)
 
     def _alloc(self, size: int) -> Any:
         if self.device == "cpu":

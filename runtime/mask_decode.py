@@ -9,19 +9,30 @@ Backends:
 * ``"triton"`` -- one Triton launch (``runtime.kernels.mask_decode_triton``), bit-exact with PyTorch's
   **CUDA** bilinear kernel. torch and triton are imported lazily, only on this path.
 
-Bit layout of ``bits`` (``[N, H, ceil(W / 32)]`` int32): bit ``j`` (LSB = bit 0) of word ``k`` in row
-``y`` is output pixel ``(y, x = 32 * k + j)``. Padding bits past ``W`` are 0. Read as uint32 words on a
-little-endian host the layout equals ``np.packbits(mask, axis=-1, bitorder="little")`` viewed as ``<u4``.
+Bit layout of ``bits``: see :mod:`runtime.mask_bits`.
 
 The exactness argument is written up in ``docs/mask_decode.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from runtime.mask_bits import (
+    MAX_SIDE,
+    OUT_THRESHOLD,
+    MaskDecodeResult,
+    bits_to_rle,
+    check_out_hw,
+    check_shapes,
+    dtype_name,
+    pack_bits,
+    rle_to_mask,
+    to_numpy,
+    unpack_bits,
+)
 
 __all__ = [
     "MAX_SIDE",
@@ -35,49 +46,12 @@ __all__ = [
     "unpack_bits",
 ]
 
-MAX_SIDE = 16384
-"""Largest accepted input/output side (also keeps every index computation inside int32)."""
 
 Backend = Literal["auto", "numpy", "triton"]
 
 _F32 = np.float32
-# "final float value > T" thresholds per logits dtype, see docs/mask_decode.md ("reduced precision").
-# A float32 result v is > 0 after rounding to the logits dtype iff v > T (ties round to even = 0).
-_OUT_THRESHOLD = {"float32": 0.0, "float16": 2.0**-25, "bfloat16": 2.0**-134}
 _POS, _NEG, _MIXED = 1, 0, 2
 _ROW_BLOCK = 128
-
-
-@dataclass(frozen=True)
-class MaskDecodeResult:
-    """Output of :func:`decode_masks` (numpy arrays for numpy input, torch tensors for CUDA input).
-
-    Attributes:
-        bits: ``[N, H, ceil(W/32)]`` int32 packed masks (bit j of word k = pixel x = 32*k + j, LSB first).
-        boxes: ``[N, 4]`` int32 ``(x0, y0, x1, y1)`` inclusive pixel coordinates, ``-1`` s when empty.
-        areas: ``[N]`` int64 pixel counts.
-        present: ``[N]`` bool, False where the object score said "absent" (its mask is all zero).
-        width: output width W (needed to unpack ``bits``).
-    """
-
-    bits: Any
-    boxes: Any
-    areas: Any
-    present: Any
-    width: int
-
-    @property
-    def height(self) -> int:
-        return int(self.bits.shape[1])
-
-    def to_numpy(self) -> MaskDecodeResult:
-        """Return a copy whose fields are numpy arrays (no-op for the numpy backend)."""
-        conv = [_to_numpy(x) for x in (self.bits, self.boxes, self.areas, self.present)]
-        return MaskDecodeResult(*conv, width=self.width)
-
-    def masks(self) -> np.ndarray:
-        """Unpack to bool ``[N, H, W]`` (host memory)."""
-        return unpack_bits(_to_numpy(self.bits), self.width)
 
 
 def __getattr__(name: str) -> Any:
@@ -87,37 +61,6 @@ def __getattr__(name: str) -> Any:
 
         return MaskDecoder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    return x.detach().cpu().numpy()
-
-
-# --------------------------------------------------------------------------------------------- validation
-def _check_out_hw(out_hw: tuple[int, int]) -> tuple[int, int]:
-    try:
-        H, W = (int(v) for v in out_hw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"out_hw must be a pair of ints (H, W), got {out_hw!r}") from exc
-    if not (0 < H <= MAX_SIDE and 0 < W <= MAX_SIDE):
-        raise ValueError(f"out_hw must satisfy 0 < H, W <= {MAX_SIDE}, got {(H, W)}")
-    return H, W
-
-
-def _check_shapes(shape: tuple[int, ...], scores_shape: tuple[int, ...] | None) -> None:
-    if len(shape) != 3:
-        raise ValueError(f"logits must be [N, h, w], got shape {tuple(shape)}")
-    _, h, w = shape
-    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
-        raise ValueError(f"logits spatial size must satisfy 0 < h, w <= {MAX_SIDE}, got {(h, w)}")
-    if scores_shape is not None and tuple(scores_shape) != (shape[0],):
-        raise ValueError(f"object_scores must be [N] = [{shape[0]}], got shape {tuple(scores_shape)}")
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 # ------------------------------------------------------------------------------------------- exact float32
@@ -210,7 +153,7 @@ class _Plan:
         self.hi0, self.hi1, self.h0, self.h1 = axis_weights(h, H, fma)
         self.wi0, self.wi1, self.w0, self.w1 = axis_weights(w, W, fma)
         self.fma, self.H, self.W = fma, H, W
-        self.thr = _OUT_THRESHOLD[dtype]
+        self.thr = OUT_THRESHOLD[dtype]
         # torch CPU channels-last kernel (used when H + W <= 128) sums 4 products with combined weights.
         self.small = H + W <= 128
         if dtype == "float16" and not self.small:  # generic CPU kernel stores lambdas in the input dtype
@@ -283,56 +226,6 @@ def _decode_one(x: np.ndarray, p: _Plan) -> np.ndarray:
     return mask
 
 
-# ---------------------------------------------------------------------------------------------- packing
-def pack_bits(mask: np.ndarray) -> np.ndarray:
-    """Pack bool ``[..., H, W]`` into int32 ``[..., H, ceil(W/32)]`` (bit j of word k = pixel 32*k + j)."""
-    mask = np.asarray(mask, dtype=bool)
-    W = mask.shape[-1]
-    words = -(-W // 32)
-    pad = [(0, 0)] * (mask.ndim - 1) + [(0, words * 32 - W)]
-    packed = np.packbits(np.pad(mask, pad), axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32).view(np.int32)
-
-
-def unpack_bits(bits: np.ndarray, width: int) -> np.ndarray:
-    """Unpack int32 ``[..., H, Wwords]`` (see :func:`pack_bits`) to bool ``[..., H, width]``."""
-    bits = np.ascontiguousarray(np.asarray(bits, dtype=np.int32))
-    if width <= 0 or width > bits.shape[-1] * 32:
-        raise ValueError(f"width {width} does not fit {bits.shape[-1]} words")
-    as_bytes = bits.astype("<i4").view(np.uint8)
-    return np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :width].astype(bool)
-
-
-def bits_to_rle(bits: np.ndarray, width: int) -> list[dict[str, Any]]:
-    """COCO-style uncompressed RLE of each object: ``{"size": [H, W], "counts": [...]}``.
-
-    Args:
-        bits: ``[N, H, Wwords]`` int32. Counts run over the column-major (Fortran) flattening and start
-        with the number of zeros, as in pycocotools.
-    """
-    masks = unpack_bits(bits, width)
-    out = []
-    for m in masks:
-        flat = m.T.ravel().astype(np.int8)
-        change = np.flatnonzero(np.diff(flat)) + 1
-        bounds = np.concatenate([[0], change, [flat.size]])
-        counts = np.diff(bounds).tolist()
-        if flat.size and flat[0]:
-            counts = [0] + counts
-        out.append({"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts})
-    return out
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Inverse of :func:`bits_to_rle` for one object: returns bool ``[H, W]``."""
-    H, W = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != H * W:
-        raise ValueError(f"RLE counts sum {counts.sum()} != H*W = {H * W}")
-    vals = (np.arange(counts.size) % 2).astype(bool)
-    return np.repeat(vals, counts).reshape(W, H).T.copy()
-
-
 def _boxes_areas(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """``[H, W]`` bool -> ``(box [4] int32, area)``; box is -1s when empty."""
     area = int(np.count_nonzero(mask))
@@ -354,9 +247,9 @@ def decode_masks_numpy(
     (``ATEN_CPU_CAPABILITY=default``) where every product and sum is rounded separately.
     """
     logits = np.asarray(logits)
-    H, W = _check_out_hw(out_hw)
+    H, W = check_out_hw(out_hw)
     scores = None if object_scores is None else np.asarray(object_scores).reshape(-1)
-    _check_shapes(logits.shape, None if object_scores is None else np.asarray(object_scores).shape)
+    check_shapes(logits.shape, None if object_scores is None else np.asarray(object_scores).shape)
     if logits.dtype not in (np.float32, np.float16):
         raise ValueError(f"numpy backend supports float32/float16 logits, got {logits.dtype}")
     n, h, w = logits.shape
@@ -407,8 +300,8 @@ def decode_masks(
 
         return decode_masks_triton(logits, out_hw, object_scores)
     if not is_np:
-        if getattr(logits, "dtype", None) is not None and _dtype_name(logits.dtype) == "bfloat16":
+        if getattr(logits, "dtype", None) is not None and dtype_name(logits.dtype) == "bfloat16":
             raise ValueError("numpy backend has no bfloat16; use the triton backend or convert to float32")
-        logits = _to_numpy(logits)
-        object_scores = None if object_scores is None else _to_numpy(object_scores)
+        logits = to_numpy(logits)
+        object_scores = None if object_scores is None else to_numpy(object_scores)
     return decode_masks_numpy(logits, out_hw, object_scores, fma=fma)

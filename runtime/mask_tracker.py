@@ -15,10 +15,8 @@ width, ``HW = (S/16)^2``, ``s = S/4``, ``M`` = memory slots, ``P`` = pointer slo
 ``mask_memory_encoder``    embedding, low_res_logits, object_score_logits -> memory, memory_pos ``[1, HW, Cm]``
 =========================  ===========================================================================
 
-Memory-bank contract (the reference's ``MaskMemoryBank``): spatial slot 0 holds the prompted (conditioning)
-frame for the whole track; slots ``1..M-1`` are a ring of the ``M-1`` most recent other frames (round robin,
-oldest overwritten). Pointer slot 0 is the prompted frame's pointer, slots ``1..P-1`` a ring of the most recent
-ones. Offsets are "frames before the current one" (0 for the conditioning memory slot); empty slots are
+Memory-bank contract: ``runtime.contract.memory`` (the same ``RingSlots`` the reference's ``MaskMemoryBank``
+uses): slot 0 holds the prompted frame, the other slots a ring of the most recent frames; empty slots are
 ``valid = False`` and masked out inside the graph. Buffers are allocated once: memory is constant however long
 the stream runs (``MemoryBank.nbytes``).
 """
@@ -28,22 +26,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from runtime.contract.memory import RingSlots
+from runtime.manifest import MaskSpec
 
 
 class MemoryBank:
-    """Fixed-capacity ring buffer of one object's memories (device arrays through ``ops``)."""
+    """Fixed-capacity ring buffer of one object's memories (device arrays through ``ops``); the slot policy is the
+    contract's :class:`~runtime.contract.memory.RingSlots`."""
 
     def __init__(self, num_maskmem: int, num_pointers: int, hw: int, mem_dim: int, hidden_dim: int, dtype: str, ops):
-        if num_maskmem < 1 or num_pointers < 1:
-            raise ValueError(f"MemoryBank needs >= 1 memory and pointer slot, got {num_maskmem}, {num_pointers}")
-        self.num_maskmem, self.num_pointers, self.ops = num_maskmem, num_pointers, ops
+        self.slots = RingSlots(num_maskmem, num_pointers)
+        self.ops = ops
         self.memory = ops.zeros((1, num_maskmem, hw, mem_dim), dtype)
         self.memory_pos = ops.zeros((1, num_maskmem, hw, mem_dim), dtype)
         self.pointers = ops.zeros((1, num_pointers, hidden_dim), dtype)
-        self.memory_frame = np.full(num_maskmem, -1, np.int64)
-        self.pointer_frame = np.full(num_pointers, -1, np.int64)
-        self._writes = 0
 
     @property
     def nbytes(self) -> int:
@@ -51,40 +47,24 @@ class MemoryBank:
 
     def reset(self) -> None:
         """Empty every slot (buffers are kept; stale contents are masked by ``valid``)."""
-        self.memory_frame[:] = -1
-        self.pointer_frame[:] = -1
-        self._writes = 0
-
-    def _slot(self, capacity: int, conditioning: bool) -> int:
-        if conditioning or capacity == 1:
-            return 0
-        return 1 + self._writes % (capacity - 1)
+        self.slots.reset()
 
     def add(self, frame_idx: int, memory: Any, memory_pos: Any, pointer: Any, conditioning: bool) -> None:
         """Store one frame: memory / memory_pos ``[1, HW, Cm]``, pointer ``[1, C]``."""
-        if conditioning or self.num_maskmem > 1:
-            ms = self._slot(self.num_maskmem, conditioning)
+        ms, ps = self.slots.add(frame_idx, conditioning)
+        if ms is not None:
             self.memory[0, ms] = memory[0]
             self.memory_pos[0, ms] = memory_pos[0]
-            self.memory_frame[ms] = frame_idx
-        if conditioning or self.num_pointers > 1:
-            ps = self._slot(self.num_pointers, conditioning)
+        if ps is not None:
             self.pointers[0, ps] = pointer[0]
-            self.pointer_frame[ps] = frame_idx
-        if not conditioning:
-            self._writes += 1
 
     def feeds(self, frame_idx: int) -> dict[str, Any]:
         """The memory-attention inputs as seen from ``frame_idx`` (fixed shapes)."""
-        mvalid, pvalid = self.memory_frame >= 0, self.pointer_frame >= 0
-        moff = np.where(mvalid, frame_idx - self.memory_frame, 0)
-        moff[0] = 0  # the conditioning slot always reads temporal position 0
-        poff = np.where(pvalid, frame_idx - self.pointer_frame, 0)
+        moff, mvalid, poff, pvalid = self.slots.offsets(frame_idx)
         o = self.ops
-        return {"memory": self.memory, "memory_pos": self.memory_pos,
-                "memory_offsets": o.asarray(moff[None].astype(np.int64)), "memory_valid": o.asarray(mvalid[None]),
-                "pointers": self.pointers, "pointer_offsets": o.asarray(poff[None].astype(np.int64)),
-                "pointer_valid": o.asarray(pvalid[None])}
+        return {"memory": self.memory, "memory_pos": self.memory_pos, "memory_offsets": o.asarray(moff[None]),
+                "memory_valid": o.asarray(mvalid[None]), "pointers": self.pointers,
+                "pointer_offsets": o.asarray(poff[None]), "pointer_valid": o.asarray(pvalid[None])}
 
 
 @dataclass
@@ -101,35 +81,31 @@ class MaskTracker:
 
     Args:
         engines: name -> opened engine for the five mask components.
-        mask_block: the manifest's ``mask`` block (``memory_capacity`` / ``num_maskmem``, ``num_pointers``).
+        mask: the manifest's ``mask`` section (``memory_capacity``, ``pointer_capacity``).
         no_prompt: ``[2, C]`` sparse prompt of tracking frames (manifest tensor ``mask_no_prompt``).
         ops: the pipeline's array ops. dtype: the graphs' float dtype.
     """
 
-    def __init__(self, engines: dict, mask_block: dict, no_prompt: Any, ops, dtype: str):
+    def __init__(self, engines: dict, mask: MaskSpec, no_prompt: Any, ops, dtype: str):
         self.engines, self.ops, self.dtype = engines, ops, dtype
         mem = engines["mask_memory_attention"].spec
         m_shape = next(s for s in mem.inputs if s.name == "memory").dims
         p_shape = next(s for s in mem.inputs if s.name == "pointers").dims
         _, num_maskmem, hw, mem_dim = m_shape
         _, num_pointers, hidden = p_shape
-        cap = mask_block.get("memory_capacity", mask_block.get("num_maskmem", num_maskmem))
-        if int(cap) != int(num_maskmem):
-            raise ValueError(f"manifest mask.memory_capacity={cap} but mask_memory_attention's memory input has "
-                             f"{num_maskmem} slots; re-export so they agree")
+        if (mask.memory_capacity, mask.pointer_capacity) != (int(num_maskmem), int(num_pointers)):
+            raise ValueError(f"manifest mask.memory_capacity / pointer_capacity = {mask.memory_capacity} / "
+                             f"{mask.pointer_capacity} but mask_memory_attention's inputs have {num_maskmem} / "
+                             f"{num_pointers} slots; re-export so they agree")
         self.bank = MemoryBank(int(num_maskmem), int(num_pointers), int(hw), int(mem_dim), int(hidden), dtype, ops)
         self.no_prompt = ops.cast(no_prompt, dtype)[None]
-        self.image_batch = self._max_dim("mask_image_encoder", "images")
+        self.image_batch = engines["mask_image_encoder"].spec.max_dim("images")
         self._prompt: Any = None
         self._frame = 0
 
-    def _max_dim(self, component: str, dim: str) -> int:
-        prof = self.engines[component].spec.profiles
-        return max(int(r[dim][2]) for r in prof.values() if dim in r) if prof else 1
-
     def sparse_prompt(self, task_embedding: Any) -> Any:
         """task embedding ``[D]`` -> sparse prompt ``[1, 3, C]``."""
-        eng = self.engines.get("mask_prompt")
+        eng = self.engines["mask_prompt"] if "mask_prompt" in self.engines else None
         if eng is None:
             raise ValueError("the manifest has no mask_prompt component, so a <track_begin> cannot become a SAM2 "
                              "prompt; re-export with `tpo export` (it writes mask_prompt)")

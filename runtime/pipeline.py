@@ -28,15 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract.postprocess import box_to_pixels, spans_to_seconds
+from runtime.contract.routing import Router, Sampler, TaskRoute
 from runtime.engines import open_engine
-from runtime.generator import Generator, Sampler, TaskRoute
+from runtime.generator import Generator
 from runtime.kv_cache import KVCache
 from runtime.manifest import Manifest
 from runtime.mask_decode import decode_masks
 from runtime.mask_tracker import MaskTracker
 from runtime.preprocess import Preprocessor
 from runtime.results import MaskResult, RegionResult, Span, TemporalResult, TPOResult, boxes_from_decoded
-from runtime.tokenizer import PromptTokenizer
+from runtime.tokenizer import open_tokenizer
 from runtime.video_io import MAX_SIDE, Clip, clip_from_frames, read_clip
 
 MASK_COMPONENTS = ("mask_image_encoder", "mask_prompt", "mask_memory_attention", "mask_decoder",
@@ -148,23 +150,20 @@ class Pipeline:
         self.engines = {n: open_engine(manifest, n, backend=backend, device=device, **opts) for n in names}
         self.dtype = self._input_dtype("llm", "inputs_embeds")
         self._load_tensors()
-        self.tokenizer = PromptTokenizer(manifest.tokenizer, manifest.prompt, manifest.root, manifest.task_tokens)
-        pp = manifest.preprocess
-        self.num_frames = int(pp["num_frames"])
-        self.preprocessor = Preprocessor(size=int(pp["size"]), mean=pp["mean"], std=pp["std"],
-                                         resize=pp.get("resize", "bicubic"),
-                                         mask_size=int(manifest.mask["image_size"]),
-                                         mask_resize=_mask_resize(manifest.mask))
+        self.tokenizer = open_tokenizer(manifest)
+        pp, mk = manifest.preprocess, manifest.mask
+        self.num_frames = pp.num_frames
+        self.preprocessor = Preprocessor(size=pp.size, mean=pp.mean, std=pp.std, resize=pp.resize,
+                                         mask_size=mk.image_size,
+                                         mask_resize="bilinear_aa" if mk.antialias else "bilinear")
         self.cache = KVCache.from_manifest(manifest.kv, self._input_dtype("llm", "past_key_0"), device)
         self.routes = self._routes()
-        tt = manifest.task_tokens
+        self.banned_ids = [t.id for t in manifest.task_tokens.values() if t.role == "input"]
         self.generator = Generator(self.engines["llm"], self.cache, self.tensors["embed_tokens"], self.ops,
-                                   placeholders={r.placeholder_id: r.embedding for r in self.routes.values()},
-                                   banned_ids=[int(v["id"]) for v in tt.values() if v.get("role") == "input"])
-        gen = manifest.generation
-        self.max_new_tokens = int(gen.get("max_new_tokens", 200))
-        self.stop_ids = {int(i) for i in gen.get("stop_ids", [self.tokenizer.eos_id])}
-        self.round_to_s = float(manifest.heads.get("temporal", {}).get("round_to_s", 1.0))
+                                   placeholders={r.placeholder_id: r.embedding for r in self.routes.values()})
+        self.max_new_tokens = manifest.generation.max_new_tokens
+        self.stop_ids = manifest.generation.stop_ids
+        self.round_to_s = manifest.heads.temporal.round_to_s
         self.tracker = None
         if all(n in self.engines for n in MASK_COMPONENTS[2:]) and "mask_image_encoder" in self.engines:
             self.tracker = MaskTracker(self.engines, manifest.mask, self.tensors["mask_no_prompt"], self.ops,
@@ -183,11 +182,11 @@ class Pipeline:
     def _load_tensors(self) -> None:
         self.tensors: dict[str, Any] = {}
         for name, info in self.manifest.tensors.items():
-            arr = np.load(self.manifest.path_of(info["file"]), allow_pickle=False)
-            if list(arr.shape) != list(info["shape"]):
-                raise ValueError(f"tensor {name}: file {info['file']} has shape {list(arr.shape)}, the manifest says "
-                                 f"{info['shape']}; re-export with `tpo export`")
-            if info.get("dtype") == "bfloat16":  # stored as its uint16 bit pattern
+            arr = np.load(self.manifest.path_of(info.file), allow_pickle=False)
+            if tuple(arr.shape) != info.shape:
+                raise ValueError(f"tensor {name}: file {info.file} has shape {list(arr.shape)}, the manifest says "
+                                 f"{list(info.shape)}; re-export with `tpo export`")
+            if info.dtype == "bfloat16":  # stored as its uint16 bit pattern
                 if self.device == "cpu":
                     raise ValueError(f"tensor {name} is bfloat16, which the CPU runtime cannot use; export with "
                                      "--precision fp32 (or fp16) for the CPU, or run on device='cuda'")
@@ -202,17 +201,8 @@ class Pipeline:
     def _routes(self) -> dict[int, TaskRoute]:
         """``*_begin`` id -> route, from the manifest's task_tokens (begin -> placeholder -> embedding tensor)."""
         tt = self.manifest.task_tokens
-        routes = {}
-        for info in tt.values():
-            if info.get("role") != "begin":
-                continue
-            ph = info["placeholder"]
-            emb_name = tt[ph].get("embedding")
-            if emb_name not in self.tensors:
-                raise ValueError(f"task token {ph} names embedding {emb_name!r}, which is not a manifest tensor")
-            routes[int(info["id"])] = TaskRoute(int(info["id"]), int(tt[ph]["id"]), self.tensors[emb_name],
-                                                info["head"])
-        return routes
+        return {t.id: TaskRoute(t.id, t.placeholder_id, self.tensors[tt[t.placeholder].embedding], t.head)
+                for t in tt.values() if t.role == "begin"}
 
     def close(self) -> None:
         for eng in self.engines.values():
@@ -257,13 +247,14 @@ class Pipeline:
             raise ValueError(f"the clip has {clip.frames.shape[0]} frames; the vision engine takes {self.num_frames}")
         max_new = int(max_new_tokens or self.max_new_tokens)
         ids = self.tokenizer.build(prompt, clip.timestamps)
-        needs_input = set(ids.pre + ids.post) & {int(i) for i in self.generator.banned_ids}
+        needs_input = set(ids.pre + ids.post) & set(self.banned_ids)
         if needs_input:
             raise ValueError(f"the prompt holds token id(s) {sorted(needs_input)} (<track_box>) that need a box input; "
                              "the runtime does not take box prompts yet: remove the token from the question")
         self.cache.reset()
-        self.cache.check_fits(ids.length, max_new)
-        sampler = Sampler(do_sample, top_p, temperature, seed)
+        self.cache.check_fits(ids.prompt_len, max_new)
+        router = Router(self.routes, self.stop_ids, self.banned_ids, Sampler(do_sample, top_p, temperature, seed),
+                        logits_processor)
         visual, frame_feats = self._vision(clip, timings)
         t0 = time.perf_counter()
         embeds = self.ops.concat([self.generator.embed_ids(ids.pre), self.ops.cast(visual, self.dtype),
@@ -277,9 +268,9 @@ class Pipeline:
 
         def on_task(head: str, hidden: Any) -> None:
             self._run_head(head, hidden, clip, frame_feats, result, timings, track_mask)
-            self.ops.sync()
 
-        out = self.generator.decode(logits, max_new, sampler, self.stop_ids, self.routes, on_task, logits_processor)
+        out = router.decode(logits, max_new, self.generator.feed_token, self.generator.feed_embedding, on_task,
+                            sync=self.ops.sync)
         timings.update(out.timings_ms)
         timings["decode_tokens"] = float(out.steps)
         timings["total_ms"] = (time.perf_counter() - t_all) * 1e3
@@ -310,6 +301,10 @@ class Pipeline:
     def _run_head(self, head: str, hidden: Any, clip: Clip, frame_feats: Any, result: TPOResult,
                   timings: dict, track_mask: bool = True) -> None:
         """hidden ``[D]``: the final-layer hidden state at the placeholder -> post-processed head output."""
+        if head in self.manifest.heads.untrained:
+            raise ValueError(f"the model routed this request to the {head} head, which this export has no trained "
+                             f"weights for (manifest heads.untrained); train it (`tpo train --stage 2 --heads {head}` "
+                             "on the checkpoint), re-export, or ask for another task")
         h = self.ops.cast(hidden, self._input_dtype("head_region", "task_embedding"))[None]
         if head == "region":
             norm = self.ops.to_host(self.engines["head_region"].run({"task_embedding": h})["box"])[0]
@@ -370,37 +365,3 @@ class Pipeline:
         from runtime.stream import Stream
 
         return Stream(self, source, prompt, **kwargs)
-
-
-def _mask_resize(mask: dict) -> str:
-    mode = mask.get("resize", "bilinear")
-    return "bilinear_aa" if mode == "bilinear" and mask.get("antialias", True) else mode
-
-
-def box_to_pixels(norm: np.ndarray, width: float, height: float) -> tuple[float, float, float, float]:
-    """Normalized xyxy ``[4]`` -> pixel xyxy: x (W, H) in float32, corners ordered, clamped to the frame."""
-    n = np.asarray(norm, np.float32)
-    xs = np.sort(n[0::2] * np.float32(width)).clip(0.0, float(width))
-    ys = np.sort(n[1::2] * np.float32(height)).clip(0.0, float(height))
-    return float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])
-
-
-def spans_to_seconds(logits: np.ndarray, spans: np.ndarray, duration: float,
-                     round_to: float = 1.0) -> list[tuple[float, float, float]]:
-    """``logits [Q, 2]`` (0 = foreground), ``spans [Q, 2]`` (cx, w) / duration -> ``(start, end, score)`` by score.
-
-    Softmax foreground score (float64); ``(cx -+ w/2) x duration`` clamped to ``[0, duration]``, rounded to a
-    multiple of ``round_to`` s (half to even; ``<= 0``: no rounding), clamped again; stable sort, best first.
-    """
-    lg = np.asarray(logits, np.float64)
-    e = np.exp(lg - lg.max(-1, keepdims=True))
-    scores = (e / e.sum(-1, keepdims=True))[:, 0]
-    sp = np.asarray(spans, np.float64)
-    d = float(duration)
-    start = np.minimum(np.maximum((sp[:, 0] - sp[:, 1] / 2) * d, 0.0), d)
-    end = np.minimum(np.maximum((sp[:, 0] + sp[:, 1] / 2) * d, 0.0), d)
-    if round_to > 0:
-        start = np.minimum(np.maximum(np.round(start / round_to) * round_to, 0.0), d)
-        end = np.minimum(np.maximum(np.round(end / round_to) * round_to, 0.0), d)
-    order = np.argsort(-scores, kind="stable")
-    return [(float(start[q]), float(end[q]), float(scores[q])) for q in order]

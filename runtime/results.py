@@ -1,8 +1,7 @@
-"""Runtime result types. ``to_dict()`` has the same JSON shape as ``tpo_core.results`` so the two compare.
+"""The result types of a TPO request, shared by the reference (``TPOModel.generate``) and the runtime.
 
-Units: seconds and pixels of the source video. Masks are kept packed (``runtime.mask_decode`` bit layout:
+Units: seconds and pixels of the source video. Masks are kept packed (:mod:`runtime.mask_bits` layout:
 ``[T, H, ceil(W/32)]`` int32, bit j of word k = pixel x = 32k + j) and unpacked only on demand.
-Additional runtime fields (``notes``, per-stage ``timings_ms``) are extra keys; the reference keys are kept.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.mask_decode import unpack_bits
+from runtime.mask_bits import pack_bits, unpack_bits
 
 
 @dataclass
@@ -68,6 +67,15 @@ class MaskResult:
     boxes: list[tuple[int, int, int, int] | None]
     areas: np.ndarray
 
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, timestamps, object_scores) -> MaskResult:
+        """bool ``[T, H, W]`` masks (e.g. the reference's upsampled logits > 0) -> a packed MaskResult."""
+        m = np.asarray(masks, bool)
+        boxes = [mask_box(f) for f in m]
+        return cls(bits=pack_bits(m), height=int(m.shape[1]), width=int(m.shape[2]),
+                   timestamps=np.asarray(timestamps, np.float32), object_scores=np.asarray(object_scores, np.float32),
+                   boxes=boxes, areas=m.reshape(m.shape[0], -1).sum(1).astype(np.int64))
+
     @property
     def num_frames(self) -> int:
         return int(self.bits.shape[0])
@@ -87,6 +95,14 @@ class MaskResult:
                 "object_scores": np.round(self.object_scores, 4).tolist(),
                 "areas": [int(a) for a in self.areas],
                 "boxes": [list(b) if b is not None else None for b in self.boxes]}
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive pixel box (x0, y0, x1, y1) of a bool mask ``[H, W]``; None when empty."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
 def boxes_from_decoded(boxes: np.ndarray) -> list[tuple[int, int, int, int] | None]:

@@ -30,6 +30,9 @@ STREAM_OPEN_TIMEOUT_S = 10.0
 _IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                 b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
+# codecs decord's bundled FFmpeg decodes (the ones tested: H.264, HEVC, MPEG-4 Part 2, VP8/9, MJPEG, ...)
+DECORD_CODECS = ("h264", "hevc", "mpeg4", "vp8", "vp9", "mjpeg", "mpeg2video", "mpeg1video", "msmpeg4v3", "h263",
+                 "theora", "rawvideo", "prores", "ffv1")
 
 
 class VideoReadError(ValueError):
@@ -42,10 +45,12 @@ class SourceError(ValueError):
 
 @dataclass
 class Clip:
-    """Sampled frames of one video.
+    """Sampled frames of one video (what the reference model, the verifier and the runtime all take).
 
     frames: uint8 RGB ``[T, h, w, 3]`` (``h, w`` = the video's size unless downscaled, see ``notes``);
-    timestamps: float64 ``[T]`` seconds; width/height: the source's own size; duration: seconds.
+    timestamps: float64 ``[T]`` seconds; width/height: the source's own size; duration: seconds;
+    indices: int64 ``[T]`` frame numbers in the source (None when the frames did not come from one);
+    num_total_frames: frames in the source (0 when unknown).
     """
 
     frames: np.ndarray
@@ -56,9 +61,12 @@ class Clip:
     fps: float = 0.0
     path: str = ""
     notes: list[str] = field(default_factory=list)
+    indices: np.ndarray | None = None
+    num_total_frames: int = 0
 
 
-def _sniff(path: Path) -> None:
+def check_video_file(path: Path) -> None:
+    """Cheap checks before any decoder: exists, a non-empty regular file, not an image, MP4 atoms complete."""
     if not path.exists():
         raise VideoReadError(f"video {path} does not exist; check the path (relative paths resolve against "
                              f"{Path.cwd()})")
@@ -109,7 +117,7 @@ def _decord_open(path: Path, width: int = -1, height: int = -1):
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     except (decord.DECORDError, RuntimeError) as e:
-        raise VideoReadError(f"video {path} cannot be decoded ({_first_line(e)}); fetch it again or {_FIX}") from e
+        raise diagnose(path, e) from e
     if len(vr) == 0:
         raise VideoReadError(f"video {path} has zero frames; it is empty or broken: fetch it again")
     return vr
@@ -120,14 +128,46 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
+def _codec_name(path: Path) -> str | None:
+    """The first video stream's codec as PyAV reports it ("" when the file has no video stream); None when PyAV is
+    not installed or cannot open the file."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            if not streams:
+                return ""
+            ctx = streams[0].codec_context
+            return getattr(ctx.codec, "canonical_name", None) or ctx.name
+    except (av.FFmpegError, ValueError, OSError):
+        return None
+
+
+def diagnose(path: Path, err: Exception) -> VideoReadError:
+    """A decord failure -> a VideoReadError naming the problem: an unsupported codec (named through PyAV when it is
+    installed) or a truncated / corrupt file, with the fix."""
+    detail = _first_line(err)
+    codec = _codec_name(path)
+    if codec == "":
+        return VideoReadError(f"video {path} has no decodable video stream (audio only, or a video track with zero "
+                              "frames); pass a file that holds video frames")
+    if codec is not None and codec not in DECORD_CODECS:
+        return VideoReadError(f"video {path} uses codec {codec!r}, which this decoder (decord's FFmpeg 4) cannot "
+                              f"decode; {_FIX}")
+    return VideoReadError(f"video {path} is truncated or corrupt (decoding failed: {detail}); fetch it again or "
+                          f"{_FIX}")
+
+
 def _batch(vr, path: Path, indices) -> np.ndarray:
     import decord
 
     try:
         return vr.get_batch(list(indices)).asnumpy()
     except (decord.DECORDError, RuntimeError) as e:
-        raise VideoReadError(f"video {path} is truncated or corrupt (decoding failed: {_first_line(e)}); "
-                             f"fetch it again or {_FIX}") from e
+        raise diagnose(path, e) from e
 
 
 def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -139,8 +179,7 @@ def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
     """Read ``num_frames`` middle-of-segment frames (the reference's rule) of a video file."""
     p = Path(path)
-    _sniff(p)
-    vr = _decord_open(p)
+    vr, fps = open_video(p)
     height, width = (int(v) for v in _batch(vr, p, [0]).shape[1:3])
     notes = []
     if max(height, width) > max_side:
@@ -148,14 +187,11 @@ def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Cl
         notes.append(f"video is {width}x{height}, above the {max_side} px limit per side; decoded at {w2}x{h2}: "
                      "boxes are in source pixels, masks at the decoded size")
         vr = _decord_open(p, width=w2, height=h2)
-    fps = float(vr.get_avg_fps())
-    if not np.isfinite(fps) or fps <= 0:
-        raise VideoReadError(f"video {p} reports fps={fps}; remux it with a frame rate: `ffmpeg -i IN -r 30 OUT.mp4`")
     n = len(vr)
     idx = sample_indices(n, num_frames)
     frames = np.ascontiguousarray(_batch(vr, p, idx), dtype=np.uint8)
     return Clip(frames=frames, timestamps=idx / fps, duration=n / fps, width=width, height=height, fps=fps,
-                path=str(p), notes=notes)
+                path=str(p), notes=notes, indices=idx, num_total_frames=n)
 
 
 def clip_from_frames(frames: np.ndarray, num_frames: int, fps: float = 1.0, max_side: int = MAX_SIDE) -> Clip:
@@ -179,7 +215,8 @@ def clip_from_frames(frames: np.ndarray, num_frames: int, fps: float = 1.0, max_
         raise ValueError(f"fps must be > 0, got {fps}")
     idx = sample_indices(x.shape[0], num_frames)
     return Clip(frames=np.ascontiguousarray(x[idx]), timestamps=idx / float(fps), duration=x.shape[0] / float(fps),
-                width=int(x.shape[2]), height=int(x.shape[1]), fps=float(fps))
+                width=int(x.shape[2]), height=int(x.shape[1]), fps=float(fps), indices=idx,
+                num_total_frames=int(x.shape[0]))
 
 
 # ------------------------------------------------------------------------------------------------ streaming
@@ -193,18 +230,32 @@ class SourceFrame:
     error: str | None = None
 
 
-def _file_frames(path: Path, batch: int = 8) -> Iterator[SourceFrame]:
+def open_video(path: str | Path):
+    """A video file -> (decord VideoReader, fps); every failure is a VideoReadError naming the fix."""
+    p = Path(path)
+    check_video_file(p)
+    vr = _decord_open(p)
+    fps = float(vr.get_avg_fps())
+    if not np.isfinite(fps) or fps <= 0:
+        raise VideoReadError(f"video {p} reports fps={fps}; remux it with a frame rate: `ffmpeg -i IN -r 30 OUT.mp4`")
+    return vr, fps
+
+
+def decode_frames(vr, path: Path, indices) -> np.ndarray:
+    """uint8 RGB ``[len(indices), H, W, 3]`` of an opened reader; VideoReadError when decoding fails."""
+    return _batch(vr, path, indices)
+
+
+def file_frames(path: Path, batch: int = 8, stride: int = 1) -> Iterator[SourceFrame]:
     """Open (errors raise here, at once) and return the frame generator."""
-    _sniff(path)
-    vr = _decord_open(path)
-    fps = float(vr.get_avg_fps()) or 30.0
-    return _decode_batches(vr, path, fps, batch)
+    vr, fps = open_video(path)
+    return _decode_batches(vr, Path(path), fps, batch, stride)
 
 
-def _decode_batches(vr, path: Path, fps: float, batch: int) -> Iterator[SourceFrame]:
-    n = len(vr)
-    for start in range(0, n, batch):
-        idx = list(range(start, min(n, start + batch)))
+def _decode_batches(vr, path: Path, fps: float, batch: int, stride: int = 1) -> Iterator[SourceFrame]:
+    wanted = range(0, len(vr), stride)
+    for start in range(0, len(wanted), batch):
+        idx = list(wanted[start:start + batch])
         try:
             frames = _batch(vr, path, idx)
         except VideoReadError as e:  # report each frame of the failed batch, then go on
@@ -263,7 +314,7 @@ def open_source(source: Any, fps: float = 30.0, timeout_s: float = STREAM_OPEN_T
             import cv2
 
             return _cv2_frames(cap, float(cap.get(cv2.CAP_PROP_FPS) or 0.0))
-        return _file_frames(Path(s))
+        return file_frames(Path(s))
     if isinstance(source, int):
         return _cv2_frames(_open_capture(source, timeout_s), fps=0.0)
     if isinstance(source, np.ndarray) and source.ndim == 4:

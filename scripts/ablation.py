@@ -88,7 +88,7 @@ def ensure_data(work: Path, videos: int, val_videos: int, workers: int) -> tuple
     train, val = work / "data" / "train", work / "data" / "val"
     for out, n, seed, split in ((train, videos, 1, "train"), (val, val_videos, 2, "val")):
         if not (out / "manifest.json").is_file():
-            cmd = [sys.executable, "-m", "tpo_core.cli", "data", "synth", "--out", str(out), "--videos", str(n),
+            cmd = [sys.executable, "-m", "runtime.cli", "data", "synth", "--out", str(out), "--videos", str(n),
                    "--seed", str(seed), "--split", split, "--workers", str(workers)]
             subprocess.run(cmd, check=True, cwd=ROOT)
     return train, val

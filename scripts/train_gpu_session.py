@@ -22,7 +22,9 @@ Timeline (``--budget-s``, default 550 s, counted from the start; every phase has
    stages, eval JSON + report, ablation JSON + table, session log) and ``$OUT/summary.txt``.
 
 Needs: the ``decord`` and ``av`` wheels (the generator writes MP4s with PyAV; the loader reads them with decord),
-checked first. Prints a summary with every target of the issue beside its baseline at the end.
+checked first. Runs from a checkout without ``pip install`` (module entry points: ``python -m
+tpo_core.data.synth``, ``python -m tpo_core.train``; the ``tpo`` umbrella needs the installed entry points).
+Prints a summary with every target of the issue beside its baseline at the end.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def make_data(s: Session) -> dict[str, Path]:
     for name, (n, seed, split, workers, extra) in jobs.items():
         if (data[name] / "manifest.json").is_file():
             continue
-        cmd = [sys.executable, "-m", "tpo_core.cli", "data", "synth", "--out", str(data[name]), "--videos", str(n),
+        cmd = [sys.executable, "-m", "tpo_core.data.synth", "--out", str(data[name]), "--videos", str(n),
                "--seed", str(seed), "--split", split, "--workers", str(workers), *extra]
         procs[name] = s.start(f"synth_{name}", cmd)
     for name, proc in procs.items():
@@ -157,7 +159,7 @@ def start_default(s: Session, data: dict, deadline_s: float) -> subprocess.Popen
     a = s.args
     window = deadline_s - s.elapsed()
     cfg = default_config(s, window)
-    cmd = [sys.executable, "-m", "tpo_core.cli", "train", "--preset", "tiny", "--stage", "all", "--config", str(cfg),
+    cmd = [sys.executable, "-m", "tpo_core.train", "--preset", "tiny", "--stage", "all", "--config", str(cfg),
            "--data", str(data["train"]), "--out", str(s.work / "default"), "--quiet", "--seed", str(a.default_seed),
            "--loader-workers", str(a.loader_workers), "--max-minutes", f"{max(0.5, window - 15) / 60:.3f}"]
     if a.cpu:

@@ -1,6 +1,6 @@
 """The `tpo` command line: every subcommand is registered; user errors exit 2 with the message, no traceback."""
 
-from tpo_core.cli import build_parser, main
+from runtime.cli import build_parser, main
 
 
 def test_every_subcommand_is_registered():

@@ -6,8 +6,9 @@ tests/test_trt_build.py.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,18 @@ from torch import nn
 
 from runtime.engines import open_engine
 from runtime.engines.ort import OrtEngine
-from runtime.manifest import ComponentSpec, Manifest, ManifestError, TensorSpec, sha256_file
+from runtime.manifest import (
+    REQUIRED_COMPONENTS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    ComponentSpec,
+    Manifest,
+    ManifestError,
+    SourceInfo,
+    TensorFile,
+    TensorSpec,
+    sha256_file,
+)
 
 D = 16  # toy attention width
 
@@ -64,7 +76,7 @@ class ToyEmbed(nn.Module):
 
 
 def _t(name: str, dtype: str, dims: list) -> TensorSpec:
-    return TensorSpec(name=name, dtype=dtype, dims=list(dims))
+    return TensorSpec(name=name, dtype=dtype, dims=tuple(dims), doc="")
 
 
 def toy_graphs() -> dict[str, dict]:
@@ -100,18 +112,32 @@ def export_onnx(graph: dict, path: Path, opset: int = 17) -> Path:
 
 
 def component(folder: Path, file: str, graph: dict, precision: str = "fp32") -> ComponentSpec:
-    return ComponentSpec(file=file, sha256=sha256_file(folder / file), inputs=copy.deepcopy(graph["inputs"]),
-                         outputs=copy.deepcopy(graph["outputs"]), profiles=copy.deepcopy(graph["profiles"]),
-                         precision=precision)
+    return ComponentSpec(file=file, sha256=sha256_file(folder / file), inputs=tuple(graph["inputs"]),
+                         outputs=tuple(graph["outputs"]),
+                         profiles={p: {d: tuple(r) for d, r in rs.items()} for p, rs in graph["profiles"].items()},
+                         precision=precision, external_data=None, external_data_sha256=None, tolerance={},
+                         engine=None, doc="toy")
 
 
 def make_manifest(folder: Path, components: dict[str, ComponentSpec], precision: str = "fp32") -> Manifest:
-    """A valid manifest for arbitrary components (add the REQUIRED_COMPONENTS yourself), saved in ``folder``."""
-    m = Manifest(toolkit_version="test", source={"model": "toy"}, precision=precision, opset=17,
-                 components=components, tensors={}, tokenizer={"files": []},
-                 task_tokens={"<box>": {"id": 5, "role": "begin"}, "<ph>": {"id": 6, "role": "placeholder"}},
-                 prompt={}, preprocess={}, kv={"layers": 1, "kv_heads": 1, "head_dim": D, "max_context": 64},
-                 mask={}, heads={})
+    """A valid manifest for arbitrary components (add the REQUIRED_COMPONENTS yourself), saved in ``folder``: the
+    non-graph sections are the tiny preset's, with the tiny tokenizer and zero task embeddings as files."""
+    from tpo_core.config import get_preset
+    from tpo_core.data.tokenizer_build import ASSET_DIR, load_tokenizer
+    from tpo_core.export_specs import manifest_sections, tokenizer_section
+    from tpo_core.tokens import TaskTokenIds
+
+    cfg = get_preset("tiny")
+    shutil.copy(ASSET_DIR / "tokenizer.json", folder / "tokenizer.json")
+    tensors = {}
+    for name in ("box_token", "temporal_token", "track_token"):
+        np.save(folder / f"{name}.npy", np.zeros(4, np.float32))
+        tensors[name] = TensorFile(f"{name}.npy", sha256_file(folder / f"{name}.npy"), "float32", (4,), "float32", "")
+    tok = tokenizer_section(load_tokenizer(cfg.llm.tokenizer), "tokenizer.json", sha256_file(folder / "tokenizer.json"))
+    sections = manifest_sections(cfg, tok, TaskTokenIds.after_vocab(cfg.llm.vocab_size).by_token(), "float32")
+    m = Manifest(schema=SCHEMA, schema_version=SCHEMA_VERSION, toolkit_version="test",
+                 source=SourceInfo("toy", None, "toy", {}, None, "toy"), precision=precision, opset=17,
+                 components=components, tensors=tensors, **sections)
     m.save(folder)
     return Manifest.load(folder)
 
@@ -128,7 +154,7 @@ def toy_export(folder: Path, extra: dict[str, ComponentSpec] | None = None) -> M
     for name, g in graphs.items():
         export_onnx(g, folder / f"{name}.onnx")
     comps = {c: component(folder, f"{toy}.onnx", graphs[toy]) for c, toy in TOY_FOR.items()}
-    assert set(comps) == set(Manifest.REQUIRED_COMPONENTS)
+    assert set(comps) == set(REQUIRED_COMPONENTS)
     return make_manifest(folder, {**comps, **(extra or {})})
 
 
@@ -235,18 +261,18 @@ def test_changed_onnx_is_caught_by_hash_check(tmp_path: Path) -> None:
 
 def test_graph_and_manifest_disagree(tmp_path: Path) -> None:
     m = toy_export(tmp_path / "exp")
-    m.components["vision"].inputs[0].name = "pixels"
-    m.components["vision"].profiles = {"default": {"batch": [1, 4, 16]}}
+    spec = m.components["vision"]
+    spec = dataclasses.replace(spec, inputs=(dataclasses.replace(spec.inputs[0], name="pixels"),))
     with pytest.raises(ValueError, match=r"vision: graph mlp.onnx has inputs \['x'\].*manifest says \['pixels'\]"):
-        OrtEngine("vision", m.components["vision"], m.root)
+        OrtEngine("vision", spec, m.root)
 
 
 def test_backend_failure_raises_runtime_error(tmp_path: Path) -> None:
     """A manifest looser than the graph: validation passes, ONNX Runtime fails -> RuntimeError, not a flag."""
     m = toy_export(tmp_path / "exp")
     spec = m.components["vision"]
-    spec.inputs[0].dims = ["batch", "feat"]
-    spec.profiles = {"default": {"batch": [1, 4, 16], "feat": [1, 8, 16]}}
+    spec = dataclasses.replace(spec, inputs=(dataclasses.replace(spec.inputs[0], dims=("batch", "feat")),),
+                               profiles={"default": {"batch": (1, 4, 16), "feat": (1, 8, 16)}})
     eng = OrtEngine("vision", spec, m.root)
     with pytest.raises(RuntimeError, match=r"vision: ONNX Runtime failed on inputs \{'x': \(2, 9\)\}"):
         eng.run({"x": np.zeros((2, 9), np.float32)})

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime.results import RegionResult, TPOResult
 from tpo_core.config import get_preset
 from tpo_core.data.synth import REGION_LABEL_FRAMES, generate, region_label_frame
 from tpo_core.data.synth_scene import COLOURS
 from tpo_core.data.synth_tasks import load_negatives, negative_answer, negative_text, task_samples
 from tpo_core.data.video import sample_indices
-from tpo_core.results import RegionResult, TPOResult
 from tpo_core.train.evaluate import evaluate, format_report
 
 

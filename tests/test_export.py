@@ -19,10 +19,10 @@ import torch
 
 from export.exporter import export_model, load_for_export, load_source
 from export.llm_graph import LLMGraph, cache_to_list, empty_past
-from export.manifest_fields import render_prompt
 from export.specs import ExportError, check_onnx_io, check_precision, component_spec, example_inputs
-from export.verify import Graphs, VerifyReport, verify_components
-from runtime.manifest import Manifest, ManifestError
+from export.verify import VerifyReport, verify_components
+from runtime.engines import open_engine
+from runtime.manifest import REQUIRED_COMPONENTS, Manifest, ManifestError
 from tpo_core.config import get_preset
 from tpo_core.export_specs import ComponentIO, IOSpec, component_io
 from tpo_core.modeling.llm import TaskLLM
@@ -108,7 +108,7 @@ def test_llm_graph_left_padding_matches_unpadded_rows():
 # ---------------------------------------------------------------------------------------------- specs
 def test_specs_cover_every_required_component_and_tensor_dims():
     ios = component_io(get_preset("tiny"))
-    assert set(Manifest.REQUIRED_COMPONENTS) <= set(ios)
+    assert set(REQUIRED_COMPONENTS) <= set(ios)
     llm = ios["llm"]
     assert llm.input_names()[:3] == ["inputs_embeds", "position_ids", "attention_mask"]
     assert len(llm.inputs) == 3 + 2 * get_preset("tiny").llm.num_layers
@@ -141,7 +141,7 @@ def test_every_component_matches_pytorch_in_onnxruntime():
     manifest = Manifest.load(tiny_export())
     model, _ = load_source("untrained-tiny")
     report = VerifyReport(str(tiny_export()), "fp32")
-    verify_components(report, manifest, Graphs(manifest), model)
+    verify_components(report, manifest, model)
     assert report.ok, report.summary()
     assert {k.split(".")[0] for k in report.worst} == set(manifest.components)
     assert max(report.worst.values()) < 1e-4
@@ -149,22 +149,22 @@ def test_every_component_matches_pytorch_in_onnxruntime():
 
 def test_onnx_llm_prefill_decode_handoff_equals_hf():
     manifest = Manifest.load(tiny_export())
-    graphs = Graphs(manifest)
+    llm = open_engine(manifest, "llm")
     model, _ = load_source("untrained-tiny")
     x = torch.randn(1, 12, 256)
     kv = manifest.kv
-    past = [np.zeros((1, kv["kv_heads"], 0, kv["head_dim"]), np.float32)] * (2 * kv["layers"])
+    past = [np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)] * (2 * kv.layers)
     hidden = []
     for start, end in ((0, 9), (9, 10), (10, 11), (11, 12)):  # prefill 9, then 3 decode steps
-        out = graphs.run("llm", {"inputs_embeds": x[:, start:end], "position_ids": np.arange(start, end)[None],
-                                 "attention_mask": np.ones((1, end), np.int64), **dict(zip(kv["past_names"], past))})
-        past = [out[n] for n in kv["present_names"]]
+        out = llm.run({"inputs_embeds": x[:, start:end].numpy(), "position_ids": np.arange(start, end)[None],
+                       "attention_mask": np.ones((1, end), np.int64), **dict(zip(kv.past_names, past))})
+        past = [out[n] for n in kv.present_names]
         hidden.append(out["hidden_states"])
     with torch.no_grad():
         ref_logits, ref_hidden, _ = model.llm(x)
     np.testing.assert_allclose(np.concatenate(hidden, 1), ref_hidden.numpy(), atol=1e-4)
     np.testing.assert_allclose(out["logits"][0], ref_logits[0, -1].numpy(), atol=1e-4)
-    assert past[0].shape == (1, kv["kv_heads"], 12, kv["head_dim"])
+    assert past[0].shape == (1, kv.kv_heads, 12, kv.head_dim)
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -174,14 +174,14 @@ def test_manifest_round_trip_and_contents():
     again = Manifest.from_dict(json.loads((folder / "manifest.json").read_text()))
     assert again.to_dict() == m.to_dict()
     cfg = get_preset("tiny")
-    assert m.kv == {**m.kv, "layers": 4, "kv_heads": 2, "head_dim": 64, "max_context": cfg.llm.max_context}
-    assert m.tensors["embed_tokens"]["shape"] == [cfg.llm.vocab_size + 7, 256]
-    assert m.task_tokens["<box_begin>"] == {**m.task_tokens["<box_begin>"], "role": "begin", "head": "region",
-                                            "placeholder": "<boxes>"}
-    assert m.task_tokens["<tracking>"]["embedding"] == "track_token"
-    assert m.preprocess["num_frames"] == cfg.vision.num_frames and m.mask["memory_capacity"] == 7
-    assert m.heads["temporal"]["round_to_s"] == cfg.temporal.round_to_s
-    assert m.generation["eos_id"] == 2 and m.source["checkpoint"] == "untrained-tiny"
+    assert (m.kv.layers, m.kv.kv_heads, m.kv.head_dim, m.kv.max_context) == (4, 2, 64, cfg.llm.max_context)
+    assert m.tensors["embed_tokens"].shape == (cfg.llm.vocab_size + 7, 256)
+    box = m.task_tokens["<box_begin>"]
+    assert (box.role, box.head, box.placeholder) == ("begin", "region", "<boxes>")
+    assert m.task_tokens["<tracking>"].embedding == "track_token"
+    assert m.preprocess.num_frames == cfg.vision.num_frames and m.mask.memory_capacity == 7
+    assert m.heads.temporal.round_to_s == cfg.temporal.round_to_s
+    assert m.generation.eos_id == 2 and m.source.checkpoint == "untrained-tiny"
     for name, comp in m.components.items():  # the manifest's IO is the spec's, precision resolved
         assert comp == component_spec(component_io(cfg)[name], comp.file, comp.sha256, "fp32")
 
@@ -190,8 +190,8 @@ def test_manifest_round_trip_and_contents():
 def test_prompt_template_renders_like_prompt_chunks(question):
     m = Manifest.load(tiny_export())
     times = [0.25, 1.0, 2.5]
-    assert render_prompt(m.prompt, question, times) == prompt_chunks(question, m.prompt["system_message"], times)
-    assert render_prompt(m.prompt, question) == prompt_chunks(question, m.prompt["system_message"])
+    assert m.prompt.render(question, times) == prompt_chunks(question, m.prompt.system_message, times)
+    assert m.prompt.render(question) == prompt_chunks(question, m.prompt.system_message)
 
 
 def test_changed_or_missing_file_and_bad_schema_are_caught(tmp_path):
@@ -216,7 +216,7 @@ def test_changed_or_missing_file_and_bad_schema_are_caught(tmp_path):
 def test_shapes_outside_a_profile_name_the_dim():
     m = Manifest.load(tiny_export())
     llm = m.components["llm"]
-    ctx = m.kv["max_context"]
+    ctx = m.kv.max_context
     shapes = {t.name: t.shape_for({"batch": 1, "seq": ctx + 1, "past": 0, "total": ctx + 1}) for t in llm.inputs}
     with pytest.raises(ValueError, match="seq"):
         llm.check_shapes("llm", shapes)
@@ -253,24 +253,8 @@ def test_fp16_partial_export_runs_in_onnxruntime(tmp_path):
     assert np.load(tmp_path / "embed_tokens.npy").dtype == np.float16
     ref, _ = load_source("untrained-tiny")
     report = VerifyReport(str(tmp_path), "fp16")
-    verify_components(report, m, Graphs(m), ref)
+    verify_components(report, m, ref)
     assert report.ok, report.summary()
-
-
-# ---------------------------------------------------------------------------------------------- optimum
-@pytest.mark.slow
-def test_optimum_findings_hold():
-    """The evidence behind docs/export.md's optimum section (export/optimum_probe.py)."""
-    from export.optimum_probe import probe
-
-    f = probe()
-    assert f["stock_mistral"]["export"] == "ok" and f["stock_mistral"]["validate"] == "ok"
-    assert f["stock_mistral"]["inputs"][0] == "input_ids"
-    assert "input_ids" in f["inputs_embeds_no_override"]["export"]
-    assert f["inputs_embeds"]["validate"] == "ok"
-    assert f["inputs_embeds_hidden"]["validate"].startswith("OutputMatchError")
-    assert f["hidden_states_output"]["named_hidden_states_is_input_embeds"]
-    assert not f["hidden_states_output"]["named_hidden_states_is_final"]
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -284,4 +268,4 @@ def test_tpo_build_tensorrt_rtx_on_the_tiny_export(tmp_path):
     assert len(report.components) == len(Manifest.load(folder).components)
     m = Manifest.load(folder)
     assert all(c.engine is not None and c.engine.builder == "tensorrt-rtx" for c in m.components.values())
-    assert m.components["llm"].engine.profiles == ["prefill", "decode"]
+    assert m.components["llm"].engine.profiles == ("prefill", "decode")

@@ -19,8 +19,8 @@ from tpo_core.export_specs import component_io
 
 def test_torchscript_export_is_recorded_and_keeps_the_spec_io(export_dir):
     m = Manifest.load(export_dir)
-    assert m.source["exporter"] == "torchscript"
-    ios = component_io(TPOConfig.from_dict(m.source["config"]))
+    assert m.source.exporter == "torchscript"
+    ios = component_io(TPOConfig.from_dict(m.source.config))
     for name, comp in m.components.items():
         proto = onnx.load(str(export_dir / comp.file), load_external_data=False)
         assert [i.name for i in proto.graph.input] == [t.name for t in comp.inputs], name

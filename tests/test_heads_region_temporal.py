@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from tpo_core.config import get_preset
-from tpo_core.modeling.heads.region import RegionHead, boxes_to_pixels
-from tpo_core.modeling.heads.temporal import SALIENCY_FILL, TemporalHead, TemporalOutput, spans_to_seconds
+from runtime.contract.postprocess import box_to_pixels, spans_to_seconds
+from tpo_core.config import SALIENCY_FILL, get_preset
+from tpo_core.modeling.heads.region import RegionHead
+from tpo_core.modeling.heads.temporal import TemporalHead, TemporalOutput
 from tpo_core.modeling.losses import box_giou, giou_1d, hungarian_match, region_loss, temporal_loss
 
 
@@ -35,8 +37,10 @@ def test_region_head_shape_and_pixels(tiny):
     head = RegionHead(tiny.region, tiny.llm.hidden_size)
     assert head(torch.randn(3, tiny.llm.hidden_size)).shape == (3, 4)
     boxes = torch.tensor([[0.5, 0.6, 0.1, 0.2], [-0.1, 0.0, 1.2, 1.0]])
-    px = boxes_to_pixels(boxes, width=100, height=50)
-    assert torch.allclose(px, torch.tensor([[10.0, 10.0, 50.0, 30.0], [0.0, 0.0, 100.0, 50.0]]))
+    px = [box_to_pixels(b.numpy(), width=100, height=50) for b in boxes]
+    assert px == [pytest.approx((10.0, 10.0, 50.0, 30.0)), (0.0, 0.0, 100.0, 50.0)]
+    with pytest.raises(ValueError, match="positive"):
+        box_to_pixels(boxes[0].numpy(), 0, 50)
     with pytest.raises(ValueError, match="task_emb"):
         head(torch.randn(3, tiny.llm.hidden_size + 1))
 
@@ -72,9 +76,9 @@ def test_temporal_frame_mask_masks(tiny):
 
 
 def test_spans_to_seconds_known_answer():
-    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [-1.0, 1.0]]])  # fg prob 0.5, 0.881, 0.119
-    spans = torch.tensor([[[0.25, 0.1], [0.5, 0.2], [0.95, 0.2]]])
-    (windows,) = spans_to_seconds(logits, spans, duration=10.6, round_to=1.0)
+    logits = np.array([[0.0, 0.0], [2.0, 0.0], [-1.0, 1.0]])  # fg prob 0.5, 0.881, 0.119
+    spans = np.array([[0.25, 0.1], [0.5, 0.2], [0.95, 0.2]])
+    windows = spans_to_seconds(logits, spans, duration=10.6, round_to=1.0)
     p_hi, p_lo = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(2.0))
     # q1: (0.4, 0.6) * 10.6 = (4.24, 6.36) -> (4, 6); q0: (0.2, 0.3) * 10.6 = (2.12, 3.18) -> (2, 3);
     # q2: (0.85, 1.05) * 10.6 = (9.01, 11.13) -> clamp (9.01, 10.6) -> round (9, 11) -> clamp (9, 10.6)
@@ -82,7 +86,7 @@ def test_spans_to_seconds_known_answer():
     assert len(windows) == 3
     for (s, e, p), (s_ref, e_ref, p_ref) in zip(windows, expected):
         assert s == pytest.approx(s_ref) and e == pytest.approx(e_ref) and p == pytest.approx(p_ref, rel=1e-6)
-    (raw,) = spans_to_seconds(logits, spans, duration=[10.0], round_to=0.0)
+    raw = spans_to_seconds(logits, spans, duration=10.0, round_to=0.0)
     assert raw[0][:2] == pytest.approx((4.0, 6.0))
     with pytest.raises(ValueError, match="duration"):
         spans_to_seconds(logits, spans, duration=0.0)

@@ -21,7 +21,7 @@ from tpo_core.modeling.heads.mask import (
     MemoryState,
     count_parameters,
 )
-from tpo_core.modeling.heads.mask_track import MaskMemoryBank, track_batch
+from tpo_core.modeling.heads.mask_track import MaskMemoryBank, track, track_batch
 from tpo_core.modeling.mask_losses import LOSS_NAMES, boxes_from_masks, mask_head_losses
 
 LLM_DIM = 256
@@ -99,7 +99,7 @@ def test_track_shapes_and_determinism(head):
     torch.manual_seed(2)
     px, prompt = torch.randn(5, 3, 128, 128), torch.randn(1, 3, 64)
     with torch.no_grad():
-        a, b = head.track(px, prompt), head.track(px, prompt)
+        a, b = track(head, px, prompt), track(head, px, prompt)
     assert a.low_res_logits.shape == (5, 1, 32, 32)
     assert a.object_score_logits.shape == (5, 1) and a.iou.shape == (5, 1)
     assert torch.equal(a.raw_low_res_logits, b.raw_low_res_logits) and torch.equal(a.iou, b.iou)
@@ -113,7 +113,7 @@ def test_track_batch_rows_equal_track_per_video(head):
     px, prompts = torch.randn(3, 9, 3, 128, 128), torch.randn(3, 3, 64)
     with torch.no_grad():
         batched = track_batch(head, px, prompts)
-        alone = [head.track(px[i], prompts[i:i + 1]) for i in range(3)]
+        alone = [track(head, px[i], prompts[i:i + 1]) for i in range(3)]
     assert batched.low_res_logits.shape == (3, 9, 1, 32, 32) and batched.iou.shape == (3, 9, 1)
     for i, one in enumerate(alone):
         for name in ("low_res_logits", "object_score_logits", "iou", "raw_low_res_logits"):
@@ -133,7 +133,7 @@ def test_memory_shape_constant_past_capacity(head, monkeypatch):
     monkeypatch.setattr(head, "memory_attention", spy)
     num_frames = head.cfg.num_maskmem + 3
     with torch.no_grad():
-        head.track(torch.randn(num_frames, 3, 128, 128), torch.randn(1, 3, 64))
+        track(head, torch.randn(num_frames, 3, 128, 128), torch.randn(1, 3, 64))
     assert len(seen) == num_frames - 1
     assert {s[:2] for s in seen} == {((1, 7, 64, 16), (1, MAX_OBJECT_POINTERS, 64))}
     assert [s[2] for s in seen] == [min(t, 7) for t in range(1, num_frames)]
@@ -267,7 +267,7 @@ def test_losses_finite_and_decrease_when_overfitting():
     history = []
     for _ in range(30):
         prompt = head.sparse_prompt(h)
-        losses = mask_head_losses(head.track(px, prompt), target, sparse_prompt=prompt, teacher_prompt=teacher,
+        losses = mask_head_losses(track(head, px, prompt), target, sparse_prompt=prompt, teacher_prompt=teacher,
                                   box_pred=head.box(h), box_target=box)
         assert set(losses) == {*LOSS_NAMES, "total"} and all(torch.isfinite(v) for v in losses.values())
         opt.zero_grad()

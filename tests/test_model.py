@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tpo_core.checkpoint import CheckpointError, load_checkpoint
+from tpo_core.checkpoint import CheckpointError
 from tpo_core.config import get_preset
 from tpo_core.data.video import read_video
 from tpo_core.model import TPOModel, parameter_breakdown
@@ -118,7 +118,7 @@ def test_prompt_longer_than_kv_capacity_is_rejected(tiny, clip):
 
 def test_checkpoint_round_trip_and_strict_errors(tiny, clip, tmp_path):
     tiny.save_pretrained(tmp_path / "ck")
-    loaded = load_checkpoint(tmp_path / "ck")
+    loaded = TPOModel.from_pretrained(tmp_path / "ck")
     a = tiny.generate(clip, "Where is the red circle?", max_new_tokens=6)
     b = loaded.generate(clip, "Where is the red circle?", max_new_tokens=6)
     assert a.token_ids == b.token_ids
@@ -129,6 +129,6 @@ def test_checkpoint_round_trip_and_strict_errors(tiny, clip, tmp_path):
     state["surprise.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "ck" / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing keys: region_head.*unexpected keys: surprise"):
-        load_checkpoint(tmp_path / "ck")
+        TPOModel.from_pretrained(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="lacks model.safetensors"):
-        load_checkpoint(tmp_path / "nowhere")
+        TPOModel.from_pretrained(tmp_path / "nowhere")

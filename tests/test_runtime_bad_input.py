@@ -81,14 +81,14 @@ def test_manifest_that_does_not_match_the_engines(export_dir, tmp_path):
 
 
 def test_huge_resolution_video_is_downscaled_with_a_note(pipe, tmp_path):
-    from runtime.cli import force_token
+    from runtime.contract.routing import force_token
     from tpo_core.data.synth import write_mp4
 
     w, h = 8320, 64
     frames = [np.full((h, w, 3), 40 * i % 255, np.uint8) for i in range(6)]
     path = tmp_path / "wide.mp4"
     write_mp4(path, frames, 6, w, h, "libx264")  # MPEG-4 part 2 stops at 8191 px
-    tid = int(pipe.manifest.task_tokens["<box_begin>"]["id"])
+    tid = pipe.manifest.task_tokens["<box_begin>"].id
     res = pipe.ask(str(path), "Where is it?", max_new_tokens=4, logits_processor=force_token(tid, 0))
     assert any("8192 px limit" in n for n in res.notes)
     assert res.video["width"] == w and res.video["height"] == h

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tpo_core.cli import main
+from runtime.cli import main
 
 pytestmark = pytest.mark.slow
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"

@@ -29,7 +29,7 @@ def export_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def engine_dir(export_dir, tmp_path_factory) -> Path:
     """A copy of the export with TensorRT engines built by ``tpo build``."""
-    from tpo_core.cli import main
+    from runtime.cli import main
 
     out = tmp_path_factory.mktemp("trt") / "export"
     shutil.copytree(export_dir, out)
@@ -39,7 +39,7 @@ def engine_dir(export_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference():
-    from tpo_core.cli import load_model
+    from tpo_core.model import load_model
 
     return load_model("embedded")
 
@@ -47,7 +47,7 @@ def reference():
 def _compare(pipe, reference, videos, questions):
     from test_runtime_parity import assert_same  # tests/ is on sys.path (pytest rootdir-less import)
 
-    from runtime.cli import force_token
+    from runtime.contract.routing import force_token
     from tpo_core.data.video import read_video
 
     for video in videos:
@@ -55,7 +55,7 @@ def _compare(pipe, reference, videos, questions):
         for q in questions:
             assert_same(reference.generate(clip, q, max_new_tokens=10), pipe.ask(video, q, max_new_tokens=10))
         for begin in ("<box_begin>", "<time_begin>", "<track_begin>"):
-            lp = force_token(int(pipe.manifest.task_tokens[begin]["id"]), 1)
+            lp = force_token(pipe.manifest.task_tokens[begin].id, 1)
             assert_same(reference.generate(clip, "Find it.", max_new_tokens=6, logits_processor=lp),
                         pipe.ask(video, "Find it.", max_new_tokens=6, logits_processor=lp))
 
@@ -81,12 +81,12 @@ def test_tensorrt_matches_reference(engine_dir, reference, sample_videos):
 def test_cuda_stream_memory_is_flat(export_dir, request, backend):
     import torch
 
-    from runtime.cli import force_token
+    from runtime.contract.routing import force_token
     from runtime.pipeline import Pipeline
 
     folder = request.getfixturevalue("engine_dir") if backend == "tensorrt" else export_dir
     pipe = Pipeline.from_manifest(folder, backend=backend, device="cuda")
-    lp = force_token(int(pipe.manifest.task_tokens["<track_begin>"]["id"]), 0)
+    lp = force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
     frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     seen, mem = 0, []
     for r in pipe.stream((frame for _ in range(1500)), "Track it.", cadence=500, window=16, max_new_tokens=3,

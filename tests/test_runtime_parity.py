@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def reference():
-    from tpo_core.cli import load_model
+    from tpo_core.model import load_model
 
     return load_model("embedded")
 
@@ -31,7 +31,7 @@ def tasks(synth_root):
 
 
 def forcing(token_id: int | None, at: int = 1):
-    from runtime.cli import force_token
+    from runtime.contract.routing import force_token
 
     return None if token_id is None else force_token(token_id, at)
 
@@ -89,7 +89,7 @@ def test_forced_routing_matches_reference(pipe, reference, sample_videos, tasks,
     from tpo_core.data.video import read_video
 
     begin = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}[head]
-    tid = int(pipe.manifest.task_tokens[begin]["id"])
+    tid = pipe.manifest.task_tokens[begin].id
     for video in sample_videos:
         clip = read_video(video, reference.config.vision.num_frames)
         q = tasks[head].question
@@ -108,7 +108,7 @@ def test_routing_at_the_budget_edge_and_sampling(pipe, reference, sample_videos,
     from tpo_core.data.video import read_video
 
     clip = read_video(sample_videos[0], reference.config.vision.num_frames)
-    tid = int(pipe.manifest.task_tokens["<box_begin>"]["id"])
+    tid = pipe.manifest.task_tokens["<box_begin>"].id
     word = reference.prompts.encode_text("red")[0]  # a plain token first, so <box_begin> is the last allowed one
     first, second = forcing(word, 0), forcing(tid, 1)
 
@@ -134,11 +134,11 @@ def test_routing_at_the_budget_edge_and_sampling(pipe, reference, sample_videos,
 
 def test_numpy_frames_input(pipe, reference):
     """A uint8 array of consecutive frames is sampled like a video (middle of segment)."""
-    from tpo_core.data.video import VideoClip
+    from runtime.video_io import Clip
 
     frames = np.random.default_rng(0).integers(0, 256, (40, 48, 80, 3), dtype=np.uint8)
     got = pipe.ask(frames, "When is the red circle visible?", max_new_tokens=6, fps=10.0)
     idx = ((np.arange(pipe.num_frames) + 0.5) * 40 / pipe.num_frames).astype(np.int64)
-    clip = VideoClip(frames=frames[idx], indices=idx, timestamps=idx / 10.0, fps=10.0, num_total_frames=40,
-                     duration=4.0, height=48, width=80, path="")
+    clip = Clip(frames=frames[idx], timestamps=idx / 10.0, duration=4.0, width=80, height=48, fps=10.0, indices=idx,
+                num_total_frames=40)
     assert got.token_ids == reference.generate(clip, "When is the red circle visible?", max_new_tokens=6).token_ids

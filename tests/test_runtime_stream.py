@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def _track_forcer(pipe):
-    from runtime.cli import force_token
+    from runtime.contract.routing import force_token
 
-    return force_token(int(pipe.manifest.task_tokens["<track_begin>"]["id"]), 0)
+    return force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
 
 
 def _rss_mb() -> float:

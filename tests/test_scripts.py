@@ -65,3 +65,33 @@ def test_ablation_calibration_measures_every_stage_on_a_mixed_pool(tmp_path, syn
     assert set(sec) == {"stage1", "stage2", "stage3"} and all(v > 0 for v in sec.values())
     logged = [json.loads(line) for line in (tmp_path / "calibration" / "stage2" / "metrics.jsonl").open()]
     assert any("mask_pixel" in r for r in logged)  # the stage-2 pool holds mask samples, not only region ones
+
+
+def test_ablation_aggregates_seeds_into_mean_and_spread(tmp_path):
+    abl = _load("ablation")
+    plan = {"batch_size": 64, "stage1_steps": 10, "steps": 8, "stage3_steps": 6, "seeds": [0, 1, 2],
+            "videos": 30, "val_videos": 5, "per_task": 4, "time_caps": [60.0, 60.0, 60.0]}
+    o = abl.overrides("c_full", plan)
+    assert o["stage2"]["time_budget_s"] == 30.0 == o["stage3"]["time_budget_s"]
+    for seed, region in zip((0, 1, 2), (0.2, 0.4, 0.6)):
+        d = abl.run_dir(tmp_path, "b_cotrain", seed)
+        (d / "final").mkdir(parents=True)
+        summary = {"routing_accuracy": 1.0, "region": {"acc@0.5": region, "mean_iou": 0.5,
+                                                       "baseline_mean_box": {"acc@0.5": 0.05}},
+                   "temporal": {"r1@0.5": 0.6, "miou": 0.5, "baseline_whole_video": {"r1@0.5": 0.55}},
+                   "mask": {"J": 0.3, "J&F": 0.3, "baseline_mean_box": {"J": 0.1}}, "qa": {"accuracy": 0.4},
+                   "negative": {"false_found": 0.1}}
+        (d / "eval.json").write_text(json.dumps(summary))
+        (d / "final" / "train_summary.json").write_text(json.dumps([{"stage": "stage2", "steps": 7 + seed,
+                                                                      "seconds": 9.0}]))
+    out = tmp_path / "out"
+    out.mkdir()
+    runs = abl.collect(tmp_path, out, plan)
+    assert sorted(runs["b_cotrain"]) == [0, 1, 2]
+    data = json.loads((out / "ablation.json").read_text())
+    cell = data["aggregate"]["b_cotrain"]["region Acc@0.5"]
+    assert cell["mean"] == pytest.approx(0.4) and cell["std"] == pytest.approx(0.2) and len(cell["values"]) == 3
+    assert data["steps"]["b_cotrain"] == {"0": {"stage2": 7}, "1": {"stage2": 8}, "2": {"stage2": 9}}
+    table = (out / "ablation.md").read_text()
+    assert "| b_cotrain | 100.0 ± 0.0 | 40.0 ± 20.0 |" in table and "s2: 9" in table
+    assert "mean-box Acc@0.5 5.0" in table

@@ -130,7 +130,7 @@ def test_resume_reproduces_the_loss_trajectory(samples, tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_all_stages_then_eval(synth_root, tmp_path, capsys):
-    from tpo_core.cli import main
+    from runtime.cli import main
 
     out = tmp_path / "run"
     rc = main(["train", "--preset", "tiny", "--stage", "all", "--data", str(synth_root), "--out", str(out),

@@ -174,7 +174,7 @@ def test_clip_store_returns_what_read_video_returns(synth_root, tmp_path):
         a, b = read_video(path, 8), store.get(path)
         for name in ("frames", "indices", "timestamps"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
-        for name in ("fps", "num_total_frames", "duration", "height", "width", "path"):
+        for name in ("fps", "num_total_frames", "duration", "height", "width", "path", "notes"):
             assert getattr(a, name) == getattr(b, name), name
     with pytest.raises(FileNotFoundError, match="tpo data synth"):
         build_clip_store(tmp_path / "empty", 8)

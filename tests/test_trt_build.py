@@ -6,6 +6,7 @@ execution is covered by the ``gpu`` test in tests/test_engines.py with full Tens
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from export.trt_build import EngineBuildError, Target, build_engines, main, resolve_precision
-from runtime.manifest import ComponentSpec, Manifest, ManifestError, TensorSpec, sha256_file
+from runtime.manifest import REQUIRED_COMPONENTS, ComponentSpec, Manifest, ManifestError, TensorSpec, sha256_file
 from runtime.trt_compat import load_trt
 
 _spec = importlib.util.spec_from_file_location("_toys", Path(__file__).with_name("test_engines.py"))
@@ -31,8 +32,8 @@ def _fp16_mlp(folder: Path) -> ComponentSpec:
     """An MLP exported in fp16 (IO and weights float16): what the RTX builder builds as fp16."""
     g = toys.toy_graphs()["mlp"]
     g["module"], g["example"] = g["module"].half(), (torch.randn(2, 8).half(),)
-    for t in g["inputs"] + g["outputs"]:
-        t.dtype = "float16"
+    for key in ("inputs", "outputs"):
+        g[key] = [dataclasses.replace(t, dtype="float16") for t in g[key]]
     toys.export_onnx(g, folder / "mlp_fp16.onnx")
     return toys.component(folder, "mlp_fp16.onnx", g, precision="fp16")
 
@@ -46,8 +47,10 @@ def _bad_graph(folder: Path) -> ComponentSpec:
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.example", 1)]),
               folder / "bad.onnx")
     return ComponentSpec(file="bad.onnx", sha256=sha256_file(folder / "bad.onnx"),
-                         inputs=[TensorSpec("x", "float32", ["batch", 4])],
-                         outputs=[TensorSpec("y", "float32", ["batch", 4])], profiles={"default": {"batch": [1, 2, 4]}})
+                         inputs=(TensorSpec("x", "float32", ("batch", 4), ""),),
+                         outputs=(TensorSpec("y", "float32", ("batch", 4), ""),),
+                         profiles={"default": {"batch": (1, 2, 4)}}, precision="fp32", external_data=None,
+                         external_data_sha256=None, tolerance={}, engine=None, doc="")
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def export(tmp_path: Path) -> Manifest:
 def test_rtx_builds_every_toy_graph_and_records_engines(export: Manifest, capsys) -> None:
     trt = load_trt(RTX)
     report = build_engines(export.root, builder=RTX, workspace_gib=0.5)
-    names = set(Manifest.REQUIRED_COMPONENTS) | {"head_fp16"}
+    names = set(REQUIRED_COMPONENTS) | {"head_fp16"}
     assert {c.component for c in report.components} == names
     assert report.builder == RTX and report.builder_version == trt.version and report.compute_target == "rtx-jit"
     m = Manifest.load(export.root)  # hashes of ONNX files and engines verified
@@ -68,8 +71,8 @@ def test_rtx_builds_every_toy_graph_and_records_engines(export: Manifest, capsys
         rec = m.components[name].engine
         assert rec is not None and rec.file == f"{name}.engine" and rec.sha256 == sha256_file(m.path_of(rec.file))
         assert (rec.builder, rec.builder_version, rec.compute_target) == (RTX, trt.version, "rtx-jit")
-        assert rec.precision == m.components[name].precision and rec.profiles == list(m.components[name].profiles)
-    assert m.components["llm"].engine.profiles == ["prefill", "decode"]
+        assert rec.precision == m.components[name].precision and rec.profiles == tuple(m.components[name].profiles)
+    assert m.components["llm"].engine.profiles == ("prefill", "decode")
     assert m.components["head_fp16"].engine.precision == "fp16"
     out = capsys.readouterr().out
     assert "[tpo build] llm:" in out and "profile(s)" in out and "> Building engine" in out  # progress monitor

@@ -1,4 +1,4 @@
-"""tpo verify: the manifest-driven ONNX loop equals TPOModel.generate; failures are gathered; bad sources refused."""
+"""tpo verify: the runtime Pipeline equals TPOModel.generate; failures are gathered; bad sources refused."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from test_export import tiny_export
 
 from export.exporter import export_model, load_source
 from export.verify import reference_model, verify_export
-from export.verify_loop import RingBank
+from runtime.cli import main as tpo_main
 from runtime.manifest import Manifest
-from tpo_core.cli import main as tpo_main
 
 
 def test_end_to_end_tokens_and_heads_equal_the_reference():
@@ -49,7 +48,7 @@ def test_a_changed_checkpoint_is_refused(tmp_path):
     model, _ = load_source("untrained-tiny")
     model.save_pretrained(tmp_path / "ckpt")
     m = export_model(tmp_path / "ckpt", tmp_path / "exp", "fp32", components=["head_region"], log=lambda _m: None)
-    assert m.source["sha256"] and reference_model(m) is not None
+    assert m.source.sha256 and reference_model(m) is not None
     with torch.no_grad():
         model.region_head.mlp[0].bias.add_(1.0)
     model.save_pretrained(tmp_path / "ckpt")
@@ -65,17 +64,3 @@ def test_export_cli_partial_embedded(tmp_path, capsys):
     assert json.loads(line)["components"] == ["head_region", "loc_encoder"]
     m = Manifest.load(tmp_path, require_all=False)
     assert (tmp_path / "tokenizer.json").is_file() and set(m.components) == {"head_region", "loc_encoder"}
-
-
-def test_ring_bank_matches_the_reference_bank():
-    from tpo_core.modeling.heads.mask_track import MaskMemoryBank
-
-    ref = MaskMemoryBank(3, 4, batch=1, hw=2, mem_dim=1, hidden_dim=2)
-    bank = RingBank(3, 4, hw=2, mem_dim=1, hidden=2, dtype="float32")
-    for t in range(7):
-        mem, ptr = torch.full((1, 2, 1), float(t)), torch.full((1, 2), float(t))
-        ref.add(t, mem, mem, ptr, conditioning=t == 0)
-        bank.add(t, mem.numpy(), mem.numpy(), ptr.numpy(), conditioning=t == 0)
-        want, got = ref.state(t + 1), bank.state(t + 1)
-        for name in ("memory", "memory_offsets", "memory_valid", "pointers", "pointer_offsets", "pointer_valid"):
-            assert (getattr(want, name).numpy() == got[name]).all(), (t, name)

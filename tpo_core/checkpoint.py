@@ -1,5 +1,9 @@
 """Checkpoints: a folder with ``model.safetensors``, ``config.json``, ``checkpoint.json`` and tokenizer files.
 
+``EMBEDDED_DEFAULT`` is the shipped default model (``tpo_core/assets/default``). The model side builds a
+``TPOModel`` from a folder with ``TPOModel.from_pretrained`` (``tpo_core.model``); this module only reads and
+writes the files.
+
 No pickles: weights are safetensors only. Loading is strict: missing and unexpected keys are named in
 the error. ``checkpoint.json`` records whether LoRA adapters are applied (unmerged keys) and the dtype.
 """
@@ -19,6 +23,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META = "checkpoint.json"
 TOKENIZER = "tokenizer.json"
+EMBEDDED_DEFAULT = Path(__file__).parent / "assets" / "default"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -57,10 +62,9 @@ def checkpoint_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Build a TPOModel from a checkpoint folder with strict key checking."""
+def read_checkpoint(path: str | Path):
+    """A checkpoint folder -> (config, meta dict, tokenizer, state dict); CheckpointError when a file is missing."""
     from .data.tokenizer_build import load_tokenizer
-    from .model import TPOModel
 
     path = Path(path)
     for name in (WEIGHTS, CONFIG, META):
@@ -71,12 +75,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype = 
     meta = json.loads((path / META).read_text())
     config = TPOConfig.from_json(path / CONFIG)
     tokenizer = load_tokenizer(str(path)) if (path / TOKENIZER).is_file() else load_tokenizer(config.llm.tokenizer)
-    model = TPOModel(config, tokenizer)
-    if meta.get("lora_applied"):
-        model.llm.apply_lora()
-    state = load_file(str(path / WEIGHTS))
-    load_state_strict(model, state, str(path))
-    return model.to(device=device, dtype=dtype).eval()
+    return config, meta, tokenizer, load_file(str(path / WEIGHTS))
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

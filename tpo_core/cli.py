@@ -1,17 +1,10 @@
-"""The ``tpo`` command line. Each subcommand's heavy imports happen only when it runs."""
+"""The model side's subcommands (``ask``, ``info``, ``data synth``, ``train``, ``eval``), registered on the ``tpo``
+umbrella (``runtime.cli``) through ``add_parsers``. Each subcommand's heavy imports happen only when it runs."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
-
-from . import __version__
-
-EMBEDDED_DEFAULT = Path(__file__).parent / "assets" / "default"
-SAMPLE_PROMPTS = ("What colour is the background?", "Where is {obj}?", "When does {obj} appear?", "Track {obj}.")
 
 
 def _add_ask(sub) -> None:
@@ -39,38 +32,12 @@ def _add_info(sub) -> None:
     p.set_defaults(func=run_info)
 
 
-def load_model(spec: str):
-    """'embedded', 'untrained-tiny' or a folder -> TPOModel in eval mode on the CPU."""
-    from .config import get_preset
-    from .model import TPOModel
-
-    if spec == "untrained-tiny" or (spec == "embedded" and not (EMBEDDED_DEFAULT / "model.safetensors").is_file()):
-        if spec == "embedded":
-            print("note: no trained embedded model is installed; using an untrained tiny model (seed 0)",
-                  file=sys.stderr)
-        return TPOModel.from_config(get_preset("tiny"), seed=0).eval()
-    return TPOModel.from_pretrained(EMBEDDED_DEFAULT if spec == "embedded" else spec)
-
-
-def sample_video(cache: Path | None = None) -> tuple[Path, str]:
-    """Generate (once) a sample video with the synthetic generator; returns (path, an object phrase in it).
-
-    ``cache`` defaults to ``~/.cache/tpo-edge/sample``; ``tpo ask --sample`` and ``tpo demo`` share it.
-    """
-    from .data.synth import generate, task_samples
-
-    cache = cache or Path.home() / ".cache" / "tpo-edge" / "sample"
-    if not (cache / "manifest.json").is_file():
-        generate(cache, 1, 12345, "val", overwrite=True)
-    samples = task_samples(cache)
-    phrase = next((s.phrase for s in samples if s.phrase), "the red circle")
-    if not phrase.lower().startswith(("the ", "a ", "an ")):
-        phrase = "the " + phrase
-    return Path(samples[0].video), phrase
-
-
 def run_ask(args) -> int:
+    from runtime.paths import cache_root
+
+    from .data.sample import SAMPLE_PROMPTS, sample_video
     from .data.video import read_video
+    from .model import load_model
 
     model = load_model(args.checkpoint)
     if args.video:
@@ -78,7 +45,7 @@ def run_ask(args) -> int:
         if not prompts:
             raise SystemExit("tpo ask: give --prompt \"...\" (or use --sample)")
     elif args.sample:
-        video, phrase = sample_video()
+        video, phrase = sample_video(cache_root() / "sample")
         prompts = args.prompt or [p.format(obj=phrase) for p in SAMPLE_PROMPTS]
     else:
         raise SystemExit("tpo ask: give --video PATH --prompt \"...\", or --sample")
@@ -127,42 +94,12 @@ def run_info(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tpo", description="tpo-edge: train, export and deploy TPO video MLLMs")
-    parser.add_argument("--version", action="version", version=f"tpo-edge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_ask(sub)
-    _add_info(sub)
-    data = sub.add_parser("data", help="datasets: generate synthetic videos with exact labels")
-    data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+def add_parsers(sub) -> None:
+    """Register ``ask``, ``info``, ``data synth``, ``train`` and ``eval`` on the ``tpo`` subparsers."""
     from .data.synth import add_synth_parser
-
-    add_synth_parser(sub)  # finds the "data" parser above and adds "synth" to its subcommands
-    from export.cli import add_parsers as add_export
-    from runtime.cli import add_parsers as add_runtime
-
     from .train.cli import add_parsers as add_train
 
+    _add_ask(sub)
+    _add_info(sub)
+    add_synth_parser(sub)
     add_train(sub)
-    add_export(sub)
-    add_runtime(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user-facing errors already say what is wrong and the fix
-        if os.environ.get("TPO_DEBUG"):
-            raise
-        print(f"tpo {args.command}: error: {e}\n(set TPO_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,9 @@ CONFIG_VERSION = 1
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_OBJECT_POINTERS = 16  # SAM2's max_obj_ptrs_in_encoder: pointer-slot capacity of the mask memory bank
+NO_OBJ_SCORE = -1024.0  # SAM2's placeholder logit for masks of frames where the object is absent
+SALIENCY_FILL = -1e4  # temporal saliency of invalid frames (finite, so losses and ONNX stay NaN-free)
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -19,12 +19,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import TPOConfig
-from .tokens import TASK_TOKENS
+from runtime.contract.prompt import BEGIN_TO_TASK, INPUT_TOKENS, PLACEHOLDER_EMBEDDING, TASK_TOKENS, release_template
+from runtime.manifest import (
+    GenerationSpec,
+    HeadsSpec,
+    KVSpec,
+    MaskSpec,
+    PreprocessSpec,
+    TaskToken,
+    TemporalHeadSpec,
+    TokenizerSpec,
+)
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, MAX_OBJECT_POINTERS, NO_OBJ_SCORE, SALIENCY_FILL, TPOConfig
 
 FLOAT = "float"
-MAX_OBJECT_POINTERS = 16  # SAM2's pointer-slot capacity (tpo_core.modeling.heads.mask.MAX_OBJECT_POINTERS)
-NUM_CANDIDATE_MASKS = 3  # SAM2 multimask output
+PREFILL_TEXT_TOKENS = 48  # text tokens of a typical prompt: the prefill profile's opt = visual tokens + this
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,7 @@ def _llm(cfg: TPOConfig, lim: ExportLimits) -> ComponentIO:
     outputs = [IOSpec("logits", "float32", ("batch", vocab), "next-token logits of the LAST position"),
                IOSpec("hidden_states", FLOAT, ("batch", "seq", c.hidden_size), "final-norm hidden states")]
     outputs += [IOSpec(n, FLOAT, ("batch", kvh, "total", hd), "past + new keys/values") for n in present]
-    prompt = cfg.num_visual_tokens + 48
-    opt = lim.prefill_opt or prompt
+    opt = lim.prefill_opt or cfg.num_visual_tokens + PREFILL_TEXT_TOKENS
     profiles = {
         "prefill": {"batch": _rng(1, 1, lim.max_batch), "seq": _rng(1, opt, ctx), "past": _rng(0, 0, ctx - 1),
                     "total": _rng(1, opt, ctx)},
@@ -138,7 +147,7 @@ def _heads(cfg: TPOConfig, lim: ExportLimits) -> list[ComponentIO]:
          IOSpec("frame_mask", "bool", ("batch", "clips"), "True = valid frame")),
         (IOSpec("pred_logits", FLOAT, ("batch", tc.num_queries, 2), "class logits, 0 = foreground"),
          IOSpec("pred_spans", FLOAT, ("batch", tc.num_queries, 2), "(center, width) / duration, sigmoid"),
-         IOSpec("saliency", FLOAT, ("batch", "clips"), "per-frame saliency; invalid frames -1e4")),
+         IOSpec("saliency", FLOAT, ("batch", "clips"), f"per-frame saliency; invalid frames {SALIENCY_FILL:g}")),
         {"default": {"batch": _rng(1, 1, lim.max_batch), "clips": _rng(1, frames, tc.max_clips)}},
         "DETR-style span decoder",
     )
@@ -234,3 +243,56 @@ def tensor_files(config: TPOConfig) -> list[TensorFileSpec]:
         TensorFileSpec("mask_no_prompt", FLOAT, (2, config.mask.hidden_dim),
                        "sparse prompt of tracking frames (2 not-a-point tokens); add a batch dim"),
     ]
+
+
+# ------------------------------------------------------------------------------------------ manifest sections
+def _task_tokens(ids: dict[str, int]) -> dict[str, TaskToken]:
+    out = {}
+    for token in TASK_TOKENS:
+        ph, head = BEGIN_TO_TASK.get(token, (None, None))
+        role = "begin" if ph else "placeholder" if token in PLACEHOLDER_EMBEDDING else "input"
+        out[token] = TaskToken(id=ids[token], role=role, head=head, placeholder=ph,
+                               placeholder_id=ids[ph] if ph else None, embedding=PLACEHOLDER_EMBEDDING.get(token),
+                               embedding_graph=INPUT_TOKENS.get(token))
+    return out
+
+
+def tokenizer_section(tokenizer, file: str, sha256: str) -> TokenizerSpec:
+    ids = {name: tokenizer.token_to_id(t) for name, t in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"),
+                                                          ("unk", "<unk>"))}
+    for key in ("bos", "eos"):
+        if ids[key] is None:
+            raise ValueError(f"the tokenizer has no {key} token; a TPO tokenizer needs <s> and </s>")
+    pad = ids["pad"] if ids["pad"] is not None else ids["unk"] if ids["unk"] is not None else 0
+    return TokenizerSpec(file=file, sha256=sha256, kind="huggingface-tokenizers", bos_id=ids["bos"],
+                         eos_id=ids["eos"], pad_id=pad, unk_id=ids["unk"], bos_per_chunk=True)
+
+
+def manifest_sections(config: TPOConfig, tokenizer: TokenizerSpec, task_ids: dict[str, int], kv_dtype: str,
+                      untrained_heads: tuple[str, ...] = ()) -> dict:
+    """The manifest's non-graph sections for ``config`` (typed; see ``runtime/manifest.py``)."""
+    v, llm, m, t = config.vision, config.llm, config.mask, config.temporal
+    past, present = kv_names(llm.num_layers)
+    return {
+        "tokenizer": tokenizer,
+        "task_tokens": _task_tokens(task_ids),
+        "prompt": release_template(config.system_message, config.num_visual_tokens),
+        "preprocess": PreprocessSpec(num_frames=v.num_frames, sampling="middle-of-segment", size=v.img_size,
+                                     resize=v.resize, align_corners=False, antialias=False, clamp=(0.0, 255.0),
+                                     mean=tuple(v.mean), std=tuple(v.std)),
+        "kv": KVSpec(layers=llm.num_layers, kv_heads=llm.num_kv_heads, head_dim=llm.head_dim,
+                     max_context=llm.max_context, dtype=kv_dtype, past_names=tuple(past), present_names=tuple(present),
+                     rope_theta=float(llm.rope_theta), hidden_size=llm.hidden_size,
+                     vocab_size=llm.vocab_size + len(TASK_TOKENS)),
+        "mask": MaskSpec(image_size=m.image_size, low_res=m.low_res_size, embed_size=m.image_size // 16,
+                         hidden_dim=m.hidden_dim, mem_dim=m.mem_dim, memory_capacity=m.num_maskmem,
+                         pointer_capacity=MAX_OBJECT_POINTERS, resize="bilinear", antialias=True, align_corners=False,
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.0, no_object_score=NO_OBJ_SCORE,
+                         skip_last_memory=True),
+        "heads": HeadsSpec(temporal=TemporalHeadSpec(round_to_s=float(t.round_to_s), foreground_index=0,
+                                                     num_queries=t.num_queries, max_clips=t.max_clips,
+                                                     saliency_fill=SALIENCY_FILL),
+                           mask_threshold=0.0, untrained=tuple(untrained_heads)),
+        "generation": GenerationSpec(max_new_tokens=config.max_new_tokens, eos_id=tokenizer.eos_id,
+                                     stop_ids=(tokenizer.eos_id,)),
+    }

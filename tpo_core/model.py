@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TPOConfig
+from .checkpoint import EMBEDDED_DEFAULT, WEIGHTS, load_state_strict, read_checkpoint, save_checkpoint
+from .config import TPOConfig, get_preset
 from .modeling.connector import QFormerConnector
 from .modeling.heads.mask import MaskHead
+from .modeling.heads.mask_track import track
 from .modeling.heads.region import RegionHead
 from .modeling.heads.temporal import TemporalHead
 from .modeling.llm import TaskLLM
@@ -59,13 +61,15 @@ class TPOModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TPOModel:
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(path, device=device, dtype=dtype)
+        """A checkpoint folder -> the model, loaded strictly (missing / unexpected / mis-shaped keys are named)."""
+        config, meta, tokenizer, state = read_checkpoint(path)
+        model = cls(config, tokenizer)
+        if meta.get("lora_applied"):
+            model.llm.apply_lora()
+        load_state_strict(model, state, str(path))
+        return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        from .checkpoint import save_checkpoint
-
         return save_checkpoint(self, path, dtype=dtype)
 
     @property
@@ -120,7 +124,7 @@ class TPOModel(nn.Module):
     def run_mask(self, h: torch.Tensor, mask_pixels: torch.Tensor):
         """h [1, D], mask_pixels [T, 3, Sm, Sm] normalized -> TrackOutput (low-res logits [T, 1, s, s], ...)."""
         prompt = self.mask_head.sparse_prompt(h)
-        return self.mask_head.track(mask_pixels, prompt)
+        return track(self.mask_head, mask_pixels, prompt)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -146,3 +150,20 @@ def parameter_breakdown(model: TPOModel) -> dict[str, int]:
     }
     out["total"] = int(np.sum(list(out.values())))
     return out
+
+
+def load_model(spec: str | Path) -> TPOModel:
+    """``"embedded"`` (the shipped default), ``"untrained-tiny"`` or a checkpoint folder -> TPOModel (eval, CPU).
+
+    Without a trained embedded model installed, ``"embedded"`` falls back to the untrained tiny model (seed 0)
+    with a note on stderr.
+    """
+    import sys
+
+    spec = str(spec)
+    if spec == "untrained-tiny" or (spec == "embedded" and not (EMBEDDED_DEFAULT / WEIGHTS).is_file()):
+        if spec == "embedded":
+            print("note: no trained embedded model is installed; using an untrained tiny model (seed 0)",
+                  file=sys.stderr)
+        return TPOModel.from_config(get_preset("tiny"), seed=0).eval()
+    return TPOModel.from_pretrained(EMBEDDED_DEFAULT if spec == "embedded" else spec)

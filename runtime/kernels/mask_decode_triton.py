@@ -14,7 +14,8 @@ Host side: a cached ``_Plan`` per shape/dtype holds every scalar and launches th
 own launcher after the first call (``_Launcher``), so a cached call skips validation and Triton's JIT
 dispatch. ``MaskDecoder`` adds outputs allocated once and an optional CUDA graph for a stream's steady state.
 
-torch and triton are imported at module import; only ``runtime.mask_decode`` imports this module, lazily.
+torch and triton are imported at module import; only ``runtime.mask_decode`` imports this module, lazily;
+shared types come from ``runtime.mask_bits``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.mask_decode import _OUT_THRESHOLD, MaskDecodeResult, _check_out_hw, _check_shapes, _dtype_name
+from runtime.mask_bits import OUT_THRESHOLD, MaskDecodeResult, check_out_hw, check_shapes, dtype_name
 
 __all__ = [
     "CONFIG", "DEFAULT_VARIANT", "VARIANTS", "KernelConfig", "MaskDecoder", "decode_masks_triton",
@@ -270,7 +271,7 @@ class _Plan:
         self.n, self.H, self.W, self.has_scores = n, H, W, has_scores
         self.n_words = -(-W // 32)
         self.n_rb = -(-H // cfg.block_h)
-        thr = _OUT_THRESHOLD[dtype]
+        thr = OUT_THRESHOLD[dtype]
         idx_fma, blend = variant
         self.decode_tail = [h, w, H, W, self.n_words, self.n_rb, _scale(h, H), _scale(w, W), thr,
                             has_scores, write_values, idx_fma, blend, cfg.block_h, cfg.block_words]
@@ -320,12 +321,12 @@ def _get_plan(logits: Any, out_hw: Any, object_scores: Any, variant, write_value
         key = None
     except (KeyError, AttributeError):
         pass
-    H, W = _check_out_hw(out_hw)
+    H, W = check_out_hw(out_hw)
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"triton backend needs a torch tensor, got {type(logits).__name__}")
-    _check_shapes(tuple(logits.shape), None if object_scores is None else tuple(object_scores.shape))
-    dtype = _dtype_name(logits.dtype)
-    if dtype not in _OUT_THRESHOLD:
+    check_shapes(tuple(logits.shape), None if object_scores is None else tuple(object_scores.shape))
+    dtype = dtype_name(logits.dtype)
+    if dtype not in OUT_THRESHOLD:
         raise ValueError(f"logits dtype must be float32/float16/bfloat16, got {dtype}")
     if object_scores is not None and object_scores.device != logits.device:
         raise ValueError("object_scores must be on the same device as logits")

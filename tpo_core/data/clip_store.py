@@ -5,10 +5,10 @@
 
 - ``frames_<k>.npy``: uint8, the ``[T, H, W, 3]`` frames of the videos of shard k, flattened one after another;
 - ``index.json``: per video (path relative to ``root``): shard, offset and shape of its frames, plus the
-  ``VideoClip`` fields (indices, timestamps, fps, frame count, duration, size).
+  ``Clip`` fields (indices, timestamps, fps, frame count, duration, size).
 
 ``ClipStore.open(root, num_frames)`` memory-maps the shards (the page cache is shared by all processes on the
-machine) and ``get(path)`` returns the same ``VideoClip`` that ``read_video(path, T)`` returns (tested).
+machine) and ``get(path)`` returns the same ``Clip`` that ``read_video(path, T)`` returns (tested).
 Training (``ClipCache(store=...)``) then decodes nothing: on a many-core machine the store of 3000 synthetic
 videos takes seconds to write, where each training process used to decode them all again in its first epoch.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import VideoClip, read_video
+from .video import Clip, read_video
 
 INDEX = "index.json"
 
@@ -40,7 +40,7 @@ def _decode_shard(args: tuple) -> list[dict]:
         entries.append({"video": rel, "shard": shard, "offset": offset, "shape": list(frames.shape),
                         "indices": clip.indices.tolist(), "timestamps": clip.timestamps.tolist(), "fps": clip.fps,
                         "num_total_frames": clip.num_total_frames, "duration": clip.duration,
-                        "height": clip.height, "width": clip.width})
+                        "height": clip.height, "width": clip.width, "notes": list(clip.notes)})
         offset += frames.size
     flat = np.concatenate(arrays) if arrays else np.zeros(0, np.uint8)
     np.save(Path(out) / f"frames_{shard}.npy", flat)
@@ -71,7 +71,7 @@ def build_clip_store(root: str | Path, num_frames: int, workers: int = 1) -> Pat
 
 
 class ClipStore:
-    """Read side of a clip store: ``get(path) -> VideoClip | None`` (None for a video it does not hold)."""
+    """Read side of a clip store: ``get(path) -> Clip | None`` (None for a video it does not hold)."""
 
     def __init__(self, root: Path, folder: Path, index: dict):
         self.root, self.folder = Path(root).resolve(), folder
@@ -94,7 +94,7 @@ class ClipStore:
             self._shards[k] = np.load(self.folder / f"frames_{k}.npy", mmap_mode="r")
         return self._shards[k]
 
-    def get(self, path: str | Path) -> VideoClip | None:
+    def get(self, path: str | Path) -> Clip | None:
         try:
             rel = Path(path).resolve().relative_to(self.root).as_posix()
         except ValueError:
@@ -104,7 +104,7 @@ class ClipStore:
             return None
         n = int(np.prod(e["shape"]))
         frames = np.array(self._shard(e["shard"])[e["offset"]:e["offset"] + n]).reshape(e["shape"])
-        return VideoClip(frames=frames, indices=np.asarray(e["indices"], dtype=np.int64),
-                         timestamps=np.asarray(e["timestamps"], dtype=np.float64), fps=float(e["fps"]),
-                         num_total_frames=int(e["num_total_frames"]), duration=float(e["duration"]),
-                         height=int(e["height"]), width=int(e["width"]), path=str(path))
+        return Clip(frames=frames, timestamps=np.asarray(e["timestamps"], dtype=np.float64),
+                    duration=float(e["duration"]), width=int(e["width"]), height=int(e["height"]),
+                    fps=float(e["fps"]), path=str(path), notes=list(e.get("notes", [])),
+                    indices=np.asarray(e["indices"], dtype=np.int64), num_total_frames=int(e["num_total_frames"]))

@@ -43,7 +43,7 @@ from ..config import TPOConfig
 from ..modeling.heads.mask import preprocess_mask_frames
 from ..modeling.losses import span_groups
 from ..prompting import PromptBuilder
-from .video import VideoClip, preprocess_frames, read_video
+from .video import Clip, preprocess_frames, read_video
 
 IGNORE_INDEX = -100
 TASKS = ("region", "temporal", "mask", "qa", "negative")
@@ -51,17 +51,17 @@ TEXT_TASKS = ("qa", "negative")  # answered in text: no head, no placeholder
 
 
 class ClipCache:
-    """Decoded ``VideoClip``s keyed by path, LRU, bounded by ``max_bytes`` of frame data."""
+    """Decoded ``Clip``s keyed by path, LRU, bounded by ``max_bytes`` of frame data."""
 
     def __init__(self, num_frames: int, max_bytes: int = 8 << 30, store=None):
         self.num_frames = num_frames
         self.max_bytes = max_bytes
         self.store = store  # a clip_store.ClipStore of this frame count, or None
-        self._clips: OrderedDict[str, VideoClip] = OrderedDict()
+        self._clips: OrderedDict[str, Clip] = OrderedDict()
         self._bytes = 0
         self.hits = self.misses = 0
 
-    def get(self, path: str) -> VideoClip:
+    def get(self, path: str) -> Clip:
         clip = self._clips.get(path)
         if clip is not None:
             self._clips.move_to_end(path)
@@ -126,10 +126,6 @@ class Batch:
         """Every tensor in page-locked memory (``DataLoader(pin_memory=True)`` calls this)."""
         return self._map(lambda t: t.pin_memory())
 
-    @property
-    def num_label_tokens(self) -> int:
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
-
 
 def _frame_relevance(times: np.ndarray, windows: list, saliency: list, clip_len: float) -> np.ndarray:
     """Per-frame relevance [T]: the clip's saliency inside a ground-truth window (at least 1), else 0."""
@@ -192,12 +188,12 @@ class TPOCollator:
         self.placeholders = {prompts.task_ids.boxes, prompts.task_ids.temp, prompts.task_ids.tracking}
         self._pixels: OrderedDict[str, torch.Tensor] = OrderedDict()
 
-    def clip(self, sample) -> VideoClip:
+    def clip(self, sample) -> Clip:
         if not sample.video:
             raise ValueError(f"sample {sample.id!r} ({sample.task}) has no video; every TPO sample needs one")
         return self.cache.get(sample.video)
 
-    def pixels(self, clip: VideoClip) -> torch.Tensor:
+    def pixels(self, clip: Clip) -> torch.Tensor:
         """Vision-encoder input of a clip [T, 3, S, S] (cached beside the clip, small at tiny sizes)."""
         px = self._pixels.get(clip.path)
         if px is None:
@@ -208,7 +204,7 @@ class TPOCollator:
                 self._pixels.popitem(last=False)
         return px
 
-    def encode_tokens(self, sample, clip: VideoClip) -> tuple[list[int], list[int], list[bool], int]:
+    def encode_tokens(self, sample, clip: Clip) -> tuple[list[int], list[int], list[bool], int]:
         """-> (input_ids, labels, visual flags, placeholder position or -1), all of one length."""
         p = self.prompts.build(sample.question, clip.timestamps, sample.answer)
         ids = p.pre + [self.pad_id] * p.num_visual + p.post + p.answer
@@ -220,7 +216,7 @@ class TPOCollator:
                              "placeholder; task answers must contain e.g. '<box_begin><boxes>'")
         return ids, labels, visual, pos
 
-    def _mask_targets(self, sample, clip: VideoClip, key: int) -> tuple[torch.Tensor, np.ndarray, tuple]:
+    def _mask_targets(self, sample, clip: Clip, key: int) -> tuple[torch.Tensor, np.ndarray, tuple]:
         t = clip.frames.shape[0]
         rng = np.random.default_rng([self.seed, key, len(sample.id)])
         later = np.sort(rng.choice(np.arange(1, t), size=self.mask_frames - 1, replace=False)) if t > 1 else []

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from tpo_core.config import SALIENCY_FILL
 from tpo_core.modeling.heads.temporal import BACKGROUND, FOREGROUND, TemporalOutput
 
 _EPS = 1e-7
@@ -171,7 +172,7 @@ def rank_contrastive_loss(saliency: torch.Tensor, relevance: torch.Tensor, valid
     one level. ``[B, L]`` inputs -> scalar (0 when no frame is positive). ``levels``: those distinct levels when
     the caller knows them (the collator does; ``torch.unique`` would read the relevance back from the device).
     """
-    logits = (saliency / tau).masked_fill(~valid, -1e4)
+    logits = (saliency / tau).masked_fill(~valid, SALIENCY_FILL)  # invalid frames: no probability mass
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # [B, L]
     if levels is None:
         levels = torch.unique(relevance[(relevance > 0) & valid])

@@ -86,7 +86,7 @@ def _score_mask(sample, clip, res, acc: MetricAccumulator, rec: dict, prior: dic
         acc.add("mask_J_mean_box", video_j_and_f(np.broadcast_to(base, gts.shape), gts)["J"])
     rec.update(jf, label=_mask_summary(gts[0]))
     if res.mask is not None:
-        rec["pred"] = _mask_summary(res.mask.masks[0])
+        rec["pred"] = _mask_summary(res.mask.mask(0))
 
 
 def _mask_summary(mask: np.ndarray) -> list[float]:

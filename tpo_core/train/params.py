@@ -106,7 +106,3 @@ def group_parameters(handle: FreezeHandle) -> dict[str, list[nn.Parameter]]:
     for _, p, group in handle.trainable:
         out.setdefault(group, []).append(p)
     return {g: out[g] for g in PARAM_GROUPS if g in out}
-
-
-def trainable_names(handle: FreezeHandle) -> list[str]:
-    return [n for n, _, _ in handle.trainable]

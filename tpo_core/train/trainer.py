@@ -149,7 +149,7 @@ class StageRunner:
         base = model.llm.base_model()
         if stage.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif base.is_gradient_checkpointing:
+        elif _checkpointing(base):
             base.gradient_checkpointing_disable()
         self.freeze = apply_freezing(model, stage)
         self.optimizer = build_optimizer(self.freeze, stage)
@@ -367,6 +367,13 @@ class StageRunner:
         else:
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+
+
+def _checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (transformers 5.x renamed ``is_gradient_checkpointing``)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def _device_sync(device: torch.device) -> None:

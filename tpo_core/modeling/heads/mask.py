@@ -16,7 +16,7 @@ stage                       tensors (B = objects/batch, S = image size, C = hidd
 ``encode_memory``           embedding, low-res logits, object score -> memory [B, h*h, Cm], memory_pos [B, h*h, Cm]
 ==========================  ====================================================================================
 
-``track`` (in ``mask_track.py``) chains them frame by frame over a ring-buffer memory bank. The full IO
+``mask_track.track`` chains them frame by frame over a ring-buffer memory bank. The full IO
 contract is in ``docs/mask_head.md``.
 """
 
@@ -35,10 +35,8 @@ from transformers.models.sam2_video.modeling_sam2_video import (
     get_1d_sine_pe,
 )
 
-from tpo_core.config import IMAGENET_MEAN, IMAGENET_STD, MaskHeadConfig
+from tpo_core.config import IMAGENET_MEAN, IMAGENET_STD, MAX_OBJECT_POINTERS, NO_OBJ_SCORE, MaskHeadConfig
 
-NO_OBJ_SCORE = -1024.0  # SAM2's placeholder logit for masks of frames where the object is absent
-MAX_OBJECT_POINTERS = 16  # SAM2's max_obj_ptrs_in_encoder: pointer-slot capacity of the memory bank
 SAM_VARIANTS = ("sam2", "sam2.1")  # the release ships SAM2 (2.0) weights: no obj_ptr_tpos_proj, no_obj_embed_spatial
 MASK_THRESHOLD = 0.0
 
@@ -348,7 +346,7 @@ class MaskHead(nn.Module):
         """
         mattn = self.sam.memory_attention
         keys, key_pos, bias, num_ptr_tokens = self._memory_keys(state)
-        cos, sin = mattn.rotary_emb()
+        cos, sin = mattn.rotary_emb(embedding, mattn.position_ids)  # [1, HW, Hd] each, float32
         x = embedding + 0.1 * embedding_pos
         for layer in mattn.layers:
             q = layer.layer_norm1(x)
@@ -422,20 +420,6 @@ class MaskHead(nn.Module):
             absent = (object_score_logits <= 0).to(feats.dtype).view(b, 1, 1, 1)
             feats = feats + absent * occlusion.view(1, -1, 1, 1)
         return feats.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2).to(feats.dtype).expand(b, -1, -1)
-
-    # ---------------------------------------------------------------- video
-    def track(self, pixels: Tensor, sparse_prompt: Tensor, image_batch: int | None = None):
-        """Prompt frame 0, then propagate: pixels [T, 3, S, S], sparse_prompt [1, N, C] -> ``TrackOutput``.
-
-        See ``tpo_core.modeling.heads.mask_track.track``.
-        """
-        from tpo_core.modeling.heads.mask_track import track
-
-        return track(self, pixels, sparse_prompt, image_batch=image_batch)
-
-    def forward(self, pixels: Tensor, task_embedding: Tensor):
-        """pixels [T, 3, S, S], task embedding [1, D_llm] -> ``TrackOutput`` (prompt MLP + ``track``)."""
-        return self.track(pixels, self.sparse_prompt(task_embedding))
 
 
 def count_parameters(module: nn.Module) -> int:

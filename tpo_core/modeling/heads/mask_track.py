@@ -1,15 +1,9 @@
-"""Video propagation for the mask head: a fixed-capacity ring-buffer memory bank and ``track``.
+"""Video propagation for the mask head: a ring-buffer memory bank and ``track`` / ``track_batch``.
 
-Memory-bank contract (the same one a runtime keeps on the device, see docs/mask_head.md):
-
-- ``num_maskmem`` (M) spatial slots: slot 0 holds the conditioning (prompted) frame for the whole video;
-  slots 1..M-1 are a ring of the M-1 most recent non-conditioning frames (written round-robin, so the
-  oldest is overwritten). This is exactly the set SAM2 reads at frame t: the conditioning frame plus
-  frames t-1 .. t-(M-1).
-- ``MAX_OBJECT_POINTERS`` (P = 16) pointer slots: slot 0 the conditioning frame's pointer, slots 1..P-1 a
-  ring of the P-1 most recent frames' pointers (SAM2: t-1 .. t-15).
-- Offsets are "frames before the current frame"; spatial slots of conditioning frames get offset 0 (SAM2's
-  temporal position 0). Empty slots are ``valid = False``: masked out of the attention, shapes never change.
+The slot policy (which frame sits in which of the ``num_maskmem`` memory and ``MAX_OBJECT_POINTERS`` pointer
+slots, and the offsets the memory attention reads) is the inference contract's ``runtime.contract.memory.RingSlots``,
+shared with the runtime's device ring buffer: slot 0 holds the conditioning (prompted) frame, the other slots a
+ring of the most recent frames; empty slots are ``valid = False`` so shapes never change.
 """
 
 from __future__ import annotations
@@ -19,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from runtime.contract.memory import RingSlots
 from tpo_core.modeling.heads.mask import MAX_OBJECT_POINTERS, ImageFeatures, MaskHead, MemoryState
 
 
@@ -42,23 +37,18 @@ class MaskMemoryBank:
     """Ring-buffer memory bank of one video (batch B objects), read as a fixed-shape ``MemoryState``.
 
     Slots are kept as lists of tensors and stacked on read, so training can backpropagate through the
-    memories (an in-place device buffer is the runtime's job; the layout is the same).
+    memories (an in-place device buffer is the runtime's job; the slot policy is the same ``RingSlots``).
     """
 
     def __init__(self, num_maskmem: int, num_pointers: int, batch: int, hw: int, mem_dim: int, hidden_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        if num_maskmem < 1 or num_pointers < 1:
-            raise ValueError(f"memory bank needs >= 1 memory and pointer slot, got {num_maskmem}, {num_pointers}")
-        self.num_maskmem, self.num_pointers = num_maskmem, num_pointers
+        self.slots = RingSlots(num_maskmem, num_pointers)
         zeros_mem = torch.zeros(batch, hw, mem_dim, device=device, dtype=dtype)
         zeros_ptr = torch.zeros(batch, hidden_dim, device=device, dtype=dtype)
         self.memory: list[Tensor] = [zeros_mem] * num_maskmem
         self.memory_pos: list[Tensor] = [zeros_mem] * num_maskmem
-        self.memory_frame: list[int | None] = [None] * num_maskmem
         self.pointers: list[Tensor] = [zeros_ptr] * num_pointers
-        self.pointer_frame: list[int | None] = [None] * num_pointers
         self.batch, self.device = batch, device
-        self._writes = 0  # non-conditioning frames written so far
 
     @classmethod
     def for_head(cls, head: MaskHead, batch: int = 1, device=None, dtype=None) -> MaskMemoryBank:
@@ -66,43 +56,25 @@ class MaskMemoryBank:
         return cls(head.cfg.num_maskmem, MAX_OBJECT_POINTERS, batch, head.embed_size**2, head.cfg.mem_dim,
                    head.cfg.hidden_dim, device or p.device, dtype or p.dtype)
 
-    def memory_slot(self, conditioning: bool) -> int:
-        """Slot the next memory goes to (0 for a conditioning frame, else the ring position)."""
-        if conditioning or self.num_maskmem == 1:
-            return 0
-        return 1 + self._writes % (self.num_maskmem - 1)
-
-    def pointer_slot(self, conditioning: bool) -> int:
-        if conditioning or self.num_pointers == 1:
-            return 0
-        return 1 + self._writes % (self.num_pointers - 1)
-
     def add(self, frame_idx: int, memory: Tensor, memory_pos: Tensor, pointer: Tensor, conditioning: bool) -> None:
         """Store one frame: memory/memory_pos [B, HW, Cm], pointer [B, C]."""
-        if conditioning or self.num_maskmem > 1:
-            ms = self.memory_slot(conditioning)
-            self.memory[ms], self.memory_pos[ms], self.memory_frame[ms] = memory, memory_pos, frame_idx
-        if conditioning or self.num_pointers > 1:
-            ps = self.pointer_slot(conditioning)
-            self.pointers[ps], self.pointer_frame[ps] = pointer, frame_idx
-        if not conditioning:
-            self._writes += 1
+        ms, ps = self.slots.add(frame_idx, conditioning)
+        if ms is not None:
+            self.memory[ms], self.memory_pos[ms] = memory, memory_pos
+        if ps is not None:
+            self.pointers[ps] = pointer
 
     def state(self, frame_idx: int) -> MemoryState:
         """The bank as seen from frame ``frame_idx``: fixed shapes [B, M, ...] / [B, P, ...]."""
+        moff, mvalid, poff, pvalid = self.slots.offsets(frame_idx)
 
-        def offsets(frames: list[int | None], cond_zero: bool) -> tuple[Tensor, Tensor]:
-            off = [0 if f is None or (cond_zero and i == 0) else frame_idx - f for i, f in enumerate(frames)]
-            val = [f is not None for f in frames]
-            off_t = torch.tensor(off, dtype=torch.int64, device=self.device).expand(self.batch, -1)
-            return off_t, torch.tensor(val, dtype=torch.bool, device=self.device).expand(self.batch, -1)
+        def rows(x):
+            return torch.as_tensor(x, device=self.device).expand(self.batch, -1)
 
-        mem_off, mem_valid = offsets(self.memory_frame, cond_zero=True)
-        ptr_off, ptr_valid = offsets(self.pointer_frame, cond_zero=False)
         return MemoryState(
             memory=torch.stack(self.memory, dim=1), memory_pos=torch.stack(self.memory_pos, dim=1),
-            memory_offsets=mem_off, memory_valid=mem_valid, pointers=torch.stack(self.pointers, dim=1),
-            pointer_offsets=ptr_off, pointer_valid=ptr_valid,
+            memory_offsets=rows(moff), memory_valid=rows(mvalid), pointers=torch.stack(self.pointers, dim=1),
+            pointer_offsets=rows(poff), pointer_valid=rows(pvalid),
         )
 
 

@@ -1,9 +1,9 @@
 """Region head: task embedding ``[B, D_llm]`` -> normalized ``xyxy`` box ``[B, 4]``.
 
 MLP ``D_llm -> hidden -> 4`` with ReLU and no output activation, as released (the box can leave
-``[0, 1]`` or have swapped corners; ``boxes_to_pixels`` clamps and orders them). The release's
-``loc_decoder.0.*`` / ``loc_decoder.2.*`` (an ``nn.Sequential(Linear, ReLU, Linear)``) map to ``mlp.0.*`` /
-``mlp.2.*`` here.
+``[0, 1]`` or have swapped corners; ``runtime.contract.postprocess.box_to_pixels`` clamps and orders them).
+The release's ``loc_decoder.0.*`` / ``loc_decoder.2.*`` (an ``nn.Sequential(Linear, ReLU, Linear)``) map to
+``mlp.0.*`` / ``mlp.2.*`` here.
 """
 
 from __future__ import annotations
@@ -29,17 +29,3 @@ class RegionHead(nn.Module):
         if task_emb.dim() != 2 or task_emb.shape[-1] != self.llm_dim:
             raise ValueError(f"RegionHead expects task_emb [B, {self.llm_dim}], got shape {tuple(task_emb.shape)}")
         return self.mlp(task_emb)
-
-
-def boxes_to_pixels(xyxy: torch.Tensor, width: float, height: float) -> torch.Tensor:
-    """Normalized ``xyxy [B, 4]`` -> pixel ``xyxy [B, 4]``: scaled by ``(W, H)``, corners ordered
-    (``x1 <= x2``, ``y1 <= y2``) and clamped to ``[0, W] x [0, H]``."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"boxes_to_pixels: width and height must be positive, got {width}x{height}")
-    if xyxy.shape[-1] != 4:
-        raise ValueError(f"boxes_to_pixels expects boxes [..., 4], got shape {tuple(xyxy.shape)}")
-    x = xyxy[..., 0::2].float() * width  # [..., 2]
-    y = xyxy[..., 1::2].float() * height
-    x = x.sort(dim=-1).values.clamp(0.0, float(width))
-    y = y.sort(dim=-1).values.clamp(0.0, float(height))
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)

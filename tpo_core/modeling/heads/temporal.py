@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpo_core.config import TemporalHeadConfig
+from runtime.contract.postprocess import FOREGROUND
+from tpo_core.config import SALIENCY_FILL, TemporalHeadConfig
 
-SALIENCY_FILL = -1e4
-FOREGROUND, BACKGROUND = 0, 1
+BACKGROUND = 1 - FOREGROUND  # FOREGROUND (class 0) is the inference contract's, runtime.contract.postprocess
 
 
 class TemporalOutput(NamedTuple):
@@ -196,41 +196,3 @@ class TemporalHead(nn.Module):
             tgt = layer(tgt, memory, key_mask)
         tgt = self.decoder_norm(tgt)
         return TemporalOutput(self.class_head(tgt), self.span_head(tgt).sigmoid(), saliency)
-
-
-def spans_to_seconds(
-    pred_logits: torch.Tensor,
-    pred_spans: torch.Tensor,
-    duration,
-    round_to: float = 1.0,
-) -> list[list[tuple[float, float, float]]]:
-    """Post-processing as released: ``pred_logits [B, Q, 2]``, ``pred_spans [B, Q, 2]`` (cx, w) -> per batch
-    item a list of ``(start_s, end_s, score)`` sorted by score, highest first.
-
-    ``score`` = softmax foreground probability; ``(cx, w) -> (cx - w/2, cx + w/2) * duration``, clamped to
-    ``[0, duration]``, rounded to a multiple of ``round_to`` seconds (``round_to <= 0``: no rounding) and
-    clamped again (so rounding never leaves the video). ``duration``: seconds, a float or one per item.
-    """
-    if pred_logits.dim() != 3 or pred_logits.shape[-1] != 2 or pred_spans.shape != pred_logits.shape:
-        raise ValueError(f"spans_to_seconds: expects pred_logits and pred_spans [B, Q, 2], got "
-                         f"{tuple(pred_logits.shape)} and {tuple(pred_spans.shape)}")
-    b = pred_logits.shape[0]
-    dur = torch.as_tensor(duration, dtype=torch.float64).reshape(-1)
-    if dur.numel() == 1:
-        dur = dur.expand(b)
-    if dur.numel() != b or bool((dur <= 0).any()):
-        raise ValueError(f"spans_to_seconds: duration must be positive, one value or one per item (B={b}), "
-                         f"got {duration!r}")
-    scores = pred_logits.detach().double().softmax(-1)[..., FOREGROUND]  # [B, Q]
-    spans = pred_spans.detach().double()
-    dur = dur[:, None]
-    start = ((spans[..., 0] - spans[..., 1] / 2) * dur).clamp(min=0.0).minimum(dur)
-    end = ((spans[..., 0] + spans[..., 1] / 2) * dur).clamp(min=0.0).minimum(dur)
-    if round_to > 0:
-        start = (torch.round(start / round_to) * round_to).clamp(min=0.0).minimum(dur)
-        end = (torch.round(end / round_to) * round_to).clamp(min=0.0).minimum(dur)
-    results = []
-    for i in range(b):
-        order = torch.argsort(scores[i], descending=True, stable=True)
-        results.append([(float(start[i, q]), float(end[i, q]), float(scores[i, q])) for q in order])
-    return results
