@@ -137,3 +137,20 @@ def test_negative_answers_encode_without_byte_fallback():
     for text in negative_text():
         tokens = tok.encode(text, add_special_tokens=False).tokens
         assert not [t for t in tokens if t == "<unk>" or t.startswith("<0x")], (text, tokens)
+
+
+def test_baselines_never_see_the_label_they_are_scored_against():
+    from types import SimpleNamespace
+
+    from tpo_core.train.diagnostics import _qa
+    from tpo_core.train.evaluate import mean_box, priors
+
+    boxes = [(0.0, 0.0, 0.2, 0.2), (0.4, 0.4, 0.6, 0.6), (0.2, 0.2, 0.4, 0.4)]
+    prior = priors([SimpleNamespace(task="region", box=b) for b in boxes])
+    assert mean_box(prior, "region", boxes[0]) == pytest.approx([0.3, 0.3, 0.5, 0.5])  # the other two
+    assert mean_box(priors([SimpleNamespace(task="region", box=boxes[0])]), "region", boxes[0]) is None
+    rows = [{"task": "qa", "text": "x", "question": q, "answer": a}
+            for q, a in [("q1", "red"), ("q1", "red"), ("q1", "red"), ("q1", "blue"), ("q2", "two")]]
+    # q1 red x3: the others' majority is red (2 vs 1) -> right; q1 blue: red -> wrong; q2 (asked once): the
+    # overall majority of the others (red) -> wrong
+    assert _qa(rows)["majority_baseline"] == pytest.approx(3 / 5)

@@ -10,8 +10,9 @@ numbers catch it directly, from the per-sample records of ``evaluate.score_sampl
   (the longest label window);
 - mask: std of the predicted frame-0 mask's centre x / y and area fraction beside the labels';
 - qa: distinct answers and the share of the most common answer, predicted vs labelled; the *majority
-  baseline*: for each question text the most common label answer among the evaluated samples, scored
-  as if it were the model's answer.
+  baseline*: for each sample, the most common label answer among the *other* evaluated samples with the same
+  question text (all other samples when none asks it), scored as if it were the model's answer (a tie for
+  the most common answer counts as wrong).
 
 Flags (``diagnostics(records)["flags"]``): a head whose mean prediction std is below ``FLAT_RATIO`` (0.2) of
 its labels' mean std, or whose answers are one answer in more than 90 % of the samples while the labels are
@@ -70,8 +71,17 @@ def _qa(records: list[dict]) -> dict:
     by_question: dict[str, Counter] = {}
     for r, lab in zip(rows, labels):
         by_question.setdefault(r.get("question", ""), Counter())[lab] += 1
-    majority = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
-    base = float(np.mean([majority[r.get("question", "")] == lab for r, lab in zip(rows, labels)]))
+    overall = Counter(labels)
+    hits = []
+    for r, lab in zip(rows, labels):  # leave one out: the sample's own label never votes
+        others = by_question[r.get("question", "")].copy()
+        others[lab] -= 1
+        if sum(others.values()) == 0:
+            others = overall.copy()
+            others[lab] -= 1
+        top = max(others.values(), default=0)
+        hits.append(top > 0 and others[lab] == top and sum(v == top for v in others.values()) == 1)
+    base = float(np.mean(hits))
     return {"n": len(rows), "distinct_pred": len(set(preds)), "distinct_label": len(set(labels)),
             "top_share_pred": Counter(preds).most_common(1)[0][1] / len(rows),
             "top_share_label": Counter(labels).most_common(1)[0][1] / len(rows),

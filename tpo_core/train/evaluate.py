@@ -11,10 +11,12 @@ Per sample (``TaskSample``):
   the model ran a head (emitted a ``*_begin`` token); also whether its text is the expected answer. Negatives
   are not part of ``routing_accuracy`` (that is over the four positive tasks).
 
-Trivial baselines, scored on the same samples: region *mean box* (the mean label box of the evaluated region
-samples, for every sample), temporal *whole video*, mask *mean box* (the mean first-frame label box of the
-evaluated mask samples, filled, on every frame), QA *majority answer* (per question text). ``diagnostics``
-adds the spread of the predictions across samples and flags a head whose predictions do not vary.
+Trivial baselines, scored on the same samples and never using the label they are scored against: region
+*mean box* (the mean label box of the other evaluated region samples), temporal *whole video*, mask *mean box*
+(the mean first-frame label box of the other evaluated mask samples, filled, on every frame), QA *majority
+answer* (the most common label answer of the other samples with the same question text; the overall one when
+no other sample asks it). ``diagnostics`` adds the spread of the predictions across samples and flags a head
+whose predictions do not vary.
 
 A task sample whose head did not run scores 0 for that head's metrics (it counts in the denominator).
 """
@@ -40,12 +42,22 @@ def _clip(cache: dict, model, path: str):
 
 
 def priors(samples: list) -> dict:
-    """Label-only constants of the trivial baselines: mean normalized box of the region samples and mean
-    first-frame box of the mask samples (None without such samples)."""
+    """Label-only sums behind the trivial baselines: the normalized boxes of the region samples and the
+    first-frame boxes of the mask samples (sum and count each); ``mean_box`` turns them into a leave-one-out mean."""
     region = [s.box for s in samples if s.task == "region" and s.box is not None]
     mask = [s.first_frame_box for s in samples if s.task == "mask" and s.first_frame_box is not None]
-    return {"region_mean_box": np.mean(region, axis=0).tolist() if region else None,
-            "mask_mean_box": np.mean(mask, axis=0).tolist() if mask else None}
+    return {"region": (np.sum(region, axis=0), len(region)) if region else None,
+            "mask": (np.sum(mask, axis=0), len(mask)) if mask else None}
+
+
+def mean_box(prior: dict, task: str, own) -> list[float] | None:
+    """The mean label box of the other evaluated samples of ``task`` (leave one out: the baseline never sees the
+    label it is scored against); None when there is no other sample."""
+    entry = prior.get(task)
+    if entry is None or own is None or entry[1] < 2:
+        return None
+    total, n = entry
+    return ((total - np.asarray(own, dtype=np.float64)) / (n - 1)).tolist()
 
 
 def _score_region(sample, clip, res, acc: MetricAccumulator, rec: dict, prior: dict) -> None:
@@ -53,8 +65,8 @@ def _score_region(sample, clip, res, acc: MetricAccumulator, rec: dict, prior: d
     gt = [sample.box[0] * w, sample.box[1] * h, sample.box[2] * w, sample.box[3] * h]
     iou = box_iou(res.region.box, gt) if res.region is not None else 0.0
     acc.add("region_iou", iou)
-    if prior.get("region_mean_box") is not None:
-        m = prior["region_mean_box"]
+    m = mean_box(prior, "region", sample.box)
+    if m is not None:
         acc.add("region_iou_mean_box", box_iou([m[0] * w, m[1] * h, m[2] * w, m[3] * h], gt))
     rec.update(iou=iou, label=list(sample.box))
     if res.region is not None:
@@ -81,8 +93,9 @@ def _score_mask(sample, clip, res, acc: MetricAccumulator, rec: dict, prior: dic
     jf = video_j_and_f(res.mask.masks, gts) if res.mask is not None else {"J": 0.0, "F": 0.0, "JF": 0.0}
     acc.add("mask_J", jf["J"])
     acc.add("mask_F", jf["F"])
-    if prior.get("mask_mean_box") is not None:
-        base = box_mask(prior["mask_mean_box"], gts.shape[1], gts.shape[2])
+    m = mean_box(prior, "mask", sample.first_frame_box)
+    if m is not None:
+        base = box_mask(m, gts.shape[1], gts.shape[2])
         acc.add("mask_J_mean_box", video_j_and_f(np.broadcast_to(base, gts.shape), gts)["J"])
     rec.update(jf, label=_mask_summary(gts[0]))
     if res.mask is not None:
