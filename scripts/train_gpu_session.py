@@ -115,6 +115,9 @@ def preflight(s: Session) -> dict:
                          "PyAV (av) and the loader reads them with decord; install them and run again")
     if not s.args.cpu and len(info["gpus"]) < 1:
         raise SystemExit("no CUDA device is visible; run with --cpu for a CPU smoke run")
+    if not s.args.cpu and len(info["gpus"]) < 2 and s.args.ablation_gpu != s.args.default_gpu:
+        s.say(f"only {len(info['gpus'])} GPU visible: the ablation shares GPU {s.args.default_gpu} with the default")
+        s.args.ablation_gpu = s.args.default_gpu
     s.record["machine"] = info
     s.say(f"machine: {json.dumps(info)}")
     return info
@@ -170,28 +173,29 @@ def start_default(s: Session, data: dict, deadline_s: float) -> subprocess.Popen
 def start_ablation(s: Session, data: dict, deadline_s: float) -> subprocess.Popen:
     a = s.args
     window = deadline_s - s.elapsed()
-    # critical path: stage 1 -> b_cotrain -> d_stage3_* (+ start-up and the last eval): three equal caps
-    cap = max(5.0, (window - a.ablation_reserve_s) / 3)
+    # critical path: stage 1 -> b_cotrain -> d_stage3_* (+ start-ups and the last eval); the head phase runs 15
+    # processes at once on one GPU, so it gets the largest share
+    caps = [max(5.0, share * (window - a.ablation_reserve_s)) for share in a.ablation_shares]
     cmd = [sys.executable, str(ROOT / "scripts" / "ablation.py"), "--work", str(s.work / "ablation"),
            "--out", str(s.work / "ablation_out"), "--train", str(data["train"]), "--val", str(data["val"]),
            "--videos", str(a.train_videos), "--val-videos", str(a.val_videos), "--seeds", a.seeds,
            "--stage1-steps", str(a.ablation_steps[0]), "--steps", str(a.ablation_steps[1]),
-           "--stage3-steps", str(a.ablation_steps[2]), "--time-caps", f"{cap:.1f},{cap:.1f},{cap:.1f}",
+           "--stage3-steps", str(a.ablation_steps[2]), "--time-caps", ",".join(f"{c:.1f}" for c in caps),
            "--batch-size", str(a.ablation_batch), "--per-task", str(a.ablation_per_task),
            "--parallel", str(a.ablation_parallel), "--threads", "1", "--max-minutes", f"{window / 60:.3f}"]
     if not a.cpu:
         cmd += ["--gpus", a.ablation_gpu]
-    s.record["ablation_time_cap_s"] = round(cap, 1)
+    s.record["ablation_time_caps_s"] = [round(c, 1) for c in caps]
     return s.start("ablation", cmd)
 
 
 def trained_model(work: Path) -> Path | None:
-    """The default run's final model, else the newest stage folder that holds a model (a cut run)."""
+    """The default run's final model, else (a run cut by its deadline) the latest stage model or checkpoint."""
     run = work / "default"
-    for d in [run / "final", run / "stage3", run / "stage2", run / "stage1"]:
-        if (d / "model.safetensors").is_file():
-            return d
-    return None
+    candidates = [run / "final"]
+    for st in ("stage3", "stage2", "stage1"):
+        candidates += [run / st, *sorted((run / st / "checkpoints").glob("step_*"), reverse=True)]
+    return next((d for d in candidates if (d / "model.safetensors").is_file()), None)
 
 
 def ship_and_eval(s: Session, data: dict) -> dict | None:
@@ -323,12 +327,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--default-gpu", default="0")
     p.add_argument("--ablation-gpu", default="1")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--ablation-batch", type=int, default=64)
+    p.add_argument("--ablation-batch", type=int, default=128,
+                   help="per step; the runs share one GPU and a step costs about the same at 64 or 128")
+    p.add_argument("--ablation-shares", type=lambda t: [float(x) for x in t.split(",")], default=[0.3, 0.4, 0.3],
+                   help="shares of the ablation's time for the stage-1, head and stage-3 runs")
     p.add_argument("--ablation-steps", type=lambda t: [int(x) for x in t.split(",")], default=[4000, 3000, 3000],
                    help="S1,S,S3 step targets (the time caps cut them; the table shows the steps run)")
     p.add_argument("--ablation-parallel", type=int, default=15)
     p.add_argument("--ablation-per-task", type=int, default=60)
-    p.add_argument("--ablation-reserve-s", type=float, default=110.0, help="start-ups and the last evals")
+    p.add_argument("--ablation-reserve-s", type=float, default=130.0, help="start-ups and the last evals")
     p.add_argument("--eval-workers", type=int, default=24)
     p.add_argument("--skip-ablation", action="store_true")
     p.add_argument("--cpu", action="store_true", help="no GPU (smoke runs)")

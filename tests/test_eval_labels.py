@@ -130,11 +130,13 @@ def test_negatives_name_absent_objects_and_count_false_found(data):
     assert bad["negative"]["false_found"] == 1.0 and bad["negative"]["false_found_by_asked"] == {"region": 1.0}
 
 
-def test_negative_answers_encode_without_byte_fallback():
+def test_negative_and_position_text_encodes_without_byte_fallback():
+    from tpo_core.data.synth_tasks import position_text
     from tpo_core.data.tokenizer_build import load_tokenizer
 
     tok = load_tokenizer("embedded-tiny")
-    for text in negative_text():
+    assert len(position_text()) == 32 + 9  # every question, and the 9 answers
+    for text in negative_text() + position_text():
         tokens = tok.encode(text, add_special_tokens=False).tokens
         assert not [t for t in tokens if t == "<unk>" or t.startswith("<0x")], (text, tokens)
 

@@ -115,12 +115,21 @@ def test_segmentation_masks_are_exact(dataset):
 
 def test_conversation_answers_are_exact(dataset):
     segs = load_segmentation(dataset / "segmentation.json", dataset)
+    boxes = {(r.video, r.query): r.box for r in load_region(dataset / "region.json")}
+    positions = 0
     for conv in load_conversations(dataset / "conversations.json"):
         objects = [s.query.split()[1:] for s in segs if s.video == conv.video]  # [colour, shape]
         assert conv.turns[0][1].startswith("<video>\n")
         for q, a in conv.pairs():
             assert len(a.split()) <= 2
-            if q.startswith("How many"):
+            if q.startswith("In which part of the frame is "):
+                box = boxes[(conv.video, q[len("In which part of the frame is "):-1])]
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                expect = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left", (1, 1): "middle",
+                          (1, 2): "right", (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right"}
+                assert a == expect[(min(2, int(cy * 3)), min(2, int(cx * 3)))]
+                positions += 1
+            elif q.startswith("How many"):
                 assert a == NUMBER_WORDS[len(objects)]
             elif q == "What colour is the background?":
                 assert a in BACKGROUND_COLOURS
@@ -128,6 +137,7 @@ def test_conversation_answers_are_exact(dataset):
                 assert [a, q[len("What colour is the "):-1]] in objects
             elif q.startswith("What shape is "):
                 assert [q[len("What shape is "):-1], a] in objects and a in SHAPES
+    assert positions == len({v for v, _ in boxes})  # one per video with a region label
 
 
 def test_task_samples(dataset):

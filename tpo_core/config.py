@@ -72,6 +72,7 @@ class VisionConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "bicubic"
+    frame_pool: str = "mean"  # per-frame features for the temporal head: "mean" of the patches or "mean_max"
 
     def __post_init__(self) -> None:
         _positive(self, "img_size", "patch_size", "tubelet_size", "num_frames", "embed_dim", "depth",
@@ -80,6 +81,7 @@ class VisionConfig:
         _divisible(self, "embed_dim", "num_heads")
         _divisible(self, "num_frames", "tubelet_size")
         _choice(self, "resize", ("bicubic", "bilinear"))
+        _choice(self, "frame_pool", ("mean", "mean_max"))
         if self.num_blocks_built > self.depth:
             raise ValueError(f"VisionConfig.num_blocks_built={self.num_blocks_built} exceeds depth={self.depth}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)

@@ -12,6 +12,9 @@ given per 1 s clip (QVHighlights uses 2 s clips). Region boxes refer to the midd
 middle-of-segment rule (``video.sample_indices``), so the labelled frame is one the model sees (the tiny
 preset samples 8 frames). Masks and boxes are exactly the visible pixels, so a mask's bbox equals its box label.
 ``negatives.json`` holds questions about objects that are not in the video (``synth_tasks.make_negatives``).
+Besides the templated QA, each video with a region label gets one *position* question ("In which part of the
+frame is the red circle?" -> "top left", the 3 x 3 cell of the region box's centre on the labelled frame): a
+classification the LM loss teaches from stage 1, which needs the same look-up as the box.
 Deterministic: video i of a split uses ``numpy.random.default_rng([seed, SPLIT_SALT[split], i])``.
 """
 
@@ -40,13 +43,21 @@ from tpo_core.data.synth_scene import (
     sample_scene,
     unoccluded_area,
 )
-from tpo_core.data.synth_tasks import TEMPORAL_QUERY, TaskSample, make_negatives, make_qa, task_samples
+from tpo_core.data.synth_tasks import (
+    POSITION_QUESTION,
+    TEMPORAL_QUERY,
+    TaskSample,
+    make_negatives,
+    make_qa,
+    position_answer,
+    task_samples,
+)
 from tpo_core.data.video import sample_indices
 
 __all__ = ["TaskSample", "add_synth_parser", "generate", "generate_dataset", "run_synth", "synth_main",
            "task_samples"]
 
-GENERATOR_VERSION = 2  # 2: region boxes on a sampled frame, negatives.json
+GENERATOR_VERSION = 2  # 2: region boxes on a sampled frame, negatives.json, position questions
 SPLIT_SALT = {"train": 0, "val": 1}
 CLIP_LEN_S = 1.0
 MIN_REGION_VISIBLE = 0.3  # region records only for objects with >= 30 % of their area visible in the box frame
@@ -177,8 +188,12 @@ def generate_video(out: Path, split: str, seed: int, index: int, codec: str, mas
             "first_frame_box": _norm_box(mask_bbox(m[first]), w, h),
             "masks": _write_masks(out, scene, obj, labels, visible, mask_mode),
             "absent_frames": np.flatnonzero(~visible).tolist()})
+    qa = make_qa(scene, rng)
+    if rec["region"]:  # one position question about an object with a region label (its own generator)
+        r = rec["region"][int(np.random.default_rng([seed, SPLIT_SALT[split], index, 2]).integers(len(rec["region"])))]
+        qa.append((POSITION_QUESTION.format(p=r["query"]), position_answer(r["box"])))
     turns = []
-    for j, (q, a) in enumerate(make_qa(scene, rng)):
+    for j, (q, a) in enumerate(qa):
         turns += [{"from": "human", "value": ("<video>\n" if j == 0 else "") + q}, {"from": "gpt", "value": a}]
     rec["conversation"] = {"id": vid, "video": video, "conversations": turns, "duration": round(scene.duration, 6)}
     # a separate generator, so adding negatives left the videos and the QA of version 1 unchanged

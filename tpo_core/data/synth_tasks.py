@@ -34,6 +34,8 @@ TASK_ANSWERS = {"region": "<box_begin><boxes>", "temporal": "<time_begin><temp>"
                 "mask": "<track_begin><tracking>"}
 TEMPORAL_QUERY = "{p} is visible"  # the declarative QVHighlights-style query stored in temporal.jsonl
 NEGATIVE_ANSWER = "{P} is not in the video."  # P = the phrase with a capital letter ("The red circle")
+POSITION_QUESTION = "In which part of the frame is {p}?"  # answered for the region label frame, 3 x 3 grid
+POSITION_ROWS, POSITION_COLS = ("top", "", "bottom"), ("left", "", "right")
 NEGATIVE_ASKS = ("region", "temporal", "mask")  # the question forms a negative sample is asked in
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
@@ -93,6 +95,22 @@ def make_negatives(scene: SceneSpec, rng: np.random.Generator, count: int) -> li
         out.append({"query": f"the {colour} {shape}", "colour": colour, "shape": shape,
                     "asked": str(asks[j % len(asks)]), "hard": (colour, shape) in hard})
     return out
+
+
+def position_answer(box) -> str:
+    """Where a normalized xyxy box's centre lies in a 3 x 3 grid of the frame: "top left", "top", ..., "middle",
+    ..., "bottom right" (thirds of the width and height)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    row, col = min(2, int(cy * 3)), min(2, int(cx * 3))
+    words = [w for w in (POSITION_ROWS[row], POSITION_COLS[col]) if w]
+    return " ".join(words) or "middle"
+
+
+def position_text() -> list[str]:
+    """Every position question and answer (not in the tokenizer's corpus; tested to encode cleanly)."""
+    cells = [(x / 3 + 0.1, y / 3 + 0.1, x / 3 + 0.2, y / 3 + 0.2) for x in range(3) for y in range(3)]
+    answers = {position_answer(box) for box in cells}
+    return sorted({POSITION_QUESTION.format(p=f"the {c} {s}") for c in COLOURS for s in SHAPES} | answers)
 
 
 def negative_answer(phrase: str) -> str:
