@@ -6,8 +6,9 @@ synthetic train split, then evaluate on a held-out split with ``tpo eval``'s cod
 
 - ``region``: the connector. ``queries`` = the release's Q-Former tokens only (the old tiny connector);
   ``pooled`` = plus 4 x 4 pooled patch tokens per frame with position embeddings (the new tiny connector, its
-  new weights initialized fresh). Trains connector, LLM, task tokens and region head on region samples
-  (vision frozen). Region Acc@0.5 vs the mean-box baseline.
+  new weights initialized fresh). Trains connector, LLM, task tokens and region head on region samples and
+  the position questions (vision frozen). Region Acc@0.5 vs the mean-box baseline, position-QA accuracy vs
+  the majority answer.
 - ``temporal``: the optimizer. ``old`` = Adam eps 1e-5, temporal loss weight 0.05, one global clip (the old
   stage 2); ``new`` = eps 1e-8, weight 1, per-group clipping, 0.1 into the trunk. Trains the temporal head and
   the task tokens on temporal samples (stage 2). R1@0.5 vs the whole-video baseline.
@@ -66,12 +67,19 @@ def start_model(src: Path, out: Path, spatial_pool: int | None):
     return out
 
 
+def keep(experiment: str, sample) -> bool:
+    """The region experiment's QA samples are the position questions only."""
+    from tpo_core.data.synth_tasks import POSITION_QUESTION
+
+    return experiment != "region" or sample.task != "qa" or sample.question.startswith(POSITION_QUESTION[:20])
+
+
 def stage_for(experiment: str, arm: str, steps: int, batch: int) -> dict:
     common = {"steps": steps, "batch_size": batch, "warmup_steps": 20, "log_every": 10, "apply_lora": False,
               "mask_frames": 2}
     off = {k: 0.0 for k in ("lm", "region", "temporal", "mask_pixel", "mask_object", "mask_distill", "mask_box")}
-    if experiment == "region":
-        return {**common, "tasks": ["region"], "loss_weights": {**off, "lm": 1.0, "region": 1.0},
+    if experiment == "region":  # region samples + the position questions (qa, filtered in ``main``)
+        return {**common, "tasks": ["region", "qa"], "loss_weights": {**off, "lm": 1.0, "region": 1.0},
                 "lr": {"connector": 5e-4, "llm_base": 5e-4, "task_tokens": 1e-3, "region_head": 1e-3}}
     if experiment == "temporal":
         lr = {"temporal_head": 5e-4, "task_tokens": 1e-3}
@@ -286,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         stage = stage_for(args.experiment, args.arm, args.steps, args.batch_size)
         cfg = load_train_config(None, overrides={"stages": {"stage2": stage}})
-        train(cfg, args.train, work / "run", stages=["stage2"], init=init, cpu=True, quiet=True)
+        pool = [s for s in task_samples(args.train) if keep(args.experiment, s)]
+        train(cfg, args.train, work / "run", stages=["stage2"], init=init, cpu=True, quiet=True, samples=pool)
         final = work / "run" / "final"
     seconds = time.time() - t0
-    tasks = {"region": ("region",), "temporal": ("temporal",), "temporal-head": ("temporal",),
+    tasks = {"region": ("region", "qa"), "temporal": ("temporal",), "temporal-head": ("temporal",),
              "negative": ("region", "temporal", "mask", "qa", "negative")}[args.experiment]
-    samples = [s for s in task_samples(args.val) if s.task in tasks]
+    samples = [s for s in task_samples(args.val) if s.task in tasks and keep(args.experiment, s)]
     before, _ = evaluate(TPOModel.from_pretrained(init), samples, per_task_limit=args.per_task)
     summary, _ = evaluate(TPOModel.from_pretrained(final), samples, per_task_limit=args.per_task)
     result = {"experiment": args.experiment, "arm": args.arm, "stage": stage, "train_seconds": round(seconds, 1),

@@ -178,3 +178,26 @@ def test_clip_store_returns_what_read_video_returns(synth_root, tmp_path):
             assert getattr(a, name) == getattr(b, name), name
     with pytest.raises(FileNotFoundError, match="tpo data synth"):
         build_clip_store(tmp_path / "empty", 8)
+
+
+def test_explicit_mask_and_sliced_visual_tokens_equal_the_reference_paths(samples):
+    """The objective's 4D causal + padding mask gives the LLM's own 2D-mask result, and writing the visual tokens
+    as one slice equals ``masked_scatter`` into the visual slots."""
+    from tpo_core.config import get_preset
+    from tpo_core.data.collate import TPOCollator
+    from tpo_core.model import TPOModel
+    from tpo_core.train.objective import TPOObjective, causal_padding_mask
+
+    model = TPOModel.from_config(get_preset("tiny"), seed=0).eval()
+    batch = TPOCollator(model.config, model.prompts)(_one_per_task(samples))
+    assert batch.visual_start is not None and (batch.attention_mask == 0).any()  # padded rows
+    objective = TPOObjective(model, {})
+    with torch.no_grad():
+        visual, _ = model.encode_video(batch.frames)
+        sliced = objective._embeddings(batch, visual)
+        scattered = model.llm.embed(batch.input_ids).masked_scatter(batch.visual_mask.unsqueeze(-1), visual)
+        assert torch.equal(sliced, scattered)
+        a = model.llm(sliced, attention_mask=batch.attention_mask)[0]
+        b = model.llm(sliced, attention_mask=causal_padding_mask(batch.attention_mask))[0]
+    real = batch.attention_mask.bool()
+    assert torch.allclose(a[real], b[real], atol=1e-5)
