@@ -95,3 +95,25 @@ def test_ablation_aggregates_seeds_into_mean_and_spread(tmp_path):
     table = (out / "ablation.md").read_text()
     assert "| b_cotrain | 100.0 ± 0.0 | 40.0 ± 20.0 |" in table and "s2: 9" in table
     assert "mean-box Acc@0.5 5.0" in table
+
+
+def test_gpu_session_plans_within_its_budget(tmp_path):
+    sess = _load("train_gpu_session")
+    args = sess.parse(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    s = sess.Session(args)
+    stages = json.loads(sess.default_config(s, 400.0).read_text())["stages"]
+    budgets = [stages[f"stage{i}"]["time_budget_s"] for i in (1, 2, 3)]
+    assert sum(budgets) + 3 * args.stage_overhead_s <= 400.0 and budgets[2] > budgets[0] > budgets[1] > 0
+    assert all(stages[f"stage{i}"]["batch_size"] == 128 for i in (1, 2, 3))
+    assert args.budget_s <= 570 and sum(args.ablation_shares) == pytest.approx(1.0)
+    # the newest model when the run was cut: stage 2 finished, stage 3 only has a checkpoint
+    for d in ("default/stage2", "default/stage3/checkpoints/step_000100"):
+        (tmp_path / "work" / d).mkdir(parents=True)
+        (tmp_path / "work" / d / "model.safetensors").write_bytes(b"x")
+    assert sess.trained_model(tmp_path / "work").name == "step_000100"
+    summary = {"routing_accuracy": 0.97, "region": {"acc@0.5": 0.5, "baseline_mean_box": {"acc@0.5": 0.05}},
+               "temporal": {"r1@0.5": 0.75, "baseline_whole_video": {"r1@0.5": 0.6}},
+               "mask": {"J": 0.71, "baseline_mean_box": {"J": 0.2}}, "qa": {"accuracy": 0.8, "baseline_majority": 0.3},
+               "negative": {"false_found": 0.1}, "diagnostics": {"flags": []}}
+    lines = sess.target_lines(summary)
+    assert [ln[:4] for ln in lines[:7]] == ["MET ", "MISS", "MET ", "MET ", "MET ", "MISS", "MET "]
