@@ -3,12 +3,12 @@ model's weights (no copies) and take/return exactly the tensors of ``tpo_core.ex
 
 ONNX IO (``F`` = export precision's float type; ``D`` LLM width, ``Dv`` vision width, ``S``/``Sm`` vision and
 mask image sizes, ``C`` mask width, ``Cm`` memory width, ``M`` memory slots, ``P`` = 16 pointer slots,
-``HW`` = (Sm/16)^2, ``s`` = Sm/4, ``Q`` span queries, ``Nq`` visual tokens):
+``HW`` = (Sm/16)^2, ``s`` = Sm/4, ``Q`` span queries, ``Nv`` visual tokens (``TPOConfig.num_visual_tokens``)):
 
 =====================  =====================================================  ==========================================
 graph                  inputs                                                 outputs
 =====================  =====================================================  ==========================================
-vision                 frames float32 [batch, T, 3, S, S] RGB 0..255          visual_tokens F [batch, Nq, D],
+vision                 frames float32 [batch, T, 3, S, S] RGB 0..255          visual_tokens F [batch, Nv, D],
                        (resized by the runtime; clamped + normalized here)    frame_features F [batch, T, Dv]
 head_region            task_embedding F [batch, D]                            box F [batch, 4] normalized xyxy
 head_temporal          task_embedding F [batch, D], frame_features F          pred_logits F [batch, Q, 2],
@@ -72,7 +72,7 @@ class Normalize(nn.Module):
 
 
 class VisionGraph(nn.Module):
-    """frames [B, T, 3, S, S] 0..255 -> (visual_tokens [B, Nq, D], frame_features [B, T', Dv])."""
+    """frames [B, T, 3, S, S] 0..255 -> (visual_tokens [B, Nv, D], frame_features [B, T', Dv])."""
 
     def __init__(self, model, dtype: torch.dtype):
         super().__init__()

@@ -11,14 +11,20 @@ Variants (tiny preset, one synthetic train split, one shared stage-1 checkpoint,
 
 Variants run as parallel worker processes (``--parallel``) as soon as their parent checkpoint exists; each
 worker trains (resumably: ``--resume auto`` inside its folder, so a re-run after a time limit continues), then
-evaluates its final checkpoint on the held-out val split (seed 2) into ``<work>/<variant>/eval.json``. The step
-budgets come from the command line, or with ``--budget-minutes`` from a short calibration run of each stage
-(seconds per step measured on this machine, written to ``<work>/plan.json``; a re-run re-uses the plan).
+evaluates its final checkpoint on the CPU on the held-out val split (seed 2) into ``<work>/s<seed>/<variant>/
+eval.json``. ``--seeds 0,1,2`` repeats the whole graph per seed (model init, sample order; one stage-1 run per
+seed) and the table gives the mean and the spread (sample std) over seeds. The step budgets come from the
+command line, or with ``--budget-minutes`` from a short calibration run of each stage (seconds per step
+measured on this machine, written to ``<work>/plan.json``; a re-run re-uses the plan). ``--time-caps T1,TS,T3``
+(seconds) gives every stage-1 / head / stage-3 run a time budget (``StageConfig.time_budget_s``): a run that
+would take longer shortens itself, and the table reports the steps each run made.
 
     python scripts/ablation.py --work /tmp/abl --out OUT --budget-minutes 18 --parallel 6
-    python scripts/ablation.py --work /tmp/abl --out OUT --stage1-steps 800 --steps 600 --stage3-steps 800
+    python scripts/ablation.py --work /tmp/abl --out OUT --stage1-steps 800 --steps 600 --stage3-steps 800 \
+        --seeds 0,1,2 --time-caps 80,80,80 --gpus 1 --train DATA --val VAL
 
-Writes ``ablation.json`` (plan, measured seconds, every variant's eval summary) and ``ablation.md`` into --out.
+Writes ``ablation.json`` (plan, measured seconds and steps, every run's eval summary, the per-variant mean and
+std) and ``ablation.md`` into --out.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,22 +54,34 @@ GRAPH = {
 
 
 def overrides(name: str, plan: dict) -> dict:
-    """Stage overrides of variant ``name`` under ``plan`` (steps, batch size, tasks)."""
+    """Stage overrides of variant ``name`` under ``plan`` (steps, batch size, tasks; time budgets with
+    ``plan["time_caps"] = [T1, TS, T3]`` seconds)."""
     common = {"batch_size": plan["batch_size"], "save_every": plan.get("save_every", 200), "log_every": 10}
     s, s3 = plan["steps"], plan["stage3_steps"]
+    t1, ts, t3 = plan.get("time_caps") or (0.0, 0.0, 0.0)
     if name == "stage1":
-        return {"stage1": {"steps": plan["stage1_steps"], **common}}
+        return {"stage1": {"steps": plan["stage1_steps"], "time_budget_s": t1, **common}}
     if name.startswith("a_"):
-        return {"stage2": {"steps": s, "tasks": [name[2:]], **common}}
+        return {"stage2": {"steps": s, "tasks": [name[2:]], "time_budget_s": ts, **common}}
     if name == "b_cotrain":
-        return {"stage2": {"steps": s, **common}}
+        return {"stage2": {"steps": s, "time_budget_s": ts, **common}}
     if name == "c_full":
-        return {"stage2": {"steps": max(1, s // 2), **common}, "stage3": {"steps": s - max(1, s // 2), **common}}
+        return {"stage2": {"steps": max(1, s // 2), "time_budget_s": ts / 2, **common},
+                "stage3": {"steps": s - max(1, s // 2), "time_budget_s": ts / 2, **common}}
     if name == "d_stage3_qa":
-        return {"stage3": {"steps": s3, **common}}
+        return {"stage3": {"steps": s3, "time_budget_s": t3, **common}}
     if name == "d_stage3_noqa":
-        return {"stage3": {"steps": s3, "tasks": list(HEAD_TASKS), **common}}
+        return {"stage3": {"steps": s3, "tasks": list(HEAD_TASKS), "time_budget_s": t3, **common}}
     raise ValueError(f"unknown variant {name!r}; variants: {list(GRAPH)}")
+
+
+def run_dir(work: Path, name: str, seed: int) -> Path:
+    """Folder of variant ``name`` trained with ``seed``."""
+    return work / f"s{seed}" / name
+
+
+def data_dirs(work: Path, plan: dict) -> tuple[Path, Path]:
+    return Path(plan.get("train") or work / "data" / "train"), Path(plan.get("val") or work / "data" / "val")
 
 
 def ensure_data(work: Path, videos: int, val_videos: int, workers: int) -> tuple[Path, Path]:
@@ -85,28 +105,27 @@ def run_worker(args) -> int:
 
     work = Path(args.work)
     plan = json.loads((work / "plan.json").read_text())
-    name = args.variant
+    name, seed = args.variant, args.seed
     parent, stages = GRAPH[name]
-    out = work / name
+    out = run_dir(work, name, seed)
     final = out / "final"
+    train_dir, val_dir = data_dirs(work, plan)
     t0 = time.time()
     if not (final / "model.safetensors").is_file():
-        init = work / parent / "final" if parent else None
-        cfg = load_train_config(None, preset="tiny", seed=plan.get("seed", 0),
-                                overrides={"stages": overrides(name, plan)})
-        results = train(cfg, work / "data" / "train", out, stages=stages, resume="auto", init=init, quiet=True,
-                        max_minutes=args.max_minutes)
+        init = run_dir(work, parent, seed) / "final" if parent else None
+        cfg = load_train_config(None, preset="tiny", seed=seed, overrides={"stages": overrides(name, plan)})
+        results = train(cfg, train_dir, out, stages=stages, resume="auto", init=init, quiet=True,
+                        max_minutes=args.max_minutes, loader_workers=plan.get("loader_workers", 0))
         if results and results[-1].interrupted:
-            print(f"{name}: stopped by --max-minutes at {results[-1].stage} step {results[-1].steps}; re-run")
+            print(f"{name} seed {seed}: stopped by --max-minutes at {results[-1].stage} step {results[-1].steps}")
             return 3
     train_seconds = time.time() - t0
     if not (out / "eval.json").is_file():
         torch_threads(args.threads)
-        summary, _ = evaluate(TPOModel.from_pretrained(final), task_samples(work / "data" / "val"),
-                              per_task_limit=plan["per_task"])
+        summary, _ = evaluate(TPOModel.from_pretrained(final), task_samples(val_dir), per_task_limit=plan["per_task"])
         summary["train_seconds_this_run"] = round(train_seconds, 1)
         (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{name}: done")
+    print(f"{name} seed {seed}: done")
     return 0
 
 
@@ -117,7 +136,8 @@ def torch_threads(n: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ planning
-def calibrate(work: Path, batch_size: int, steps: int = 24, window: int = 8) -> dict[str, float]:
+def calibrate(work: Path, batch_size: int, steps: int = 24, window: int = 8,
+              train_dir: Path | None = None) -> dict[str, float]:
     """Seconds per optimizer step of each stage at ``batch_size`` (one process), measured on a warm clip cache.
 
     The runs draw from a pool of ``2 * window * batch_size`` samples, so the first window decodes every clip
@@ -129,7 +149,7 @@ def calibrate(work: Path, batch_size: int, steps: int = 24, window: int = 8) -> 
     from tpo_core.train.trainer import train
 
     by_task: dict[str, list] = {}
-    for sample in task_samples(work / "data" / "train"):
+    for sample in task_samples(train_dir or work / "data" / "train"):
         by_task.setdefault(sample.task, []).append(sample)
     per_task = 2 * window * batch_size // max(1, len(by_task))  # every task in the pool, as in training
     pool = [sample for group in by_task.values() for sample in group[:per_task]]
@@ -145,10 +165,12 @@ def make_plan(args, work: Path) -> dict:
     path = work / "plan.json"
     if path.is_file():
         return json.loads(path.read_text())
-    plan = {"batch_size": args.batch_size, "per_task": args.per_task, "seed": 0, "videos": args.videos,
-            "val_videos": args.val_videos, "parallel": args.parallel}
+    plan = {"batch_size": args.batch_size, "per_task": args.per_task, "seeds": args.seeds, "videos": args.videos,
+            "val_videos": args.val_videos, "parallel": args.parallel, "gpus": args.gpus,
+            "loader_workers": args.loader_workers, "time_caps": args.time_caps,
+            "train": args.train, "val": args.val}
     if args.budget_minutes:
-        sec = calibrate(work, args.batch_size)
+        sec = calibrate(work, args.batch_size, train_dir=Path(args.train) if args.train else None)
         # critical path: stage1 -> b_cotrain -> d_stage3_qa (+ eval); the other variants run beside it and
         # slow each step down by ``contention``; budget split 30 % / 25 % / 45 %
         avail = 60 * args.budget_minutes - 90  # eval + start-up reserve
@@ -165,70 +187,146 @@ def make_plan(args, work: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def orchestrate(args, work: Path) -> dict[str, int]:
-    """Run every variant as a worker process once its parent is final; returns exit codes by variant."""
-    todo = [n for n in GRAPH if not (work / n / "eval.json").is_file()]
-    running: dict[str, subprocess.Popen] = {}
-    codes: dict[str, int] = {n: 0 for n in GRAPH if n not in todo}
+def orchestrate(args, work: Path, plan: dict) -> dict[tuple[str, int], int]:
+    """Run every (variant, seed) as a worker process once its parent is final; returns exit codes.
+
+    Workers get ``CUDA_VISIBLE_DEVICES`` from ``plan["gpus"]`` in turn (unset: all visible devices)."""
+    jobs = [(n, seed) for seed in plan["seeds"] for n in GRAPH]
+    todo = [j for j in jobs if not (run_dir(work, *j) / "eval.json").is_file()]
+    running: dict[tuple[str, int], subprocess.Popen] = {}
+    codes: dict[tuple[str, int], int] = {j: 0 for j in jobs if j not in todo}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONUNBUFFERED": "1"}
+    gpus, started = [g for g in str(plan.get("gpus") or "").split(",") if g], 0
     while todo or running:
-        for name, proc in list(running.items()):
+        for job, proc in list(running.items()):
             if proc.poll() is not None:
-                codes[name] = proc.returncode
-                del running[name]
-                print(f"[ablation] {name} exited {proc.returncode} ({time.strftime('%H:%M:%S')})", flush=True)
-        for name in list(todo):
-            parent = GRAPH[name][0]
-            if parent and codes.get(parent) not in (0,):
-                if parent in codes:  # the parent failed or was cut: its children cannot start in this run
-                    todo.remove(name)
+                codes[job] = proc.returncode
+                del running[job]
+                print(f"[ablation] {job[0]} seed {job[1]} exited {proc.returncode} ({time.strftime('%H:%M:%S')})",
+                      flush=True)
+        if time.time() > args.deadline:
+            for job, proc in running.items():  # past the deadline: stop what still runs, keep what finished
+                proc.kill()
+                codes[job] = -9
+            return codes
+        for job in list(todo):
+            parent = (GRAPH[job[0]][0], job[1])
+            # a child starts as soon as its parent's model is final (the parent may still be evaluating)
+            if parent[0] and not (run_dir(work, *parent) / "final" / "train_summary.json").is_file():
+                if codes.get(parent, 0) != 0:  # the parent failed or was cut: its children cannot start
+                    todo.remove(job)
                 continue
             if len(running) >= args.parallel:
                 break
-            todo.remove(name)
-            (work / name).mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, __file__, "--variant", name, "--work", str(work), "--threads", str(args.threads)]
+            todo.remove(job)
+            out = run_dir(work, *job)
+            out.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, __file__, "--variant", job[0], "--seed", str(job[1]), "--work", str(work),
+                   "--threads", str(args.threads)]
             if args.max_minutes:
                 cmd += ["--max-minutes", str(max(0.2, (args.deadline - time.time()) / 60))]
-            log = open(work / name / "worker.log", "a")
-            running[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            print(f"[ablation] started {name} ({time.strftime('%H:%M:%S')})", flush=True)
-        time.sleep(2)
+            job_env = dict(env)
+            if gpus:
+                job_env["CUDA_VISIBLE_DEVICES"] = gpus[started % len(gpus)]
+            started += 1
+            log = open(out / "worker.log", "a")
+            running[job] = subprocess.Popen(cmd, cwd=ROOT, env=job_env, stdout=log, stderr=subprocess.STDOUT)
+            print(f"[ablation] started {job[0]} seed {job[1]} ({time.strftime('%H:%M:%S')})", flush=True)
+        time.sleep(1)
     return codes
 
 
-def markdown(rows: dict[str, dict], plan: dict) -> str:
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f}"
+METRICS = (("routing", ("routing_accuracy",)), ("region Acc@0.5", ("region", "acc@0.5")),
+           ("region mIoU", ("region", "mean_iou")), ("temporal R1@0.5", ("temporal", "r1@0.5")),
+           ("temporal mIoU", ("temporal", "miou")), ("mask J", ("mask", "J")), ("mask J&F", ("mask", "J&F")),
+           ("QA", ("qa", "accuracy")), ("false found", ("negative", "false_found")))
 
+
+def _get(summary: dict, path: tuple) -> float | None:
+    for key in path:
+        summary = summary.get(key) if isinstance(summary, dict) else None
+    return summary
+
+
+def aggregate(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Per variant and metric: mean, sample std (0 for one seed) and the per-seed values, over the seeds run."""
+    out = {}
+    for name, by_seed in runs.items():
+        row = {}
+        for label, path in METRICS:
+            vals = [v for v in (_get(s, path) for s in by_seed.values()) if v is not None]
+            if vals:
+                row[label] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
+                              else 0.0, "values": vals}
+        row["seeds"] = sorted(by_seed)
+        out[name] = row
+    return out
+
+
+def markdown(agg: dict[str, dict], plan: dict, steps: dict | None = None, baselines: dict | None = None) -> str:
+    """The table: per variant the mean +- std over seeds (percent) of every metric, and the steps trained."""
+    def cell(row, label):
+        m = row.get(label)
+        if m is None:
+            return "-"
+        return f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if len(m["values"]) > 1 else "")
+
+    seeds = plan.get("seeds") or [plan.get("seed", 0)]
+    caps = plan.get("time_caps")
     lines = [f"Tiny preset, {plan['videos']} synthetic train videos (seed 1), held-out val ({plan['val_videos']} "
              f"videos, seed 2, <= {plan['per_task']} samples per task); batch {plan['batch_size']}; stage 1 "
              f"{plan['stage1_steps']} steps, head budget S = {plan['steps']} steps, stage-3 comparison "
-             f"{plan['stage3_steps']} steps.", "",
-             "| variant | routing | region Acc@0.5 | region mIoU | temporal R1@0.5 | temporal mIoU | mask J | "
-             "mask J&F | QA |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, s in rows.items():
-        lines.append(f"| {name} | {pct(s['routing_accuracy'])} | {pct(s['region']['acc@0.5'])} | "
-                     f"{pct(s['region']['mean_iou'])} | {pct(s['temporal']['r1@0.5'])} | {pct(s['temporal']['miou'])} "
-                     f"| {pct(s['mask']['J'])} | {pct(s['mask']['J&F'])} | {pct(s['qa']['accuracy'])} |")
+             f"{plan['stage3_steps']} steps" + (f" (time caps {caps} s per run: see the steps column)" if caps
+                                                else "") + f"; seeds {seeds}: mean ± std over seeds.", "",
+             "| variant | " + " | ".join(label for label, _ in METRICS) + " | steps |",
+             "|---|" + "---|" * (len(METRICS) + 1)]
+    for name, row in agg.items():
+        st = (steps or {}).get(name, "")
+        lines.append(f"| {name} | " + " | ".join(cell(row, label) for label, _ in METRICS) + f" | {st} |")
+    if baselines:
+        lines += ["", "Trivial baselines on the same samples (mean over seeds): " +
+                  ", ".join(f"{k} {100 * v:.1f}" for k, v in baselines.items() if v is not None)]
     lines += ["", "a_*: one head trained alone (only its task's samples, S steps); b: heads co-trained (S steps); "
               "c: S/2 stage 2 + S/2 stage 3; d: S3 steps of stage 3 from b, with / without the conversation (QA) "
-              "data."]
+              "data. false found: share of negative questions (absent objects) answered with a head."]
     return "\n".join(lines) + "\n"
 
 
 def collect(work: Path, out: Path, plan: dict) -> dict[str, dict]:
-    rows = {n: json.loads((work / n / "eval.json").read_text()) for n in GRAPH if (work / n / "eval.json").is_file()}
-    seconds = {}
-    for n in GRAPH:
-        summary = work / n / "final" / "train_summary.json"
-        if summary.is_file():
-            seconds[n] = {r["stage"]: r["seconds"] for r in json.loads(summary.read_text())}
-    (out / "ablation.json").write_text(json.dumps({"plan": plan, "train_seconds": seconds, "results": rows},
-                                                  indent=1) + "\n")
-    (out / "ablation.md").write_text(markdown(rows, plan))
-    return rows
+    """Read every finished run; write ablation.json (runs, steps, seconds, aggregate) and ablation.md."""
+    seeds = plan.get("seeds") or [plan.get("seed", 0)]
+    runs: dict[str, dict[int, dict]] = {}
+    steps: dict[str, dict] = {}
+    seconds: dict[str, dict] = {}
+    for name in GRAPH:
+        for seed in seeds:
+            d = run_dir(work, name, seed)
+            if (d / "eval.json").is_file():
+                runs.setdefault(name, {})[seed] = json.loads((d / "eval.json").read_text())
+            summary = d / "final" / "train_summary.json"
+            if summary.is_file():
+                recs = json.loads(summary.read_text())
+                seconds.setdefault(name, {})[seed] = {r["stage"]: r["seconds"] for r in recs}
+                steps.setdefault(name, {})[seed] = {r["stage"]: r["steps"] for r in recs}
+    agg = aggregate(runs)
+    step_text = {n: "; ".join("s{}: {}".format(seed, "+".join(str(v) for v in st.values()))
+                              for seed, st in by.items()) for n, by in steps.items()}
+    base = {"mean-box Acc@0.5": [], "whole-video R1@0.5": [], "mean-box mask J": [], "majority QA": []}
+    for by_seed in runs.values():
+        for s in by_seed.values():
+            base["mean-box Acc@0.5"].append(_get(s, ("region", "baseline_mean_box", "acc@0.5")))
+            base["whole-video R1@0.5"].append(_get(s, ("temporal", "baseline_whole_video", "r1@0.5")))
+            base["mean-box mask J"].append(_get(s, ("mask", "baseline_mean_box", "J")))
+            base["majority QA"].append(_get(s, ("qa", "baseline_majority")))
+    baselines = {k: (float(np.mean([x for x in v if x is not None])) if any(x is not None for x in v) else None)
+                 for k, v in base.items()}
+    (out / "ablation.json").write_text(json.dumps({"plan": plan, "train_seconds": seconds, "steps": steps,
+                                                   "aggregate": agg, "baselines": baselines,
+                                                   "results": {n: {str(k): v for k, v in by.items()}
+                                                               for n, by in runs.items()}}, indent=1) + "\n")
+    (out / "ablation.md").write_text(markdown(agg, plan, step_text, baselines))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,7 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per worker")
     p.add_argument("--workers", type=int, default=8, help="data-synthesis processes")
     p.add_argument("--max-minutes", type=float, help="stop (resumably) after this long; re-run to continue")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
+                   help="comma list of training seeds: the whole graph is run once per seed (default 0)")
+    p.add_argument("--time-caps", type=lambda t: [float(x) for x in t.split(",")],
+                   help="T1,TS,T3: time budget in seconds of each stage-1 / head / stage-3 run (0 = none)")
+    p.add_argument("--gpus", default="", help="comma list of CUDA device ids the workers take in turn")
+    p.add_argument("--loader-workers", type=int, default=0, help="collation processes per worker (0 = a thread)")
+    p.add_argument("--train", help="train split to use instead of generating <work>/data/train")
+    p.add_argument("--val", help="held-out split to use instead of generating <work>/data/val")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # worker mode
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # worker mode
     args = p.parse_args(argv)
     work = Path(args.work)
     if args.variant:
@@ -258,13 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    ensure_data(work, args.videos, args.val_videos, args.workers)
+    if not (args.train and args.val):
+        args.train, args.val = (str(d) for d in ensure_data(work, args.videos, args.val_videos, args.workers))
     plan = make_plan(args, work)
     print(f"[ablation] plan: {json.dumps(plan)}", flush=True)
-    codes = orchestrate(args, work)
-    rows = collect(work, out, plan)
+    codes = orchestrate(args, work, plan)
+    runs = collect(work, out, plan)
     print((out / "ablation.md").read_text())
-    missing = [n for n in GRAPH if n not in rows]
+    missing = [(n, s) for n in GRAPH for s in plan["seeds"] if s not in runs.get(n, {})]
     if missing:
         print(f"[ablation] not finished: {missing} (exit codes {codes}); run again with the same --work")
         return 3

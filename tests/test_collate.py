@@ -14,24 +14,24 @@ from tpo_core.prompting import PromptBuilder
 @pytest.fixture(scope="module")
 def setup(synth_root):
     cfg = get_preset("tiny")
-    prompts = PromptBuilder(load_tokenizer(cfg.llm.tokenizer), cfg.llm.vocab_size, cfg.qformer.num_queries)
+    prompts = PromptBuilder(load_tokenizer(cfg.llm.tokenizer), cfg.llm.vocab_size, cfg.num_visual_tokens)
     samples = task_samples(synth_root)
     by_task = {}
     for s in samples:
         by_task.setdefault(s.task, s)
-    assert set(by_task) == {"region", "temporal", "mask", "qa"}, f"synthetic data lacks a task: {set(by_task)}"
+    assert set(by_task) == {"region", "temporal", "mask", "qa", "negative"}, f"data lacks a task: {set(by_task)}"
     return cfg, prompts, by_task
 
 
 def test_batch_layout(setup):
     cfg, prompts, by_task = setup
     col = TPOCollator(cfg, prompts, mask_frames=3, seed=0)
-    order = ["qa", "region", "temporal", "mask"]
+    order = ["qa", "region", "temporal", "mask", "negative"]
     batch = col([by_task[t] for t in order], key=5)
     b, length = batch.input_ids.shape
-    nq, t = cfg.qformer.num_queries, cfg.vision.num_frames
-    assert batch.frames.shape == (4, t, 3, cfg.vision.img_size, cfg.vision.img_size)
-    assert batch.labels.shape == batch.attention_mask.shape == batch.visual_mask.shape == (4, length)
+    nq, t = cfg.num_visual_tokens, cfg.vision.num_frames
+    assert batch.frames.shape == (5, t, 3, cfg.vision.img_size, cfg.vision.img_size)
+    assert batch.labels.shape == batch.attention_mask.shape == batch.visual_mask.shape == (5, length)
     assert (batch.visual_mask.sum(1) == nq).all()
     ids = prompts.task_ids
     begin = {"region": ids.box_begin, "temporal": ids.time_begin, "mask": ids.track_begin}
@@ -45,7 +45,7 @@ def test_batch_layout(setup):
         assert answer[-1] == prompts.eos_id  # EOS is trained
         n_real = int(real.sum())
         assert batch.input_ids[i, n_real - 1] == prompts.eos_id
-        if task == "qa":
+        if task in ("qa", "negative"):  # answered in text: no head
             assert batch.placeholder_pos[i] == -1
             assert not set(answer) & set(begin.values())
         else:
@@ -58,7 +58,7 @@ def test_batch_layout(setup):
     assert batch.region_boxes.shape == (1, 4)
     assert torch.allclose(batch.region_boxes[0], torch.tensor(by_task["region"].box, dtype=torch.float32))
     assert len(batch.temporal_spans) == 1 and batch.temporal_spans[0].shape[1] == 2
-    assert batch.temporal_relevance.shape == (1, t) and batch.frame_times.shape == (4, t)
+    assert batch.temporal_relevance.shape == (1, t) and batch.frame_times.shape == (5, t)
     s = cfg.mask.low_res_size
     assert batch.mask_targets.shape == (1, 3, s, s) and set(batch.mask_targets.unique().tolist()) <= {0.0, 1.0}
     assert batch.mask_frames[0].dtype == torch.uint8 and batch.mask_frames[0].shape[0] == 3

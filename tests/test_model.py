@@ -41,7 +41,7 @@ def test_encode_video_shapes(tiny):
     cfg = tiny.config
     frames = torch.randn(2, cfg.vision.num_frames, 3, cfg.vision.img_size, cfg.vision.img_size)
     visual, feats = tiny.encode_video(frames)
-    assert visual.shape == (2, cfg.qformer.num_queries, cfg.llm.hidden_size)
+    assert visual.shape == (2, cfg.num_visual_tokens, cfg.llm.hidden_size)
     assert feats.shape == (2, cfg.vision.num_frames, cfg.vision.embed_dim)
     with pytest.raises(ValueError, match=r"\[B, T, 3, S, S\]"):
         tiny.encode_video(frames[0])

@@ -65,3 +65,55 @@ def test_ablation_calibration_measures_every_stage_on_a_mixed_pool(tmp_path, syn
     assert set(sec) == {"stage1", "stage2", "stage3"} and all(v > 0 for v in sec.values())
     logged = [json.loads(line) for line in (tmp_path / "calibration" / "stage2" / "metrics.jsonl").open()]
     assert any("mask_pixel" in r for r in logged)  # the stage-2 pool holds mask samples, not only region ones
+
+
+def test_ablation_aggregates_seeds_into_mean_and_spread(tmp_path):
+    abl = _load("ablation")
+    plan = {"batch_size": 64, "stage1_steps": 10, "steps": 8, "stage3_steps": 6, "seeds": [0, 1, 2],
+            "videos": 30, "val_videos": 5, "per_task": 4, "time_caps": [60.0, 60.0, 60.0]}
+    o = abl.overrides("c_full", plan)
+    assert o["stage2"]["time_budget_s"] == 30.0 == o["stage3"]["time_budget_s"]
+    for seed, region in zip((0, 1, 2), (0.2, 0.4, 0.6)):
+        d = abl.run_dir(tmp_path, "b_cotrain", seed)
+        (d / "final").mkdir(parents=True)
+        summary = {"routing_accuracy": 1.0, "region": {"acc@0.5": region, "mean_iou": 0.5,
+                                                       "baseline_mean_box": {"acc@0.5": 0.05}},
+                   "temporal": {"r1@0.5": 0.6, "miou": 0.5, "baseline_whole_video": {"r1@0.5": 0.55}},
+                   "mask": {"J": 0.3, "J&F": 0.3, "baseline_mean_box": {"J": 0.1}}, "qa": {"accuracy": 0.4},
+                   "negative": {"false_found": 0.1}}
+        (d / "eval.json").write_text(json.dumps(summary))
+        (d / "final" / "train_summary.json").write_text(json.dumps([{"stage": "stage2", "steps": 7 + seed,
+                                                                      "seconds": 9.0}]))
+    out = tmp_path / "out"
+    out.mkdir()
+    runs = abl.collect(tmp_path, out, plan)
+    assert sorted(runs["b_cotrain"]) == [0, 1, 2]
+    data = json.loads((out / "ablation.json").read_text())
+    cell = data["aggregate"]["b_cotrain"]["region Acc@0.5"]
+    assert cell["mean"] == pytest.approx(0.4) and cell["std"] == pytest.approx(0.2) and len(cell["values"]) == 3
+    assert data["steps"]["b_cotrain"] == {"0": {"stage2": 7}, "1": {"stage2": 8}, "2": {"stage2": 9}}
+    table = (out / "ablation.md").read_text()
+    assert "| b_cotrain | 100.0 ± 0.0 | 40.0 ± 20.0 |" in table and "s2: 9" in table
+    assert "mean-box Acc@0.5 5.0" in table
+
+
+def test_gpu_session_plans_within_its_budget(tmp_path):
+    sess = _load("train_gpu_session")
+    args = sess.parse(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    s = sess.Session(args)
+    stages = json.loads(sess.default_config(s, 400.0).read_text())["stages"]
+    budgets = [stages[f"stage{i}"]["time_budget_s"] for i in (1, 2, 3)]
+    assert sum(budgets) + 3 * args.stage_overhead_s <= 400.0 and budgets[2] > budgets[0] > budgets[1] > 0
+    assert all(stages[f"stage{i}"]["batch_size"] == 128 for i in (1, 2, 3))
+    assert args.budget_s <= 570 and sum(args.ablation_shares) == pytest.approx(1.0)
+    # the newest model when the run was cut: stage 2 finished, stage 3 only has a checkpoint
+    for d in ("default/stage2", "default/stage3/checkpoints/step_000100"):
+        (tmp_path / "work" / d).mkdir(parents=True)
+        (tmp_path / "work" / d / "model.safetensors").write_bytes(b"x")
+    assert sess.trained_model(tmp_path / "work").name == "step_000100"
+    summary = {"routing_accuracy": 0.97, "region": {"acc@0.5": 0.5, "baseline_mean_box": {"acc@0.5": 0.05}},
+               "temporal": {"r1@0.5": 0.75, "baseline_whole_video": {"r1@0.5": 0.6}},
+               "mask": {"J": 0.71, "baseline_mean_box": {"J": 0.2}}, "qa": {"accuracy": 0.8, "baseline_majority": 0.3},
+               "negative": {"false_found": 0.1}, "diagnostics": {"flags": []}}
+    lines = sess.target_lines(summary)
+    assert [ln[:4] for ln in lines[:7]] == ["MET ", "MISS", "MET ", "MET ", "MET ", "MISS", "MET "]

@@ -13,7 +13,7 @@ import pytest
 from tpo_core.data.formats import load_conversations, load_qvhighlights, load_region, load_segmentation
 from tpo_core.data.rle import decode as rle_decode
 from tpo_core.data.rle import mask_bbox
-from tpo_core.data.synth import add_synth_parser, generate, synth_main
+from tpo_core.data.synth import add_synth_parser, generate, region_label_frame, synth_main
 from tpo_core.data.synth_scene import BACKGROUND_COLOURS, COLOURS, SHAPES
 from tpo_core.data.synth_tasks import (
     MASK_TEMPLATES,
@@ -26,7 +26,7 @@ from tpo_core.data.synth_tasks import (
 )
 from tpo_core.tokens import TASK_TOKENS, prompt_chunks
 
-ANNOTATIONS = ("temporal.jsonl", "region.json", "segmentation.json", "conversations.json")
+ANNOTATIONS = ("temporal.jsonl", "region.json", "segmentation.json", "conversations.json", "negatives.json")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_region_boxes_match_pixels(dataset):
     assert regions
     for r in regions:
         seg = segs[r.id]
-        assert r.frame_index == seg.num_frames // 2 and r.time == pytest.approx(r.frame_index / seg.extra["fps"])
+        assert r.frame_index == region_label_frame(seg.num_frames)
+        assert r.time == pytest.approx(r.frame_index / seg.extra["fps"])
         mask = seg.mask(r.frame_index)
         assert np.allclose(_norm(mask_bbox(mask), r.width, r.height), r.box, atol=1e-9)  # exact
         frame = decord.VideoReader(str(dataset / r.video))[r.frame_index].asnumpy().astype(int)
@@ -114,12 +115,21 @@ def test_segmentation_masks_are_exact(dataset):
 
 def test_conversation_answers_are_exact(dataset):
     segs = load_segmentation(dataset / "segmentation.json", dataset)
+    boxes = {(r.video, r.query): r.box for r in load_region(dataset / "region.json")}
+    positions = 0
     for conv in load_conversations(dataset / "conversations.json"):
         objects = [s.query.split()[1:] for s in segs if s.video == conv.video]  # [colour, shape]
         assert conv.turns[0][1].startswith("<video>\n")
         for q, a in conv.pairs():
             assert len(a.split()) <= 2
-            if q.startswith("How many"):
+            if q.startswith("In which part of the frame is "):
+                box = boxes[(conv.video, q[len("In which part of the frame is "):-1])]
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                expect = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left", (1, 1): "middle",
+                          (1, 2): "right", (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right"}
+                assert a == expect[(min(2, int(cy * 3)), min(2, int(cx * 3)))]
+                positions += 1
+            elif q.startswith("How many"):
                 assert a == NUMBER_WORDS[len(objects)]
             elif q == "What colour is the background?":
                 assert a in BACKGROUND_COLOURS
@@ -127,16 +137,19 @@ def test_conversation_answers_are_exact(dataset):
                 assert [a, q[len("What colour is the "):-1]] in objects
             elif q.startswith("What shape is "):
                 assert [q[len("What shape is "):-1], a] in objects and a in SHAPES
+    assert positions == len({v for v, _ in boxes})  # one per video with a region label
 
 
 def test_task_samples(dataset):
     samples = task_samples(dataset)
-    by_task = {t: [s for s in samples if s.task == t] for t in ("region", "temporal", "mask", "qa")}
+    by_task = {t: [s for s in samples if s.task == t] for t in ("region", "temporal", "mask", "qa", "negative")}
     assert all(by_task.values()), {t: len(v) for t, v in by_task.items()}
     for s in samples:
         assert Path(s.video).is_file()
-        if s.task != "qa":
+        if s.task not in ("qa", "negative"):
             assert s.answer == TASK_ANSWERS[s.task]
+    for s in by_task["negative"]:
+        assert s.answer.endswith(" is not in the video.") and s.phrase in s.question
     region = load_region(dataset / "region.json")
     assert [s.box for s in by_task["region"]] == [r.box for r in region]
     queries = {r.id: r.query for r in region}

@@ -144,7 +144,7 @@ def test_cli_train_all_stages_then_eval(synth_root, tmp_path, capsys):
     rc = main(["eval", "--checkpoint", str(out / "final"), "--data", str(synth_root), "--per-task", "1", "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["num_samples"] == 4
+    assert summary["num_samples"] == 5  # one per task, the negative question included
     assert summary["region"]["count"] == summary["temporal"]["count"] == summary["mask"]["count"] == 1
     assert 0.0 <= summary["routing_accuracy"] <= 1.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from tpo_core.config import get_preset
-from tpo_core.modeling.connector import QFormerConnector
+from tpo_core.modeling.connector import QFormerConnector, SpatialTokens
 from tpo_core.modeling.vision import VideoEncoder, sinusoid_table, video_pos_embed
 
 INDEX = Path(__file__).resolve().parent / "fixtures/videochat_tpo/model.safetensors.index.json"
@@ -75,21 +76,52 @@ def test_pos_embed_is_interpolated_sinusoid_and_not_persistent(tiny, encoder):
 
 def test_connector_shapes(tiny, encoder):
     torch.manual_seed(0)
-    conn = QFormerConnector(tiny.qformer, tiny.vision.embed_dim, tiny.llm.hidden_size).eval()
+    v = tiny.vision
+    conn = QFormerConnector(tiny.qformer, v.embed_dim, tiny.llm.hidden_size, v.tokens_per_frame,
+                            v.num_frames).eval()
     with torch.no_grad():
         out = conn(encoder(_frames(tiny)))
-    assert out.shape == (2, tiny.qformer.num_queries, tiny.llm.hidden_size)
+    assert tiny.num_visual_tokens == tiny.qformer.num_queries + v.num_frames * tiny.qformer.spatial_pool ** 2 == 144
+    assert out.shape == (2, tiny.num_visual_tokens, tiny.llm.hidden_size)
     assert conn.query_tokens.shape == (1, tiny.qformer.num_query_tokens, tiny.qformer.hidden_size)
     assert conn.extra_query_tokens.shape == (1, tiny.qformer.num_extra_query_tokens, tiny.qformer.hidden_size)
-    with torch.no_grad():  # any number of vision tokens (fewer frames)
-        assert conn(torch.randn(1, 7, tiny.vision.embed_dim)).shape == (1, tiny.qformer.num_queries,
-                                                                        tiny.llm.hidden_size)
+    with pytest.raises(ValueError, match="spatial_pool=4 needs all 8 frames"):
+        conn(torch.randn(1, 7, v.embed_dim))
+    with pytest.raises(ValueError, match="needs tokens_per_frame"):
+        QFormerConnector(tiny.qformer, v.embed_dim, tiny.llm.hidden_size)
+    queries_only = QFormerConnector(dataclasses.replace(tiny.qformer, spatial_pool=0), v.embed_dim,
+                                    tiny.llm.hidden_size).eval()
+    with torch.no_grad():  # the release's connector: any number of vision tokens (fewer frames)
+        assert queries_only(torch.randn(1, 7, v.embed_dim)).shape == (1, tiny.qformer.num_queries,
+                                                                      tiny.llm.hidden_size)
     with pytest.raises(ValueError, match="vision tokens"):
-        conn(torch.randn(1, 7, tiny.vision.embed_dim + 1))
+        conn(torch.randn(1, 7, v.embed_dim + 1))
+
+
+def test_spatial_tokens_pool_each_cell_of_each_frame():
+    """Token (t, r, c) is the mean of frame t's patches in cell (r, c): a patch grid whose values say where they
+    are comes out as the cell's mean, plus the position embedding of that (slot, row, column)."""
+    slots, side, grid, dv = 3, 8, 4, 6
+    sp = SpatialTokens(grid, dv, dv, side * side, slots)
+    with torch.no_grad():
+        sp.norm.weight.fill_(1.0), sp.norm.bias.zero_()
+        sp.proj.weight.copy_(torch.eye(dv)), sp.proj.bias.zero_()
+        t, y, x = torch.meshgrid(torch.arange(slots), torch.arange(side), torch.arange(side), indexing="ij")
+        tokens = torch.stack([t, y, x, -t, -y, -x], dim=-1).float().reshape(1, slots * side * side, dv)
+        out = sp(tokens) - sp.pos
+        pooled = tokens.reshape(1, slots, grid, 2, grid, 2, dv).mean(dim=(3, 5)).reshape(1, -1, dv)
+        assert out.shape == (1, slots * grid * grid, dv)
+        assert torch.allclose(out, torch.nn.functional.layer_norm(pooled, (dv,), eps=1e-5), atol=1e-5)
+        assert torch.allclose(pooled[0, 1 * 16 + 2 * 4 + 3, :3], torch.tensor([1.0, 4.5, 6.5]))  # slot 1, row 2, col 3
+    table = SpatialTokens.position_table(slots, grid, 256)
+    assert table.shape == (slots * grid * grid, 256) and len({tuple(r.tolist()) for r in table}) == slots * grid * grid
+    with pytest.raises(ValueError, match="multiple of 3"):
+        SpatialTokens(3, dv, dv, 64, 2)
 
 
 def test_7b_on_meta_param_counts():
     cfg = get_preset("videochat-tpo-7b")
+    assert cfg.qformer.spatial_pool == 0 and cfg.num_visual_tokens == cfg.qformer.num_queries == 96  # the release
     with torch.device("meta"):
         vision = VideoEncoder(cfg.vision)
         conn = QFormerConnector(cfg.qformer, cfg.vision.embed_dim, cfg.llm.hidden_size)

@@ -72,6 +72,7 @@ class VisionConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "bicubic"
+    frame_pool: str = "mean"  # per-frame features for the temporal head: "mean" of the patches or "mean_max"
 
     def __post_init__(self) -> None:
         _positive(self, "img_size", "patch_size", "tubelet_size", "num_frames", "embed_dim", "depth",
@@ -80,6 +81,7 @@ class VisionConfig:
         _divisible(self, "embed_dim", "num_heads")
         _divisible(self, "num_frames", "tubelet_size")
         _choice(self, "resize", ("bicubic", "bilinear"))
+        _choice(self, "frame_pool", ("mean", "mean_max"))
         if self.num_blocks_built > self.depth:
             raise ValueError(f"VisionConfig.num_blocks_built={self.num_blocks_built} exceeds depth={self.depth}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -97,7 +99,12 @@ class VisionConfig:
 
 @dataclass
 class QFormerConfig:
-    """BLIP-2 Q-Former: vision tokens [B, Nt, Dv] -> queries [B, Nq, H] -> LLM space [B, Nq, D_llm]."""
+    """BLIP-2 Q-Former: vision tokens [B, Nt, Dv] -> queries [B, Nq, H] -> LLM space [B, Nq, D_llm].
+
+    ``spatial_pool = g > 0`` adds, after the Nq query tokens, ``g x g`` pooled patch tokens per frame slot with
+    learned position embeddings (``connector.SpatialTokens``): the LLM then sees where things are (the tiny
+    preset: g = 4). 0 = the release's connector (queries only); ``TPOConfig.num_visual_tokens`` counts both.
+    """
 
     hidden_size: int = 768
     num_layers: int = 12
@@ -108,12 +115,16 @@ class QFormerConfig:
     num_extra_query_tokens: int = 64
     vision_layer_norm_eps: float = 1e-12
     dropout: float = 0.1
+    spatial_pool: int = 0  # g: g x g pooled patch tokens per frame slot beside the queries (0 = none, release)
 
     def __post_init__(self) -> None:
         _positive(self, "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "cross_attention_frequency", "num_query_tokens")
         if self.num_extra_query_tokens < 0:
             raise ValueError(f"QFormerConfig.num_extra_query_tokens must be >= 0, got {self.num_extra_query_tokens}")
+        if not isinstance(self.spatial_pool, int) or isinstance(self.spatial_pool, bool) or self.spatial_pool < 0:
+            raise ValueError(f"QFormerConfig.spatial_pool must be an int >= 0 (0 = no pooled patch tokens), "
+                             f"got {self.spatial_pool!r}")
         _divisible(self, "hidden_size", "num_heads")
         _unit_interval(self, "dropout")
 
@@ -276,9 +287,21 @@ class TPOConfig:
             elif not isinstance(value, cls):
                 raise ValueError(f"TPOConfig.{name} must be a {cls.__name__} or dict, got {type(value).__name__}")
         _positive(self, "loc_encoder_hidden", "max_new_tokens")
+        side = self.vision.img_size // self.vision.patch_size
+        if self.qformer.spatial_pool and side % self.qformer.spatial_pool:
+            raise ValueError(f"QFormerConfig.spatial_pool={self.qformer.spatial_pool} must divide the patch grid "
+                             f"side {side} (vision img_size {self.vision.img_size} / patch_size "
+                             f"{self.vision.patch_size}); choose a divisor of {side} or 0")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"TPOConfig.version={self.version} is not supported (this toolkit reads "
                              f"{CONFIG_VERSION}); re-save the config with this toolkit")
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Visual tokens the connector hands the LLM (``Nv``): the Q-Former queries, then ``spatial_pool^2``
+        pooled patch tokens per frame slot (``num_frames // tubelet_size`` slots)."""
+        slots = self.vision.num_frames // self.vision.tubelet_size
+        return self.qformer.num_queries + slots * self.qformer.spatial_pool ** 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -323,7 +346,7 @@ def tiny_config() -> TPOConfig:
         vision=VisionConfig(img_size=64, patch_size=8, num_frames=8, embed_dim=128, depth=4, num_blocks_built=4,
                             num_heads=4, pos_emb_frames=4),
         qformer=QFormerConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-                              num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0),
+                              num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0, spatial_pool=4),
         llm=LLMConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                       intermediate_size=512, max_position_embeddings=512, max_context=256, rope_theta=10000.0,
                       tokenizer="embedded-tiny", lora=LoRAConfig(r=8, alpha=16, dropout=0.05)),

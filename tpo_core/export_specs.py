@@ -101,7 +101,7 @@ def _vision(cfg: TPOConfig, lim: ExportLimits) -> ComponentIO:
         "vision",
         (IOSpec("frames", "float32", ("batch", t, 3, v.img_size, v.img_size),
                 "RGB frames resized to the model size, values 0..255 (not normalized: the graph normalizes)"),),
-        (IOSpec("visual_tokens", FLOAT, ("batch", cfg.qformer.num_queries, d), "visual tokens in LLM space"),
+        (IOSpec("visual_tokens", FLOAT, ("batch", cfg.num_visual_tokens, d), "visual tokens in LLM space"),
          IOSpec("frame_features", FLOAT, ("batch", t // v.tubelet_size, v.embed_dim),
                 "per-frame encoder features (temporal head input)")),
         {"default": {"batch": _rng(1, 1, lim.max_batch)}},
@@ -122,7 +122,7 @@ def _llm(cfg: TPOConfig, lim: ExportLimits) -> ComponentIO:
     outputs = [IOSpec("logits", "float32", ("batch", vocab), "next-token logits of the LAST position"),
                IOSpec("hidden_states", FLOAT, ("batch", "seq", c.hidden_size), "final-norm hidden states")]
     outputs += [IOSpec(n, FLOAT, ("batch", kvh, "total", hd), "past + new keys/values") for n in present]
-    opt = lim.prefill_opt or cfg.qformer.num_queries + PREFILL_TEXT_TOKENS
+    opt = lim.prefill_opt or cfg.num_visual_tokens + PREFILL_TEXT_TOKENS
     profiles = {
         "prefill": {"batch": _rng(1, 1, lim.max_batch), "seq": _rng(1, opt, ctx), "past": _rng(0, 0, ctx - 1),
                     "total": _rng(1, opt, ctx)},
@@ -276,7 +276,7 @@ def manifest_sections(config: TPOConfig, tokenizer: TokenizerSpec, task_ids: dic
     return {
         "tokenizer": tokenizer,
         "task_tokens": _task_tokens(task_ids),
-        "prompt": release_template(config.system_message, config.qformer.num_queries),
+        "prompt": release_template(config.system_message, config.num_visual_tokens),
         "preprocess": PreprocessSpec(num_frames=v.num_frames, sampling="middle-of-segment", size=v.img_size,
                                      resize=v.resize, align_corners=False, antialias=False, clamp=(0.0, 255.0),
                                      mean=tuple(v.mean), std=tuple(v.std)),

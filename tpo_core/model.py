@@ -1,8 +1,9 @@
 """TPOModel: video encoder -> Q-Former connector -> LLM with task tokens -> region / temporal / mask heads.
 
-Shapes (batch B, sampled frames T, frame size S, vision width Dv, LLM width D, queries Nq):
-- ``encode_video(frames [B, T, 3, S, S]) -> (visual [B, Nq, D], frame_feats [B, T, Dv])``
-- ``sequence_embeds(prompt, visual [B, Nq, D]) -> [B, L, D]`` with the visual tokens spliced after ``pre``
+Shapes (batch B, sampled frames T, frame size S, vision width Dv, LLM width D, visual tokens
+Nv = ``config.num_visual_tokens``):
+- ``encode_video(frames [B, T, 3, S, S]) -> (visual [B, Nv, D], frame_feats [B, T, Dv])``
+- ``sequence_embeds(prompt, visual [B, Nv, D]) -> [B, L, D]`` with the visual tokens spliced after ``pre``
 - heads read the final-layer hidden state [B, D] at a task placeholder (see ``generation.py``).
 """
 
@@ -34,7 +35,8 @@ class TPOModel(nn.Module):
         self.config = config
         d = config.llm.hidden_size
         self.vision = VideoEncoder(config.vision)
-        self.connector = QFormerConnector(config.qformer, config.vision.embed_dim, d)
+        self.connector = QFormerConnector(config.qformer, config.vision.embed_dim, d, config.vision.tokens_per_frame,
+                                          config.vision.num_frames // config.vision.tubelet_size)
         self.llm = TaskLLM(config.llm, config.loc_encoder_hidden)
         self.region_head = RegionHead(config.region, d)
         self.temporal_head = TemporalHead(config.temporal, d, config.vision.embed_dim)
@@ -78,7 +80,7 @@ class TPOModel(nn.Module):
             if self.tokenizer is None:
                 raise ValueError("this TPOModel has no tokenizer; build it with TPOModel.from_config or "
                                  "from_pretrained, or pass tokenizer=...")
-            self._prompts = PromptBuilder(self.tokenizer, self.config.llm.vocab_size, self.config.qformer.num_queries,
+            self._prompts = PromptBuilder(self.tokenizer, self.config.llm.vocab_size, self.config.num_visual_tokens,
                                           self.config.system_message)
         return self._prompts
 
@@ -92,7 +94,7 @@ class TPOModel(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames [B, T, 3, S, S] normalized -> (visual tokens [B, Nq, D], per-frame features [B, T, Dv])."""
+        """frames [B, T, 3, S, S] normalized -> (visual tokens [B, Nv, D], per-frame features [B, T, Dv])."""
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, S, S], got shape {tuple(frames.shape)}")
         tokens = self.vision(frames)
@@ -101,7 +103,7 @@ class TPOModel(nn.Module):
 
     def sequence_embeds(self, prompt: PromptIds, visual: torch.Tensor, track_boxes: torch.Tensor | None = None,
                         with_answer: bool = False) -> torch.Tensor:
-        """Input embeddings [B, L, D]: embed(pre) + visual [B, Nq, D] + embed(post [+ answer])."""
+        """Input embeddings [B, L, D]: embed(pre) + visual [B, Nv, D] + embed(post [+ answer])."""
         b = visual.shape[0]
         dev = visual.device
         pre = torch.tensor(prompt.pre, device=dev).expand(b, -1)

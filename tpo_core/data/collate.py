@@ -11,16 +11,24 @@ Sequence layout of one sample (``PromptBuilder.build(question, times, answer)``)
   runtime forces them after a ``*_begin``, so they are never predicted).
 - ``attention_mask [B, L]``: 1 on real tokens, 0 on the right padding.
 - ``placeholder_pos [B]``: position of the task placeholder (the head reads the hidden state there), -1 if none.
+- ``visual_start``: the position of the first visual slot when it is the same in every row (the prompt layout
+  puts the visual tokens right after the same ``pre`` ids), else None.
 
-Head targets (only for the samples of that task; ``head_items[head]`` lists their batch indices in order):
+Head targets (only for the samples of that task; ``head_items[head]`` lists their batch indices in order,
+``head_index[head]`` the same as an int64 tensor):
 - region: ``region_boxes [Br, 4]`` normalized xyxy.
 - temporal: ``temporal_spans`` (Bt tensors [n_i, 2], (center, width) / duration), ``temporal_relevance``
-  [Bt, T] per-frame relevance (> 0 inside a ground-truth window), ``frame_times [B, T]`` (time / duration).
-- mask: ``mask_frames`` (Bm uint8 tensors [Tm, H, W, 3], frame 0 of the clip first; the objective runs
-  ``mask_head.preprocess`` on the device), ``mask_targets [Bm, Tm, s, s]`` {0, 1} at the head's low-res
-  size ``s = image_size / 4``, ``mask_boxes [Bm, 4]`` normalized xyxy of the object on mask frame 0.
+  [Bt, T] per-frame relevance (> 0 inside a ground-truth window), ``frame_times [B, T]`` (time / duration),
+  ``temporal_groups`` (``losses.span_groups`` of the spans) and ``temporal_levels`` (the distinct positive
+  relevance levels), so the loss needs nothing back from the device.
+- mask: ``mask_frames`` (Bm uint8 tensors [Tm, H, W, 3], frame 0 of the clip first), ``mask_pixels
+  [Bm, Tm, 3, Sm, Sm]`` (those frames through the mask head's preprocessing, done here on the CPU),
+  ``mask_targets [Bm, Tm, s, s]`` {0, 1} at the head's low-res size ``s = image_size / 4``, ``mask_boxes
+  [Bm, 4]`` normalized xyxy of the object on mask frame 0.
 
-Decoded clips are cached (``ClipCache``) so each video is decoded once per run.
+Every tensor is built on the CPU; ``Batch.pin_memory`` / ``Batch.to(device)`` (non-blocking) move them.
+Decoded clips are cached (``ClipCache``; with a ``clip_store.ClipStore`` they are read from the store written
+once per dataset instead of decoded) so each video is decoded at most once per run.
 """
 
 from __future__ import annotations
@@ -32,19 +40,23 @@ import numpy as np
 import torch
 
 from ..config import TPOConfig
+from ..modeling.heads.mask import preprocess_mask_frames
+from ..modeling.losses import span_groups
 from ..prompting import PromptBuilder
 from .video import Clip, preprocess_frames, read_video
 
 IGNORE_INDEX = -100
-TASKS = ("region", "temporal", "mask", "qa")
+TASKS = ("region", "temporal", "mask", "qa", "negative")
+TEXT_TASKS = ("qa", "negative")  # answered in text: no head, no placeholder
 
 
 class ClipCache:
     """Decoded ``Clip``s keyed by path, LRU, bounded by ``max_bytes`` of frame data."""
 
-    def __init__(self, num_frames: int, max_bytes: int = 8 << 30):
+    def __init__(self, num_frames: int, max_bytes: int = 8 << 30, store=None):
         self.num_frames = num_frames
         self.max_bytes = max_bytes
+        self.store = store  # a clip_store.ClipStore of this frame count, or None
         self._clips: OrderedDict[str, Clip] = OrderedDict()
         self._bytes = 0
         self.hits = self.misses = 0
@@ -56,7 +68,9 @@ class ClipCache:
             self.hits += 1
             return clip
         self.misses += 1
-        clip = read_video(path, self.num_frames)
+        clip = self.store.get(path) if self.store is not None else None
+        if clip is None:
+            clip = read_video(path, self.num_frames)
         self._clips[path] = clip
         self._bytes += clip.frames.nbytes
         while self._bytes > self.max_bytes and len(self._clips) > 1:
@@ -85,17 +99,32 @@ class Batch:
     mask_targets: torch.Tensor  # [Bm, Tm, s, s]
     mask_boxes: torch.Tensor  # [Bm, 4]
     ids: list[str] = field(default_factory=list)
+    head_index: dict[str, torch.Tensor] = field(default_factory=dict)  # head -> int64 [n] (= head_items)
+    visual_start: int | None = None
+    temporal_groups: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    temporal_levels: torch.Tensor | None = None  # [R] distinct positive relevance levels
+    mask_pixels: torch.Tensor | None = None  # [Bm, Tm, 3, Sm, Sm] float32
+
+    def _map(self, fn) -> Batch:
+        """A Batch with ``fn`` applied to every tensor (also inside lists, tuples and dicts)."""
+        def conv(v):
+            if isinstance(v, torch.Tensor):
+                return fn(v)
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return type(v)(conv(x) for x in v)
+            return v
+
+        return Batch(**{f.name: conv(getattr(self, f.name)) for f in fields(self)})
 
     def to(self, device: torch.device | str) -> Batch:
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = v.to(device, non_blocking=True)
-            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-                v = [t.to(device, non_blocking=True) for t in v]
-            out[f.name] = v
-        return Batch(**out)
+        """Every tensor on ``device`` (non-blocking: from pinned memory the copies overlap the device's work)."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:
+        """Every tensor in page-locked memory (``DataLoader(pin_memory=True)`` calls this)."""
+        return self._map(lambda t: t.pin_memory())
 
 
 def _frame_relevance(times: np.ndarray, windows: list, saliency: list, clip_len: float) -> np.ndarray:
@@ -182,7 +211,7 @@ class TPOCollator:
         visual = [False] * len(p.pre) + [True] * p.num_visual + [False] * (len(p.post) + len(p.answer))
         labels = [IGNORE_INDEX] * p.prompt_len + [IGNORE_INDEX if t in self.placeholders else t for t in p.answer]
         pos = next((p.prompt_len + i for i, t in enumerate(p.answer) if t in self.placeholders), -1)
-        if sample.task != "qa" and pos < 0:
+        if sample.task not in TEXT_TASKS and pos < 0:
             raise ValueError(f"{sample.task} sample {sample.id!r}: answer {sample.answer!r} holds no task "
                              "placeholder; task answers must contain e.g. '<box_begin><boxes>'")
         return ids, labels, visual, pos
@@ -215,7 +244,7 @@ class TPOCollator:
             ids[i, :n], labels[i, :n], attn[i, :n] = torch.tensor(r_ids), torch.tensor(r_lab), 1
             vis[i, :n] = torch.tensor(r_vis)
         head_items: dict[str, list[int]] = {"region": [], "temporal": [], "mask": []}
-        region, spans, rel, mframes, mtargets, mboxes = [], [], [], [], [], []
+        region, spans, rel, mframes, mtargets, mboxes, mpixels = [], [], [], [], [], [], []
         times = []
         for i, (s, c) in enumerate(zip(samples, clips)):
             dur = float(s.duration or c.duration)
@@ -231,20 +260,26 @@ class TPOCollator:
             elif s.task == "mask":
                 head_items["mask"].append(i)
                 frames, targets, box = self._mask_targets(s, c, key * 1009 + i)
+                mpixels.append(preprocess_mask_frames(frames, self.cfg.mask.image_size))
                 mframes.append(frames)
                 mtargets.append(targets)
                 mboxes.append(box)
-            elif s.task != "qa":
+            elif s.task not in TEXT_TASKS:
                 raise ValueError(f"sample {s.id!r} has task {s.task!r}; allowed: {TASKS}")
         t, sm = self.cfg.vision.num_frames, self.cfg.mask.low_res_size
+        starts = {r[2].index(True) if True in r[2] else -1 for r in rows}
+        relevance = torch.from_numpy(np.stack(rel)) if rel else torch.zeros(0, t)
         return Batch(
             frames=torch.stack([self.pixels(c) for c in clips]), input_ids=ids, labels=labels, attention_mask=attn,
             visual_mask=vis, placeholder_pos=torch.tensor([r[3] for r in rows], dtype=torch.long),
             frame_times=torch.from_numpy(np.stack(times).astype(np.float32)), tasks=[s.task for s in samples],
             head_items=head_items, region_boxes=torch.tensor(region, dtype=torch.float32).reshape(-1, 4),
-            temporal_spans=spans,
-            temporal_relevance=torch.from_numpy(np.stack(rel)) if rel else torch.zeros(0, t),
+            temporal_spans=spans, temporal_relevance=relevance,
             mask_frames=mframes,
             mask_targets=torch.from_numpy(np.stack(mtargets)) if mtargets else torch.zeros(0, self.mask_frames, sm, sm),
             mask_boxes=torch.tensor(mboxes, dtype=torch.float32).reshape(-1, 4), ids=[s.id for s in samples],
+            head_index={k: torch.tensor(v, dtype=torch.int64) for k, v in head_items.items()},
+            visual_start=starts.pop() if len(starts) == 1 and -1 not in starts else None,
+            temporal_groups=span_groups(spans), temporal_levels=torch.unique(relevance[relevance > 0]),
+            mask_pixels=torch.stack(mpixels) if mpixels else None,
         )

@@ -7,8 +7,14 @@ Writes into DIR (formats and semantics: docs/data.md):
 
 Semantics: an object is *visible* in a frame when at least one of its pixels is drawn after occlusion.
 Temporal windows are the runs of visible frames in seconds (frame f spans [f/fps, (f+1)/fps)); saliency is
-given per 1 s clip (QVHighlights uses 2 s clips). Region boxes refer to the middle frame ``num_frames // 2``.
-Masks and boxes are exactly the visible pixels, so a mask's bbox equals its box label.
+given per 1 s clip (QVHighlights uses 2 s clips). Region boxes refer to the middle *sampled* frame
+``region_label_frame(n) = int((4 + 0.5) * n / 8)``: frame 4 of the 8 frames a model samples with the release's
+middle-of-segment rule (``video.sample_indices``), so the labelled frame is one the model sees (the tiny
+preset samples 8 frames). Masks and boxes are exactly the visible pixels, so a mask's bbox equals its box label.
+``negatives.json`` holds questions about objects that are not in the video (``synth_tasks.make_negatives``).
+Besides the templated QA, each video with a region label gets one *position* question ("In which part of the
+frame is the red circle?" -> "top left", the 3 x 3 cell of the region box's centre on the labelled frame): a
+classification the LM loss teaches from stage 1, which needs the same look-up as the box.
 Deterministic: video i of a split uses ``numpy.random.default_rng([seed, SPLIT_SALT[split], i])``.
 """
 
@@ -37,15 +43,26 @@ from tpo_core.data.synth_scene import (
     sample_scene,
     unoccluded_area,
 )
-from tpo_core.data.synth_tasks import TEMPORAL_QUERY, TaskSample, make_qa, task_samples
+from tpo_core.data.synth_tasks import (
+    POSITION_QUESTION,
+    TEMPORAL_QUERY,
+    TaskSample,
+    make_negatives,
+    make_qa,
+    position_answer,
+    task_samples,
+)
+from tpo_core.data.video import sample_indices
 
 __all__ = ["TaskSample", "add_synth_parser", "generate", "generate_dataset", "run_synth", "synth_main",
            "task_samples"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: region boxes on a sampled frame, negatives.json, position questions
 SPLIT_SALT = {"train": 0, "val": 1}
 CLIP_LEN_S = 1.0
 MIN_REGION_VISIBLE = 0.3  # region records only for objects with >= 30 % of their area visible in the box frame
+REGION_LABEL_FRAMES = 8  # region boxes are labelled on sampled frame REGION_LABEL_FRAMES // 2 of this many
+NEGATIVES_PER_VIDEO = 2  # questions about absent objects per video (negatives.json)
 MASK_MODES = ("png", "rle", "both")
 _PNG_OPTS = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, 3]
 
@@ -124,6 +141,12 @@ def _write_masks(out: Path, scene: SceneSpec, obj, labels: np.ndarray, visible: 
     return entries
 
 
+def region_label_frame(num_frames: int, sampled: int = REGION_LABEL_FRAMES) -> int:
+    """The frame a region box is labelled on: sampled frame ``sampled // 2`` of ``sample_indices(n, sampled)``
+    (``int((sampled // 2 + 0.5) * n / sampled)``), i.e. the middle frame that a ``sampled``-frame model sees."""
+    return int(sample_indices(num_frames, sampled)[sampled // 2])
+
+
 def _scene_ok(scene: SceneSpec, labels: np.ndarray) -> bool:
     return all((labels == o.obj_id).any() for o in scene.objects)
 
@@ -143,7 +166,8 @@ def generate_video(out: Path, split: str, seed: int, index: int, codec: str, mas
     bg = render_background(scene)
     write_mp4(out / video, (compose_frame(bg, labels[f], scene) for f in range(scene.num_frames)),
               scene.fps, scene.width, scene.height, codec)
-    w, h, n, mid = scene.width, scene.height, scene.num_frames, scene.num_frames // 2
+    w, h, n = scene.width, scene.height, scene.num_frames
+    mid = region_label_frame(n)
     rec: dict = {"temporal": [], "region": [], "segmentation": []}
     common = {"video": video, "vid": vid, "width": w, "height": h}
     for obj in scene.objects:
@@ -164,10 +188,18 @@ def generate_video(out: Path, split: str, seed: int, index: int, codec: str, mas
             "first_frame_box": _norm_box(mask_bbox(m[first]), w, h),
             "masks": _write_masks(out, scene, obj, labels, visible, mask_mode),
             "absent_frames": np.flatnonzero(~visible).tolist()})
+    qa = make_qa(scene, rng)
+    if rec["region"]:  # one position question about an object with a region label (its own generator)
+        r = rec["region"][int(np.random.default_rng([seed, SPLIT_SALT[split], index, 2]).integers(len(rec["region"])))]
+        qa.append((POSITION_QUESTION.format(p=r["query"]), position_answer(r["box"])))
     turns = []
-    for j, (q, a) in enumerate(make_qa(scene, rng)):
+    for j, (q, a) in enumerate(qa):
         turns += [{"from": "human", "value": ("<video>\n" if j == 0 else "") + q}, {"from": "gpt", "value": a}]
     rec["conversation"] = {"id": vid, "video": video, "conversations": turns, "duration": round(scene.duration, 6)}
+    # a separate generator, so adding negatives left the videos and the QA of version 1 unchanged
+    neg_rng = np.random.default_rng([seed, SPLIT_SALT[split], index, 1])
+    rec["negatives"] = [{"id": f"{vid}_n{j}", **common, **neg, "duration": round(scene.duration, 6)}
+                        for j, neg in enumerate(make_negatives(scene, neg_rng, NEGATIVES_PER_VIDEO))]
     rec["frames"] = n
     return rec
 
@@ -203,23 +235,26 @@ def generate(out: str | Path, videos: int, seed: int, split: str = "train", *, w
         recs = [_job(j) for j in jobs]
     elapsed = time.perf_counter() - t0
     files = {"temporal": "temporal.jsonl", "region": "region.json", "segmentation": "segmentation.json",
-             "conversations": "conversations.json"}
+             "conversations": "conversations.json", "negatives": "negatives.json"}
     with open(out / files["temporal"], "w") as fh:
         for r in recs:
             for t in r["temporal"]:
                 fh.write(json.dumps(t) + "\n")
-    for key in ("region", "segmentation"):
+    for key in ("region", "segmentation", "negatives"):
         (out / files[key]).write_text(json.dumps([x for r in recs for x in r[key]]) + "\n")
     (out / files["conversations"]).write_text(json.dumps([r["conversation"] for r in recs], indent=1) + "\n")
     manifest = {
         "dataset": "tpo-synth", "generator_version": GENERATOR_VERSION, "seed": seed, "split": split,
         "split_salt": SPLIT_SALT[split], "codec": codec, "mask_format": mask_mode, "clip_len_s": CLIP_LEN_S,
-        "box_frame": "middle (num_frames // 2)", "files": files, "format_versions": FORMAT_VERSIONS,
+        "box_frame": f"sampled frame {REGION_LABEL_FRAMES // 2} of {REGION_LABEL_FRAMES}: "
+        f"int({REGION_LABEL_FRAMES // 2 + 0.5} * num_frames / {REGION_LABEL_FRAMES})",
+        "files": files, "format_versions": FORMAT_VERSIONS,
         "counts": {"videos": videos, "frames": sum(r["frames"] for r in recs),
                    "temporal": sum(len(r["temporal"]) for r in recs), "region": sum(len(r["region"]) for r in recs),
                    "segmentation": sum(len(r["segmentation"]) for r in recs),
                    "conversations": len(recs), "qa_turns": sum(len(r["conversation"]["conversations"]) // 2
-                                                              for r in recs)},
+                                                              for r in recs),
+                   "negatives": sum(len(r["negatives"]) for r in recs)},
         "generation_seconds": round(elapsed, 3), "workers": workers,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -240,6 +275,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all CPU cores, at most 8)")
     p.add_argument("--masks", choices=MASK_MODES, default="png", help="PNG files, COCO RLE in the json, or both")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--clip-frames", type=int, default=0,
+                   help="also decode every video's N sampled frames into DIR/clips_tN (training reads them instead "
+                        "of decoding: tpo_core/data/clip_store.py); 0 = no")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -249,6 +287,12 @@ def run_synth(args: argparse.Namespace) -> int:
     secs = manifest["generation_seconds"]
     print(f"wrote {manifest['counts']['videos']} {args.split} videos to {args.out} in {secs:.1f} s "
           f"({manifest['counts']['videos'] / max(secs, 1e-9):.1f} videos/s, {workers} workers): {manifest['counts']}")
+    if args.clip_frames:
+        from tpo_core.data.clip_store import build_clip_store
+
+        t0 = time.perf_counter()
+        folder = build_clip_store(args.out, args.clip_frames, workers)
+        print(f"wrote the clip store {folder} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -6,6 +6,10 @@ with task tokens (region ``<box_begin><boxes>``, temporal ``<time_begin><temp>``
 ``<track_begin><tracking>``), plus the dense labels the matching head trains on. Each task has several
 phrasings (picked per record from a hash of its id, so the choice is stable), so the LLM must route by
 meaning, not by one fixed sentence.
+
+Negative samples (task ``negative``, from ``negatives.json``): a region / temporal / mask question about an
+object that is not in the video; the answer is text (``NEGATIVE_ANSWER``, e.g. "The red circle is not in the
+video.") and no ``*_begin`` token, so the model learns to say so instead of running a head.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ MASK_TEMPLATES = ("Track {p}.", "Segment {p}.", "Follow {p} through the video.",
 TASK_ANSWERS = {"region": "<box_begin><boxes>", "temporal": "<time_begin><temp>",
                 "mask": "<track_begin><tracking>"}
 TEMPORAL_QUERY = "{p} is visible"  # the declarative QVHighlights-style query stored in temporal.jsonl
+NEGATIVE_ANSWER = "{P} is not in the video."  # P = the phrase with a capital letter ("The red circle")
+POSITION_QUESTION = "In which part of the frame is {p}?"  # answered for the region label frame, 3 x 3 grid
+POSITION_ROWS, POSITION_COLS = ("top", "", "bottom"), ("left", "", "right")
+NEGATIVE_ASKS = ("region", "temporal", "mask")  # the question forms a negative sample is asked in
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 QA_TEMPLATES = {
@@ -68,8 +76,51 @@ def make_qa(scene: SceneSpec, rng: np.random.Generator, max_turns: int = 4) -> l
     return [qa[i] for i in sorted(order)]
 
 
+def make_negatives(scene: SceneSpec, rng: np.random.Generator, count: int) -> list[dict]:
+    """``count`` questions about objects that are not in ``scene`` (distinct colour/shape pairs).
+
+    Half of them (rounded up) are *hard*: they share the colour or the shape of an object that is there ("the
+    red square" when there is a red circle), so the answer depends on both words. Each record: ``query``
+    (the phrase), ``colour``, ``shape``, ``asked`` (the question form: region, temporal or mask), ``hard``.
+    """
+    present = {(o.colour, o.shape) for o in scene.objects}
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
+    asks = rng.permutation(NEGATIVE_ASKS)
+    out, used = [], set()
+    for j in range(count):
+        pool = [x for x in (hard if j % 2 == 0 and hard else absent) if x not in used]
+        colour, shape = pool[int(rng.integers(len(pool)))]
+        used.add((colour, shape))
+        out.append({"query": f"the {colour} {shape}", "colour": colour, "shape": shape,
+                    "asked": str(asks[j % len(asks)]), "hard": (colour, shape) in hard})
+    return out
+
+
+def position_answer(box) -> str:
+    """Where a normalized xyxy box's centre lies in a 3 x 3 grid of the frame: "top left", "top", ..., "middle",
+    ..., "bottom right" (thirds of the width and height)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    row, col = min(2, int(cy * 3)), min(2, int(cx * 3))
+    words = [w for w in (POSITION_ROWS[row], POSITION_COLS[col]) if w]
+    return " ".join(words) or "middle"
+
+
+def position_text() -> list[str]:
+    """Every position question and answer (not in the tokenizer's corpus; tested to encode cleanly)."""
+    cells = [(x / 3 + 0.1, y / 3 + 0.1, x / 3 + 0.2, y / 3 + 0.2) for x in range(3) for y in range(3)]
+    answers = {position_answer(box) for box in cells}
+    return sorted({POSITION_QUESTION.format(p=f"the {c} {s}") for c in COLOURS for s in SHAPES} | answers)
+
+
+def negative_answer(phrase: str) -> str:
+    """The answer to a question about an absent object: ``"The red circle is not in the video."``."""
+    return NEGATIVE_ANSWER.format(P=phrase[:1].upper() + phrase[1:])
+
+
 def all_template_text() -> list[str]:
-    """Every question and answer the generator can produce (the tiny tokenizer's core corpus)."""
+    """The tiny tokenizer's core corpus: every question and answer the generator produced when the tokenizer
+    was built (the negative answers came later and encode without byte fallback too: ``negative_text``)."""
     phrases = [f"the {c} {s}" for c in COLOURS for s in SHAPES]
     lines = [t.format(p=p) for p in phrases for t in REGION_TEMPLATES + TEMPORAL_TEMPLATES + MASK_TEMPLATES]
     lines += [t.format(q=TEMPORAL_QUERY.format(p=p)) for p in phrases[:4] for t in TEMPORAL_QUERY_TEMPLATES]
@@ -84,6 +135,11 @@ def all_template_text() -> list[str]:
     return sorted(set(lines))
 
 
+def negative_text() -> list[str]:
+    """Every negative answer the generator can produce (not in the tokenizer's corpus; tested to encode cleanly)."""
+    return sorted({negative_answer(f"the {c} {s}") for c in COLOURS for s in SHAPES})
+
+
 @dataclass
 class TaskSample:
     """One instruction sample. ``video`` is an absolute path; times are seconds; boxes normalized xyxy.
@@ -92,6 +148,7 @@ class TaskSample:
     temporal: ``windows`` [[st, ed], ...] and ``saliency`` per ``clip_len``-second clip [ceil(duration)].
     mask: ``mask_files`` per frame (absolute PNG path, or None where absent), ``first_frame_box`` +
     ``first_frame_index``, ``segmentation`` (the record, for RLE masks). qa: only question/answer.
+    negative: question/answer plus ``asked`` (the question form: region, temporal or mask).
     """
 
     task: str
@@ -111,6 +168,7 @@ class TaskSample:
     first_frame_box: tuple[float, float, float, float] | None = None
     first_frame_index: int | None = None
     segmentation: object | None = None
+    asked: str = ""  # negative samples: the task the question is phrased as
 
 
 def _pick(templates: tuple[str, ...], key: str) -> str:
@@ -128,7 +186,26 @@ def visible_at_start(record) -> bool:
     return all(f in record.masks for f in range(0, max(1, n // 8) + 1) if f < n)
 
 
-def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal", "mask", "qa"),
+def load_negatives(path: str | Path) -> list[dict]:
+    """``negatives.json``: a list of ``{"id", "video", "query", "asked", ...}``; a clear error on a bad record."""
+    import json
+
+    path = Path(path)
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: must hold a JSON list of negative questions, got {type(data).__name__}")
+    for i, rec in enumerate(data):
+        missing = [k for k in ("id", "video", "query", "asked") if not isinstance(rec, dict) or k not in rec]
+        if missing or rec["asked"] not in NEGATIVE_ASKS:
+            raise ValueError(f"{path}: record {i} needs 'id', 'video', 'query' and 'asked' in {NEGATIVE_ASKS} "
+                             f"(missing {missing}); regenerate it with `tpo data synth`")
+    return data
+
+
+_TEMPLATES_OF = {"region": REGION_TEMPLATES, "temporal": TEMPORAL_TEMPLATES, "mask": MASK_TEMPLATES}
+
+
+def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal", "mask", "qa", "negative"),
                  mask_from_start_only: bool = True) -> list[TaskSample]:
     """All instruction samples of the dataset at ``root`` (files that are absent are skipped).
 
@@ -173,4 +250,10 @@ def task_samples(root: str | Path, tasks: tuple[str, ...] = ("region", "temporal
             for j, (q, a) in enumerate(c.pairs()):
                 out.append(TaskSample(task="qa", video=str(root / c.video) if c.video else "", id=f"{c.id}_{j}",
                                       question=q, answer=a, duration=c.extra.get("duration")))
+    if "negative" in tasks and (root / "negatives.json").is_file():
+        for r in load_negatives(root / "negatives.json"):
+            out.append(TaskSample(task="negative", video=str(root / r["video"]), id=r["id"], phrase=r["query"],
+                                  question=_pick(_TEMPLATES_OF[r["asked"]], r["id"]).format(p=r["query"]),
+                                  answer=negative_answer(r["query"]), duration=r.get("duration"),
+                                  asked=r["asked"]))
     return out

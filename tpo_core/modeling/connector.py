@@ -1,8 +1,14 @@
-"""Q-Former connector: vision tokens ``[B, N, Dv]`` -> visual LLM tokens ``[B, Nq + Nextra, D_llm]``.
+"""Q-Former connector: vision tokens ``[B, N, Dv]`` -> visual LLM tokens ``[B, Nv, D_llm]``.
 
 ``vision_layernorm`` -> BLIP-2 Q-Former (``transformers.Blip2QFormerModel``; cross-attention in layers
 ``0, f, 2f, ...`` with ``f = cross_attention_frequency``, as in the release) over the concatenated
-``query_tokens`` and ``extra_query_tokens`` -> ``proj`` Linear ``H -> D_llm``.
+``query_tokens`` and ``extra_query_tokens`` -> ``proj`` Linear ``H -> D_llm``: ``Nq`` tokens.
+
+With ``QFormerConfig.spatial_pool = g > 0`` (the tiny preset; the release has none) ``SpatialTokens`` appends
+``g x g`` pooled patch tokens per frame slot: ``Nv = Nq + T' * g^2`` (``TPOConfig.num_visual_tokens``). The
+Q-Former's one cross-attention layer of the tiny preset attended almost evenly over all 512 patch tokens, so
+its queries carried no position (a linear probe of the object layout from them: R^2 0.01); the pooled tokens
+keep it, with an explicit position embedding the LLM can read.
 
 Parameter names versus the official checkpoint:
 
@@ -27,11 +33,14 @@ the official 329 ``qformer.bert.*`` tensors minus these 75 are the 254 tensors o
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from tpo_core.config import QFormerConfig
+from tpo_core.modeling.vision import sinusoid_table
 
 
 def qformer_hf_config(qcfg: QFormerConfig, vision_dim: int) -> Blip2QFormerConfig:
@@ -53,13 +62,60 @@ def qformer_hf_config(qcfg: QFormerConfig, vision_dim: int) -> Blip2QFormerConfi
     return cfg
 
 
-class QFormerConnector(nn.Module):
-    """Vision tokens ``[B, N, Dv]`` -> ``[B, Nq_total, D_llm]`` with ``Nq_total = qcfg.num_queries``."""
+class SpatialTokens(nn.Module):
+    """Pooled patch tokens: vision tokens ``[B, T' * S * S, Dv]`` (``S x S`` patches per frame slot) ->
+    ``[B, T' * g * g, D_llm]``: each slot's patch grid averaged over ``(S/g) x (S/g)`` cells -> LayerNorm ->
+    Linear ``Dv -> D_llm`` -> + a learned position embedding per (slot, row, column), initialized with three
+    sinusoid tables (time, row, column) side by side. Order: slot-major, then row, then column.
+    """
 
-    def __init__(self, qcfg: QFormerConfig, vision_dim: int, llm_dim: int):
+    def __init__(self, grid: int, vision_dim: int, llm_dim: int, tokens_per_frame: int, num_slots: int):
+        super().__init__()
+        side = math.isqrt(tokens_per_frame)
+        if grid <= 0 or side * side != tokens_per_frame or side % grid:
+            raise ValueError(f"SpatialTokens: a {grid} x {grid} grid needs a square patch grid whose side is a "
+                             f"multiple of {grid}; got {tokens_per_frame} tokens per frame")
+        self.grid, self.side, self.slots, self.vision_dim = grid, side, num_slots, vision_dim
+        self.norm = nn.LayerNorm(vision_dim)
+        self.proj = nn.Linear(vision_dim, llm_dim)
+        self.pos = nn.Parameter(self.position_table(num_slots, grid, llm_dim))
+
+    @staticmethod
+    def position_table(slots: int, grid: int, dim: int) -> torch.Tensor:
+        """``[slots * grid * grid, dim]``: sinusoids of the slot, the row and the column in three channel blocks
+        (scaled by 0.5, about the size of the projected content at initialization)."""
+        d_t = d_r = 2 * (dim // 6)
+        d_c = dim - d_t - d_r
+        t = sinusoid_table(slots, d_t)[:, None, None, :].expand(slots, grid, grid, d_t)
+        r = sinusoid_table(grid, d_r)[None, :, None, :].expand(slots, grid, grid, d_r)
+        c = sinusoid_table(grid, d_c)[None, None, :, :].expand(slots, grid, grid, d_c)
+        return 0.5 * torch.cat([t, r, c], dim=-1).reshape(slots * grid * grid, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens [B, T' * S * S, Dv]`` -> ``[B, T' * g * g, D_llm]``."""
+        b, n, d = tokens.shape
+        s, g = self.side, self.grid
+        if n != self.slots * s * s:
+            raise ValueError(f"SpatialTokens: got {n} vision tokens; expected {self.slots} frame slots x {s * s} "
+                             f"patches (the connector with spatial_pool={g} needs all {self.slots} frames)")
+        k = s // g
+        x = tokens.reshape(b, self.slots, g, k, g, k, d).mean(dim=(3, 5))  # [B, T', g, g, Dv]
+        x = self.proj(self.norm(x.reshape(b, self.slots * g * g, d)))
+        return x + self.pos.to(x.dtype)
+
+
+class QFormerConnector(nn.Module):
+    """Vision tokens ``[B, N, Dv]`` -> ``[B, Nv, D_llm]``: ``qcfg.num_queries`` Q-Former tokens, then (with
+    ``qcfg.spatial_pool``) the ``SpatialTokens`` of the ``num_slots`` frame slots."""
+
+    def __init__(self, qcfg: QFormerConfig, vision_dim: int, llm_dim: int, tokens_per_frame: int | None = None,
+                 num_slots: int | None = None):
         super().__init__()
         if vision_dim <= 0 or llm_dim <= 0:
             raise ValueError(f"QFormerConnector: vision_dim={vision_dim} and llm_dim={llm_dim} must be positive")
+        if qcfg.spatial_pool and (tokens_per_frame is None or num_slots is None):
+            raise ValueError("QFormerConnector: spatial_pool > 0 needs tokens_per_frame and num_slots (the "
+                             "vision encoder's patches per frame and frame slots)")
         self.qcfg = qcfg
         self.vision_dim = vision_dim
         h = qcfg.hidden_size
@@ -70,9 +126,11 @@ class QFormerConnector(nn.Module):
         nn.init.normal_(self.extra_query_tokens, std=0.02)
         self.qformer = Blip2QFormerModel(qformer_hf_config(qcfg, vision_dim))
         self.proj = nn.Linear(h, llm_dim)
+        self.spatial = (SpatialTokens(qcfg.spatial_pool, vision_dim, llm_dim, tokens_per_frame, num_slots)
+                        if qcfg.spatial_pool else None)
 
     def forward(self, vision_tokens: torch.Tensor) -> torch.Tensor:
-        """``vision_tokens [B, N, Dv]`` -> visual LLM tokens ``[B, Nq_total, D_llm]``."""
+        """``vision_tokens [B, N, Dv]`` -> visual LLM tokens ``[B, Nv, D_llm]`` (queries first)."""
         if vision_tokens.dim() != 3 or vision_tokens.shape[-1] != self.vision_dim:
             raise ValueError(f"QFormerConnector expects vision tokens [B, N, {self.vision_dim}], "
                              f"got shape {tuple(vision_tokens.shape)}")
@@ -80,4 +138,7 @@ class QFormerConnector(nn.Module):
         b = image_embeds.shape[0]
         queries = torch.cat([self.query_tokens, self.extra_query_tokens], dim=1).expand(b, -1, -1)
         out = self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds, return_dict=True)
-        return self.proj(out.last_hidden_state[:, : queries.shape[1]])
+        visual = self.proj(out.last_hidden_state[:, : queries.shape[1]])
+        if self.spatial is None:
+            return visual
+        return torch.cat([visual, self.spatial(vision_tokens)], dim=1)

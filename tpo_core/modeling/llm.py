@@ -73,16 +73,21 @@ class TaskLLM(nn.Module):
         return {self.ids.boxes: self.box_token[0, 0], self.ids.temp: self.temporal_token[0, 0],
                 self.ids.tracking: self.track_token[0, 0]}
 
-    def embed(self, input_ids: torch.Tensor, track_boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, track_boxes: torch.Tensor | None = None,
+              no_track_boxes: bool = False) -> torch.Tensor:
         """Token embeddings with task placeholders replaced.
 
         input_ids [B, T] int64; track_boxes [K, 4] normalized xyxy, one per ``<track_box>`` in reading order
-        (row-major over the batch). Returns [B, T, D].
+        (row-major over the batch). Returns [B, T, D]. ``no_track_boxes=True``: the caller guarantees there is
+        no ``<track_box>`` in ``input_ids`` (training batches), so they are not counted (that count would be
+        read back from the device).
         """
         emb = self.base_model().get_input_embeddings()(input_ids)
         for token_id, vector in self.placeholder_embeddings().items():
             hit = (input_ids == token_id).unsqueeze(-1)
             emb = torch.where(hit, vector.to(emb.dtype).expand_as(emb), emb)
+        if no_track_boxes:
+            return emb
         n_box = int((input_ids == self.ids.track_box).sum())
         if n_box:
             if track_boxes is None or track_boxes.shape != (n_box, 4):

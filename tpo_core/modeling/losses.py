@@ -8,9 +8,16 @@
 
 Each loss returns a dict of the unweighted scalar terms plus ``total`` (their weighted sum); all terms are
 finite and differentiable (masked positions are excluded by multiplication, never by NaN-producing -inf).
+
+Matching without reading back from the device: ``span_groups`` groups the batch items by their number of target
+windows n; for n <= ``GPU_MATCH_MAX_TARGETS`` the optimal assignment is found on the device by scoring every
+injective assignment of the n targets to the Q queries (Q!/(Q-n)! of them: 5040 for Q = 10, n = 4) - the same
+optimum as the Hungarian algorithm (``hungarian_match``, scipy), which larger groups still use.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +27,8 @@ from tpo_core.config import SALIENCY_FILL
 from tpo_core.modeling.heads.temporal import BACKGROUND, FOREGROUND, TemporalOutput
 
 _EPS = 1e-7
+GPU_MATCH_MAX_TARGETS = 4
+_INJECTIONS: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
 def box_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -78,7 +87,6 @@ def hungarian_match(pred_logits: torch.Tensor, pred_spans: torch.Tensor, target_
     (cx, w). Cost = ``cost_l1 * L1(cxw) - cost_giou * GIoU(start/end) - cost_class * p(foreground)``.
     Returns B pairs ``(query_idx [k_i], target_idx [k_i])`` (int64, CPU), ``k_i = min(Q, n_i)``.
     """
-    prob_fg = pred_logits.float().softmax(-1)[..., FOREGROUND]  # [B, Q]
     matches = []
     for i, tgt in enumerate(target_spans):
         if tgt.numel() == 0:
@@ -86,13 +94,58 @@ def hungarian_match(pred_logits: torch.Tensor, pred_spans: torch.Tensor, target_
             matches.append((empty, empty))
             continue
         tgt = tgt.to(pred_spans.device, torch.float32)
-        spans = pred_spans[i].float()
-        cost = (cost_l1 * torch.cdist(spans, tgt, p=1)
-                - cost_giou * giou_1d(cxw_to_se(spans)[:, None], cxw_to_se(tgt)[None])
-                - cost_class * prob_fg[i][:, None])  # [Q, n_i]
+        cost = match_cost(pred_logits[i:i + 1], pred_spans[i:i + 1], tgt[None], cost_l1, cost_giou, cost_class)[0]
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
     return matches
+
+
+def match_cost(pred_logits: torch.Tensor, pred_spans: torch.Tensor, targets: torch.Tensor, cost_l1: float = 10.0,
+               cost_giou: float = 1.0, cost_class: float = 4.0) -> torch.Tensor:
+    """Matching cost ``[G, Q, n]`` of ``pred_logits/pred_spans [G, Q, 2]`` against ``targets [G, n, 2]`` (cx, w):
+    ``cost_l1 * L1(cxw) - cost_giou * GIoU(start/end) - cost_class * p(foreground)``."""
+    prob_fg = pred_logits.float().softmax(-1)[..., FOREGROUND]  # [G, Q]
+    spans, tgt = pred_spans.float(), targets.float()
+    return (cost_l1 * torch.cdist(spans, tgt, p=1)
+            - cost_giou * giou_1d(cxw_to_se(spans)[:, :, None], cxw_to_se(tgt)[:, None])
+            - cost_class * prob_fg[:, :, None])
+
+
+def _injections(q: int, n: int, device: torch.device) -> torch.Tensor:
+    """Every ordered choice of n distinct queries out of q: int64 [q!/(q-n)!, n] (built once per device)."""
+    key = (q, n, str(device))
+    if key not in _INJECTIONS:
+        _INJECTIONS[key] = torch.tensor(list(itertools.permutations(range(q), n)), dtype=torch.int64).to(device)
+    return _INJECTIONS[key]
+
+
+@torch.no_grad()
+def match_group(pred_logits: torch.Tensor, pred_spans: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Optimal assignment for G items with n targets each -> query index of each target ``[G, n]`` (on the
+    device). n <= ``GPU_MATCH_MAX_TARGETS``: exhaustive on the device; larger n: scipy (reads the costs back)."""
+    g, q = pred_logits.shape[:2]
+    n = targets.shape[1]
+    cost = match_cost(pred_logits, pred_spans, targets)  # [G, Q, n]
+    if n <= min(q, GPU_MATCH_MAX_TARGETS):
+        perms = _injections(q, n, cost.device)  # [K, n]
+        total = cost[:, perms, torch.arange(n, device=cost.device)].sum(-1)  # [G, K]
+        return perms[total.argmin(dim=1)]
+    out = torch.full((g, n), -1, dtype=torch.int64)
+    for i, c in enumerate(cost.cpu().numpy()):
+        rows, cols = linear_sum_assignment(c)
+        out[i, torch.as_tensor(cols)] = torch.as_tensor(rows, dtype=torch.int64)
+    return out.to(cost.device)
+
+
+def span_groups(target_spans: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batch items grouped by target count: ``[(rows [G] int64, targets [G, n, 2]), ...]`` for n >= 1 (items
+    without a target are left out). The collator builds these on the host (``Batch.temporal_groups``)."""
+    by_n: dict[int, list[int]] = {}
+    for i, t in enumerate(target_spans):
+        if t.shape[0]:
+            by_n.setdefault(int(t.shape[0]), []).append(i)
+    return [(torch.tensor(rows, dtype=torch.int64), torch.stack([target_spans[i] for i in rows]).float())
+            for _, rows in sorted(by_n.items())]
 
 
 def saliency_hinge_loss(saliency: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor,
@@ -110,17 +163,19 @@ def saliency_hinge_loss(saliency: torch.Tensor, relevance: torch.Tensor, valid: 
 
 
 def rank_contrastive_loss(saliency: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor,
-                          tau: float = 0.5) -> torch.Tensor:
+                          tau: float = 0.5, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Rank-contrastive saliency term (simple version of QD-DETR / CG-DETR's).
 
     For each distinct positive relevance level ``r`` in the batch: positives are the valid frames with
     ``relevance >= r``; the term is the mean over positives of ``-log softmax_valid(saliency / tau)``,
     averaged over the items that have a positive; the result is the mean over levels. Binary relevance gives
-    one level. ``[B, L]`` inputs -> scalar (0 when no frame is positive).
+    one level. ``[B, L]`` inputs -> scalar (0 when no frame is positive). ``levels``: those distinct levels when
+    the caller knows them (the collator does; ``torch.unique`` would read the relevance back from the device).
     """
     logits = (saliency / tau).masked_fill(~valid, SALIENCY_FILL)  # invalid frames: no probability mass
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # [B, L]
-    levels = torch.unique(relevance[(relevance > 0) & valid])
+    if levels is None:
+        levels = torch.unique(relevance[(relevance > 0) & valid])
     if levels.numel() == 0:
         return saliency.sum() * 0.0
     pos = (relevance[None] >= levels[:, None, None]) & valid[None]  # [R, B, L]
@@ -143,6 +198,8 @@ def temporal_loss(
     eos_coef: float = 0.1,
     margin: float = 0.2,
     tau: float = 0.5,
+    groups: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    levels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Set loss of the temporal head -> ``{"span_l1", "span_giou", "label", "saliency", "rank_contrastive",
     "total"}``.
@@ -150,7 +207,9 @@ def temporal_loss(
     ``out``: ``TemporalOutput`` (``pred_logits [B, Q, 2]``, ``pred_spans [B, Q, 2]``, ``saliency [B, L]``);
     ``target_spans``: B tensors ``[n_i, 2]`` (cx, w) normalized; ``target_saliency [B, L]``: per-frame
     relevance (> 0 = inside a moment; QVHighlights scores 0-4 or a 0/1 mask); ``frame_mask [B, L]`` bool.
-    Matching uses ``hungarian_match`` with its default costs (10 / 1 / 4), whatever the loss weights.
+    Matching uses the optimal assignment under the default costs (10 / 1 / 4), whatever the loss weights
+    (``match_group``; ``groups`` = ``span_groups(target_spans)`` when the caller has it, e.g. on the device).
+    ``levels``: the distinct positive relevance levels (see ``rank_contrastive_loss``).
     ``label`` is the weighted CE over all queries (foreground for matched ones, background weight
     ``eos_coef``). Span terms are means over matched pairs (0 if the batch has no target span).
     """
@@ -160,11 +219,24 @@ def temporal_loss(
         raise ValueError(f"temporal_loss: got {len(target_spans)} target span sets and target_saliency "
                          f"{tuple(target_saliency.shape)}; expected {b} sets and {tuple(sal.shape)}")
     valid = torch.ones_like(sal, dtype=torch.bool) if frame_mask is None else frame_mask.bool()
-    matches = hungarian_match(logits, spans, target_spans)  # fixed matching costs 10 / 1 / 4
-    batch_idx = torch.cat([torch.full_like(qi, i) for i, (qi, _) in enumerate(matches)]).to(spans.device)
-    query_idx = torch.cat([qi for qi, _ in matches]).to(spans.device)
-    tgt = torch.cat([t.to(spans.device, spans.dtype)[ti.to(spans.device)]
-                     for t, (_, ti) in zip(target_spans, matches)]).reshape(-1, 2)
+    if groups is None:
+        groups = span_groups(target_spans)
+    batch_idx, query_idx, tgt = [], [], []
+    for rows, targets in groups:
+        rows, targets = rows.to(spans.device), targets.to(spans.device, spans.dtype)
+        qi = match_group(logits[rows], spans[rows], targets)  # [G, n], fixed matching costs 10 / 1 / 4
+        bi, ti = rows[:, None].expand_as(qi), targets
+        if targets.shape[1] > q:  # more windows than queries: unmatched targets (-1) drop out (scipy path)
+            keep = qi >= 0
+            bi, qi, ti = bi[keep], qi[keep], targets[keep]
+        batch_idx.append(bi.reshape(-1))
+        query_idx.append(qi.reshape(-1))
+        tgt.append(ti.reshape(-1, 2))
+    if batch_idx:
+        batch_idx, query_idx, tgt = torch.cat(batch_idx), torch.cat(query_idx), torch.cat(tgt)
+    else:
+        batch_idx = query_idx = torch.zeros(0, dtype=torch.int64, device=spans.device)
+        tgt = spans.new_zeros(0, 2)
     matched = spans[batch_idx, query_idx]  # [K, 2]
     if matched.shape[0]:
         loss_l1 = F.l1_loss(matched, tgt)
@@ -178,7 +250,7 @@ def temporal_loss(
     loss_label = F.cross_entropy(logits.reshape(-1, 2), classes.reshape(-1), weight=weight)
     rel = target_saliency.to(sal.dtype)
     loss_sal = saliency_hinge_loss(sal, rel, valid, margin)
-    loss_rank = rank_contrastive_loss(sal, rel, valid, tau)
+    loss_rank = rank_contrastive_loss(sal, rel, valid, tau, levels)
     total = (span_l1 * loss_l1 + span_giou * loss_giou + label * loss_label + saliency * loss_sal
              + rank_contrastive * loss_rank)
     return {"span_l1": loss_l1, "span_giou": loss_giou, "label": loss_label, "saliency": loss_sal,

@@ -165,9 +165,10 @@ class VideoEncoder(nn.Module):
             x = block(x)
         return x
 
-    @staticmethod
-    def frame_features(tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Per-frame features: ``tokens [B, T' * HW, D] -> [B, T', D]``, mean over each frame's patch tokens.
+    def frame_features(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Per-frame features: ``tokens [B, T' * HW, D] -> [B, T', D]``: the mean over each frame's patch tokens
+        (``cfg.frame_pool = "mean"``, the release), or that mean plus the elementwise max over them
+        (``"mean_max"``: a small object moves a max far more than a mean of 64 patches).
 
         ``num_frames`` is the number of temporal token slots ``T'`` (= frames // tubelet).
         """
@@ -175,7 +176,9 @@ class VideoEncoder(nn.Module):
         if num_frames <= 0 or n % num_frames:
             raise ValueError(f"frame_features: {n} tokens cannot be split into num_frames={num_frames} equal "
                              "frames; pass T' = T // tubelet_size")
-        return tokens.reshape(b, num_frames, n // num_frames, d).mean(dim=2)
+        grid = tokens.reshape(b, num_frames, n // num_frames, d)
+        feats = grid.mean(dim=2)
+        return feats + grid.amax(dim=2) if self.cfg.frame_pool == "mean_max" else feats
 
     def extra_repr(self) -> str:
         return f"blocks={len(self.blocks)}, pos_embed_slots={self.base_slots}->{self.max_slots}"

@@ -43,6 +43,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, help="override: log every N steps")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="collate batches in N worker processes (0 = one background thread)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--eval-data", help="after training, evaluate <out>/final on this dataset folder")
     p.add_argument("--eval-limit", type=int, help="samples per task for --eval-data")
@@ -61,7 +63,8 @@ def run_train(args) -> int:
                 overrides.setdefault("stages", {}).setdefault(st, {})[field] = value
     cfg = load_train_config(args.config, preset=args.preset, seed=args.seed, overrides=overrides)
     results = train(cfg, args.data, args.out, stages=args.stage, resume=args.resume, init=args.init,
-                    cpu=True if args.cpu else None, quiet=args.quiet, max_minutes=args.max_minutes)
+                    cpu=True if args.cpu else None, quiet=args.quiet, max_minutes=args.max_minutes,
+                    loader_workers=args.loader_workers)
     for r in results:
         last = r.history[-1] if r.history else {}
         print(f"{r.stage}: {r.steps} steps in {r.seconds:.1f} s, last loss {last.get('loss', float('nan')):.4f} "
@@ -75,14 +78,17 @@ def run_train(args) -> int:
     return 0
 
 
-def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool) -> int:
+def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool, workers: int = 1) -> int:
     from ..data.synth_tasks import task_samples
     from ..model import TPOModel
-    from .evaluate import evaluate, format_report
+    from .evaluate import evaluate, evaluate_parallel, format_report
 
-    model = TPOModel.from_pretrained(checkpoint)
-    summary, records = evaluate(model, task_samples(data), limit=limit, per_task_limit=per_task,
-                                progress=not as_json)
+    if workers > 1:
+        summary, records = evaluate_parallel(checkpoint, task_samples(data), workers, limit=limit,
+                                             per_task_limit=per_task)
+    else:
+        summary, records = evaluate(TPOModel.from_pretrained(checkpoint), task_samples(data), limit=limit,
+                                    per_task_limit=per_task, progress=not as_json)
     summary.update(checkpoint=str(checkpoint), data=str(data))
     if out_file:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,9 @@ def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool)
 
 
 def run_eval(args) -> int:
-    return _eval_and_report(args.checkpoint, args.data, args.limit, args.per_task, args.out, args.json)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    return _eval_and_report(args.checkpoint, args.data, args.limit, args.per_task, args.out, args.json, args.workers)
 
 
 def add_parsers(subparsers) -> None:
@@ -109,6 +117,7 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--per-task", type=int, help="evaluate at most N samples per task")
     e.add_argument("--out", help="also write the summary and per-sample records to this JSON file")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.add_argument("--workers", type=int, default=1, help="evaluate in N CPU processes (one torch thread each)")
     e.set_defaults(func=run_eval)
 
 

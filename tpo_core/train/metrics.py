@@ -152,23 +152,33 @@ class MetricAccumulator:
 
 
 def summarize(acc: MetricAccumulator) -> dict:
-    """The report of ``tpo eval``: routing, region, temporal, mask and QA metrics plus sample counts."""
+    """The report of ``tpo eval``: routing (over the positive tasks), region, temporal, mask, QA and negative
+    metrics, each with its trivial baseline where ``evaluate`` scored one, plus sample counts."""
     def rnd(v):
         return None if v is None else round(v, 4)
 
+    def j_and_f(j, f):
+        return rnd(None if j is None or f is None else (j + f) / 2)
+
+    asked = sorted(k[len("negative_found_"):] for k in acc.values if k.startswith("negative_found_"))
     return {
         "routing_accuracy": rnd(acc.mean("routing")),
         "region": {"acc@0.5": rnd(acc.rate("region_iou", 0.5)), "mean_iou": rnd(acc.mean("region_iou")),
-                   "count": acc.count("region_iou")},
+                   "count": acc.count("region_iou"),
+                   "baseline_mean_box": {"acc@0.5": rnd(acc.rate("region_iou_mean_box", 0.5)),
+                                         "mean_iou": rnd(acc.mean("region_iou_mean_box"))}},
         "temporal": {"r1@0.5": rnd(acc.rate("temporal_iou", 0.5)), "r1@0.7": rnd(acc.rate("temporal_iou", 0.7)),
                      "miou": rnd(acc.mean("temporal_iou")), "count": acc.count("temporal_iou"),
                      "baseline_whole_video": {"r1@0.5": rnd(acc.rate("temporal_iou_whole_video", 0.5)),
                                               "miou": rnd(acc.mean("temporal_iou_whole_video"))}},
         "mask": {"mean_iou": rnd(acc.mean("mask_J")), "J": rnd(acc.mean("mask_J")), "F": rnd(acc.mean("mask_F")),
-                 "J&F": rnd(None if acc.mean("mask_J") is None else (acc.mean("mask_J") + acc.mean("mask_F")) / 2),
-                 "count": acc.count("mask_J")},
+                 "J&F": j_and_f(acc.mean("mask_J"), acc.mean("mask_F")), "count": acc.count("mask_J"),
+                 "baseline_mean_box": {"J": rnd(acc.mean("mask_J_mean_box"))}},
         "qa": {"accuracy": rnd(acc.mean("qa_em")), "count": acc.count("qa_em")},
+        "negative": {"false_found": rnd(acc.mean("negative_found")), "count": acc.count("negative_found"),
+                     "false_found_by_asked": {k: rnd(acc.mean(f"negative_found_{k}")) for k in asked},
+                     "answer_em": rnd(acc.mean("negative_answer_em"))},
         "routing_by_task": {k[len("routing_"):]: rnd(acc.mean(k)) for k in sorted(acc.values)
                             if k.startswith("routing_")},
-        "num_samples": acc.count("routing"),
+        "num_samples": acc.count("routing") + acc.count("negative_found"),
     }

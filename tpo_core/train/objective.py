@@ -2,59 +2,115 @@
 
 One call on a ``Batch`` (B samples, L tokens, T frames):
 
-1. ``encode_video(frames [B, T, 3, S, S]) -> visual [B, Nq, D], frame_feats [B, T, Dv]``.
+1. ``encode_video(frames [B, T, 3, S, S]) -> visual [B, Nv, D], frame_feats [B, T, Dv]``.
 2. Input embeddings ``llm.embed(input_ids) [B, L, D]`` (task placeholders -> learnable task tokens), the
-   visual tokens scattered into the visual slots; the LLM runs once with teacher forcing over the whole
-   sequence (right padding masked) -> logits [B, L, V+7], last hidden states [B, L, D].
+   visual tokens written into their slots (one slice when every row has them at the same position, the
+   prompt layout of ``PromptBuilder``); the LLM runs once with teacher forcing over the whole sequence under
+   an explicit causal + right-padding mask [B, 1, L, L] -> logits [B, L, V+7], last hidden states [B, L, D].
 3. ``lm`` = token-mean cross-entropy of the answer labels (incl. ``*_begin`` and EOS).
-4. The hidden state at each sample's task placeholder [D] is its task embedding; it feeds the matching head:
+4. The hidden state at each sample's task placeholder [D] is its task embedding; it feeds the matching head
+   through ``grad_scale`` (identity forward; the gradient into the shared model times the stage's
+   ``head_grad_scale`` of that head):
    - region: ``region_loss`` (2 * L1 + (1 - GIoU) / 5) on normalized xyxy.
-   - temporal: the DETR set loss ``temporal_loss`` (its own CG-DETR weights); the stage weight (paper 0.05)
-     scales its total.
+   - temporal: the DETR set loss ``temporal_loss`` (its own CG-DETR weights); the stage weight scales its
+     total. The frame features it reads go through the same ``grad_scale``.
    - mask: the prompt MLP -> ``track_batch`` over the ``Tm`` training frames of all mask samples at once
-     (differentiable), then per sample
-     ``mask_head_losses``: ``mask_pixel`` = BCE + Dice of the pre-gating low-res logits vs the low-res
-     targets (frames where the object is visible), ``mask_object`` = BCE of the object-score logits vs
-     presence (all frames), ``mask_distill`` = L1 between the sparse prompt [3, C] and SAM2's own prompt
-     embedding of the first-frame box (the release's distillation), ``mask_box`` = L1 of the auxiliary box
-     MLP vs that box. Samples whose object is absent on frame 0 get no distillation / box term.
+     (differentiable) -> ``mask_pixel`` = BCE + Dice of the pre-gating low-res logits vs the low-res targets
+     (frames where the object is visible), ``mask_object`` = BCE of the object-score logits vs presence (all
+     frames), both as means over samples of ``mask_head_losses``' per-sample values (computed batched);
+     ``mask_distill`` = L1 between the sparse prompt [3, C] and SAM2's own prompt embedding of the first-frame
+     box (the release's distillation), ``mask_box`` = L1 of the auxiliary box MLP vs that box, over the
+     samples whose object is visible on mask frame 0.
 
 ``loss = sum(weight[term] * term)``; every term is returned (detached) for logging. Terms whose weight is 0
-are not computed (stage 1 runs no head).
+are not computed (stage 1 runs no tracking). Nothing here reads a value back to the host (no
+``.item()``/``bool(tensor)``/data-dependent shapes): a training step queues its whole forward and backward
+without waiting for the device (the one exception: span matching for a sample with more than
+``losses.GPU_MATCH_MAX_TARGETS`` windows falls back to scipy).
 """
 
 from __future__ import annotations
-
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.collate import IGNORE_INDEX, Batch
-from ..modeling.heads.mask_track import TrackOutput, track_batch
+from ..modeling.heads.mask_track import track_batch
 from ..modeling.losses import region_loss, temporal_loss
-from ..modeling.mask_losses import mask_head_losses
+from ..modeling.mask_losses import dice_loss
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``scale`` in the backward pass."""
+    return x if scale == 1.0 else _GradScale.apply(x, float(scale))
+
+
+def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``attention_mask [B, L]`` (1 = real token, right padding) -> bool ``[B, 1, L, L]``, True = attend: causal and
+    never to a padding key. transformers uses a 4D mask as given (no checks that read the mask back)."""
+    length = attention_mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    return causal[None, None] & attention_mask.bool()[:, None, None, :]
+
+
+def batched_mask_terms(raw_logits: torch.Tensor, object_logits: torch.Tensor,
+                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask_head_losses``' pixel (BCE + Dice) and object-score terms for Bm samples at once, averaged over
+    samples: ``raw_logits [Bm, T, 1, s, s]``, ``object_logits [Bm, T, 1]``, ``targets [Bm, T, s, s]`` in {0, 1}.
+    Per sample, the pixel terms are means over the frames where the object is present."""
+    t = targets.to(raw_logits.dtype)[:, :, None]  # [Bm, T, 1, s, s]
+    present = targets.flatten(2).amax(dim=2).to(raw_logits.dtype)  # [Bm, T]
+    bm, frames = present.shape
+    bce = F.binary_cross_entropy_with_logits(raw_logits, t, reduction="none").flatten(2).mean(2)  # [Bm, T]
+    dice = dice_loss(raw_logits.reshape(bm * frames, *raw_logits.shape[2:]),
+                     t.reshape(bm * frames, *t.shape[2:])).reshape(bm, frames)
+    count = present.sum(1).clamp(min=1.0)
+    pixel = ((bce * present).sum(1) / count + (dice * present).sum(1) / count).mean()
+    obj = F.binary_cross_entropy_with_logits(object_logits[..., 0], present)
+    return pixel, obj
 
 
 class TPOObjective(nn.Module):
     """Wraps a TPOModel so one ``forward(batch)`` gives the weighted loss (a module, so DDP can wrap it)."""
 
-    def __init__(self, model, loss_weights: dict[str, float]):
+    def __init__(self, model, loss_weights: dict[str, float], head_grad_scale: dict[str, float] | None = None):
         super().__init__()
         self.model = model
         self.loss_weights = dict(loss_weights)
+        self.head_grad_scale = dict(head_grad_scale or {})
 
     def _w(self, name: str) -> float:
         return float(self.loss_weights.get(name, 0.0))
+
+    def _g(self, head: str) -> float:
+        return float(self.head_grad_scale.get(head, 1.0))
+
+    def _embeddings(self, batch: Batch, visual: torch.Tensor) -> torch.Tensor:
+        emb = self.model.llm.embed(batch.input_ids, no_track_boxes=True)
+        visual = visual.to(emb.dtype)
+        if batch.visual_start is not None:  # every row has its visual slots at the same place
+            s = batch.visual_start
+            return torch.cat([emb[:, :s], visual, emb[:, s + visual.shape[1]:]], dim=1)
+        return emb.masked_scatter(batch.visual_mask.unsqueeze(-1), visual)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """-> ``{"loss": weighted total (grad), "<term>": detached value, ...}``."""
         model = self.model
         visual, frame_feats = model.encode_video(batch.frames)
-        emb = model.llm.embed(batch.input_ids)
-        emb = emb.masked_scatter(batch.visual_mask.unsqueeze(-1), visual.to(emb.dtype))
-        logits, hidden, _ = model.llm(emb, attention_mask=batch.attention_mask)
+        emb = self._embeddings(batch, visual)
+        logits, hidden, _ = model.llm(emb, attention_mask=causal_padding_mask(batch.attention_mask))
         labels = batch.labels[:, 1:]
         lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                              ignore_index=IGNORE_INDEX)
@@ -62,22 +118,24 @@ class TPOObjective(nn.Module):
         total = self._w("lm") * lm
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         task_emb = hidden[rows, batch.placeholder_pos.clamp(min=0)]  # [B, D]
-        items = batch.head_items
+        items, index = batch.head_items, batch.head_index
         if items["region"] and self._w("region"):
-            idx = torch.tensor(items["region"], device=hidden.device)
-            out = region_loss(model.region_head(task_emb[idx]).float(), batch.region_boxes)
+            h = grad_scale(task_emb[index["region"]], self._g("region"))
+            out = region_loss(model.region_head(h).float(), batch.region_boxes)
             terms.update(region=out["total"], region_l1=out["l1"], region_giou=out["giou"])
             total = total + self._w("region") * out["total"]
         if items["temporal"] and self._w("temporal"):
-            idx = torch.tensor(items["temporal"], device=hidden.device)
-            out = model.temporal_head(task_emb[idx], frame_feats[idx], batch.frame_times[idx])
+            idx, g = index["temporal"], self._g("temporal")
+            out = model.temporal_head(grad_scale(task_emb[idx], g), grad_scale(frame_feats[idx], g),
+                                      batch.frame_times[idx])
             out = type(out)(*(t.float() for t in out))
-            parts = temporal_loss(out, batch.temporal_spans, batch.temporal_relevance)
+            parts = temporal_loss(out, batch.temporal_spans, batch.temporal_relevance,
+                                  levels=batch.temporal_levels)
             terms["temporal"] = parts["total"]
             terms.update({f"temporal_{k}": v for k, v in parts.items() if k != "total"})
             total = total + self._w("temporal") * parts["total"]
         if items["mask"] and any(self._w(k) for k in ("mask_pixel", "mask_object", "mask_distill", "mask_box")):
-            parts = self._mask_terms(task_emb[torch.tensor(items["mask"], device=hidden.device)], batch)
+            parts = self._mask_terms(grad_scale(task_emb[index["mask"]], self._g("mask")), batch)
             for k, v in parts.items():
                 terms[k] = v
                 total = total + self._w(k) * v
@@ -86,33 +144,31 @@ class TPOObjective(nn.Module):
         return out
 
     def _mask_terms(self, task_emb: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        """task_emb [Bm, D] for the batch's mask samples -> mask terms (``mask_head_losses``), mean over samples.
+        """task_emb [Bm, D] for the batch's mask samples -> mask terms, means over samples.
 
         All Bm samples are tracked together (``track_batch``: one image-encoder call over Bm * Tm frames, one
         decode / memory step per frame for the Bm videos); the per-sample losses equal those of ``track`` on
         each video alone. Distillation / box terms average over the samples whose object is visible on mask
-        frame 0 only.
+        frame 0 only (a weighted mean: no branch on the data).
         """
         head = self.model.mask_head
         run_track = bool(self._w("mask_pixel") or self._w("mask_object"))  # distillation alone needs no track
         prompts = head.sparse_prompt(task_emb)  # [Bm, 3, C]
-        boxes = batch.mask_boxes  # [Bm, 4]
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        zero = task_emb.sum() * 0.0
-        out = {"mask_distill": zero, "mask_box": zero, "mask_pixel": zero, "mask_object": zero}
-        if bool(valid.any()):
-            p, bx, h = prompts[valid], boxes[valid], task_emb[valid]
-            # equal-sized samples: the mean over all elements is the mean of the per-sample means
-            out["mask_distill"] = F.l1_loss(p.float(), head.box_prompt_embedding(bx).float())
-            out["mask_box"] = F.l1_loss(head.box(h).float(), bx)
+        out = {}
+        if self._w("mask_distill") or self._w("mask_box"):
+            boxes = batch.mask_boxes  # [Bm, 4]
+            valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).float()  # [Bm]
+            count = valid.sum().clamp(min=1.0)
+            teacher = head.box_prompt_embedding(boxes).float()
+            distill = (prompts.float() - teacher).abs().flatten(1).mean(1)  # [Bm]
+            box = (head.box(task_emb).float() - boxes).abs().mean(1)
+            out["mask_distill"] = (distill * valid).sum() / count
+            out["mask_box"] = (box * valid).sum() / count
         if run_track:
-            pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])  # [Bm, Tm, 3, S, S]
+            pixels = batch.mask_pixels  # [Bm, Tm, 3, S, S], preprocessed by the collator
+            if pixels is None:
+                pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])
             track = track_batch(head, pixels.to(task_emb.dtype), prompts)
-            pixel, obj = [], []
-            for j in range(pixels.shape[0]):
-                one = TrackOutput(*(getattr(track, f.name)[j].float() for f in fields(TrackOutput)))
-                parts = mask_head_losses(one, batch.mask_targets[j])
-                pixel.append(parts["mask_bce"] + parts["mask_dice"])
-                obj.append(parts["object_score"])
-            out["mask_pixel"], out["mask_object"] = torch.stack(pixel).mean(), torch.stack(obj).mean()
+            out["mask_pixel"], out["mask_object"] = batched_mask_terms(
+                track.raw_low_res_logits.float(), track.object_score_logits.float(), batch.mask_targets)
         return out

@@ -95,4 +95,14 @@ def build_optimizer(handle: FreezeHandle, stage: StageConfig) -> torch.optim.Ada
         if no_decay:
             param_groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "group": group,
                                  "names": [n for n, p in members if any(p is q for q in no_decay)]})
-    return torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"], betas=stage.betas, eps=stage.adam_eps)
+    fused = all(p.is_cuda for g in param_groups for p in g["params"])  # one kernel per step on the GPU
+    return torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"], betas=stage.betas, eps=stage.adam_eps,
+                             fused=fused or None)
+
+
+def group_parameters(handle: FreezeHandle) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by training group, in ``PARAM_GROUPS`` order (for per-group norms and clipping)."""
+    out: dict[str, list[nn.Parameter]] = {}
+    for _, p, group in handle.trainable:
+        out.setdefault(group, []).append(p)
+    return {g: out[g] for g in PARAM_GROUPS if g in out}

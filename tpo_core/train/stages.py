@@ -12,6 +12,19 @@ A training config (YAML or JSON, ``configs/train/*.yaml``) is::
 Every ``StageConfig`` field can be given; missing ones take the defaults below. ``lr`` names the trainable
 parameter groups (``PARAM_GROUPS``) with their learning rates: a group not listed is frozen.
 
+Every head gets a gradient (the first tiny default's temporal head got none: at loss weight 0.05 its median
+gradient, ~1e-5, sat at Adam's eps = 1e-5 and the global clip shrank it 3x more):
+- ``adam_eps`` defaults to 1e-8 (AdamW's own default);
+- ``clip_mode: group`` clips each parameter group's gradient norm to ``grad_clip`` on its own (``global``: one
+  norm over everything, as before), so a large gradient in one group no longer scales the others down;
+- ``head_grad_scale``: per head (``region``, ``temporal``, ``mask``), a factor on the gradient its loss sends
+  back into the shared model (task embedding, frame features) - the head itself still sees the full
+  ``loss_weights`` weight. The tiny recipe gives the temporal loss weight 1 (its head learns) and 0.1 into the
+  trunk (its loss is ~4x the others').
+- ``time_budget_s`` > 0: after ``BUDGET_PROBE`` steps the stage measures its step time and lowers ``steps`` so
+  that it ends within the budget (the cosine schedule follows the new length; the planned length is saved
+  in the checkpoint so a resume keeps it).
+
 Parameter groups:
 - ``vision``: the video encoder; ``connector``: Q-Former + projection.
 - ``llm_base``: every base LLM weight (embeddings, blocks, norms, lm_head), not the LoRA adapters.
@@ -37,6 +50,9 @@ PARAM_GROUPS = ("vision", "connector", "llm_base", "task_rows", "lora", "task_to
                 "temporal_head", "mask_prompt", "mask_sam")
 LOSS_TERMS = ("lm", "region", "temporal", "mask_pixel", "mask_object", "mask_distill", "mask_box")
 STAGE_NAMES = ("stage1", "stage2", "stage3")
+HEADS = ("region", "temporal", "mask")
+CLIP_MODES = ("group", "global")
+BUDGET_PROBE = (10, 30)  # time_budget_s: the step time is measured between these two steps
 
 # Paper weights: region 2*L1 + GIoU/5 (inside region_loss), temporal x 0.05, mask distillation L1 + box L1.
 DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "region": 1.0, "temporal": 0.05, "mask_pixel": 1.0, "mask_object": 0.1,
@@ -57,11 +73,14 @@ class StageConfig:
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     apply_lora: bool = True
     weight_decay: float = 0.02
-    adam_eps: float = 1e-5
+    adam_eps: float = 1e-8
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
+    clip_mode: str = "group"  # "group": each parameter group clipped to grad_clip on its own; "global": one norm
+    head_grad_scale: dict[str, float] = field(default_factory=dict)  # head -> factor on its gradient into the trunk
+    time_budget_s: float = 0.0  # > 0: lower ``steps`` after BUDGET_PROBE steps so the stage fits this many seconds
     mask_frames: int = 4
     gradient_checkpointing: bool = False  # recompute LLM block activations in backward (7B memory plan)
     save_every: int = 0  # 0 = only at the end of the stage
@@ -94,6 +113,16 @@ class StageConfig:
             raise ValueError(f"stage {self.name}: unknown loss_weights {sorted(bad)}; allowed {LOSS_TERMS}")
         self.loss_weights = {k: float(v) for k, v in weights.items()}
         self.betas = tuple(self.betas)
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"stage {self.name}: clip_mode={self.clip_mode!r}; choose one of {CLIP_MODES}")
+        bad = set(self.head_grad_scale) - set(HEADS)
+        if bad or any(float(v) < 0 for v in self.head_grad_scale.values()):
+            raise ValueError(f"stage {self.name}: head_grad_scale {self.head_grad_scale} must map heads of {HEADS} "
+                             "to factors >= 0")
+        self.head_grad_scale = {k: float(v) for k, v in self.head_grad_scale.items()}
+        if not self.adam_eps > 0 or self.grad_clip < 0 or self.time_budget_s < 0:
+            raise ValueError(f"stage {self.name}: adam_eps must be > 0, grad_clip and time_budget_s >= 0 (0 = off); "
+                             f"got {self.adam_eps}, {self.grad_clip}, {self.time_budget_s}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"stage {self.name}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -127,19 +156,29 @@ class TrainConfig:
         return {"preset": self.preset, "seed": self.seed, "stages": {k: v.to_dict() for k, v in self.stages.items()}}
 
 
+TINY_LOSS_WEIGHTS = {**DEFAULT_LOSS_WEIGHTS, "temporal": 1.0}
+TINY_HEAD_GRAD_SCALE = {"temporal": 0.1}
+
+
 def _tiny_stages() -> dict[str, dict]:
     """Defaults for the tiny preset. Nothing at that size is pretrained (random LM, ViT, Q-Former, SAM2), so
-    stage 1 also trains the vision encoder, connector and the whole LLM ("LM warm-up + task assignment"),
-    and the SAM2 parts of the mask head train with the heads. The 7B config keeps the paper's freezing."""
+    stage 1 also trains the vision encoder, connector and the whole LLM ("LM warm-up + task assignment") and
+    already learns to localise: the region loss and the mask head's first-frame box / prompt terms (cheap MLPs
+    on the task embedding, no tracking) join the LM loss, so the vision encoder and connector are pushed to
+    keep positions from the start. Stage 2 trains the heads with the connector (the LLM stays frozen); the
+    SAM2 parts of the mask head train with the heads. The 7B config keeps the paper's freezing."""
     head_lr = {"region_head": 1e-3, "temporal_head": 5e-4, "mask_prompt": 1e-3, "mask_sam": 5e-4, "task_tokens": 1e-3}
+    heads = {"loss_weights": dict(TINY_LOSS_WEIGHTS), "head_grad_scale": dict(TINY_HEAD_GRAD_SCALE)}
+    stage1_weights = {k: (1.0 if k in ("lm", "region", "mask_distill", "mask_box") else 0.0) for k in LOSS_TERMS}
     return {
-        "stage1": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS),
-                   "lr": {"vision": 5e-4, "connector": 5e-4, "llm_base": 5e-4, "lora": 5e-4, "task_tokens": 1e-3},
-                   "loss_weights": {k: 0.0 for k in LOSS_TERMS if k != "lm"}, "warmup_steps": 50},
-        "stage2": {"steps": 600, "batch_size": 64, "tasks": ["region", "temporal", "mask"], "lr": head_lr,
-                   "warmup_steps": 50},
+        "stage1": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS), "warmup_steps": 50,
+                   "lr": {"vision": 5e-4, "connector": 5e-4, "llm_base": 5e-4, "lora": 5e-4, "task_tokens": 1e-3,
+                          "region_head": 1e-3, "mask_prompt": 1e-3},
+                   "loss_weights": stage1_weights},
+        "stage2": {"steps": 600, "batch_size": 64, "tasks": ["region", "temporal", "mask"], "warmup_steps": 50,
+                   "lr": {"connector": 2e-4, **head_lr}, **heads},
         "stage3": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS), "warmup_steps": 50,
-                   "lr": {"vision": 2e-4, "connector": 2e-4, "llm_base": 2e-4, "lora": 2e-4, **head_lr}},
+                   "lr": {"vision": 2e-4, "connector": 2e-4, "llm_base": 2e-4, "lora": 2e-4, **head_lr}, **heads},
     }
 
 
@@ -164,7 +203,7 @@ def default_train_config(preset: str = "tiny", seed: int = 0) -> TrainConfig:
 
 def _deep_update(base: dict, new: dict) -> dict:
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("lr",):
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("lr", "head_grad_scale"):
             _deep_update(base[k], v)
         else:
             base[k] = v

@@ -38,6 +38,7 @@ class TrainState:
     seed: int
     world_size: int = 1
     finished: bool = False
+    planned_steps: int | None = None  # set when a time budget shortened the stage (a resume keeps it)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,7 +6,15 @@
 - the sample order is a pure function of ``(seed, stage, epoch)``; global micro-batch ``m`` of a stage takes
   positions ``[m * B * W, (m + 1) * B * W)`` of the concatenated epoch orders and process ``r`` the r-th
   ``B``-slice (W processes), so a resume only needs the micro-batch count;
-- ``grad_accum`` micro-batches per optimizer step, gradient clipping, bf16 autocast on CUDA;
+- ``grad_accum`` micro-batches per optimizer step, gradient clipping per parameter group (or global), bf16
+  autocast on CUDA; the gradient norm of every trainable group is logged (``grad_norm/<group>``, before
+  clipping) beside each loss term;
+- batches are collated ahead of the step: on a background thread (``loader_workers=0``) or in
+  ``loader_workers`` worker processes (a ``DataLoader`` over micro-batch indices, pinned memory); either way a
+  micro-batch is a pure function of its index, so the trajectory does not depend on the choice;
+- nothing is read back from the device between log steps: the logged terms are summed on the device and
+  read once per ``log_every`` steps;
+- ``time_budget_s``: the stage measures its step time after a few steps and shortens itself to fit;
 - a checkpoint every ``save_every`` steps (``<out>/<stage>/checkpoints/step_XXXXXX``) and at the end
   (``<out>/<stage>``, a full model folder usable by ``tpo eval`` / ``tpo ask``); ``<out>/final`` after the
   last stage; metrics in ``<out>/<stage>/metrics.jsonl`` and a loss plot ``loss_curve.png`` beside them.
@@ -27,11 +35,12 @@ import numpy as np
 import torch
 
 from ..config import get_preset
+from ..data.clip_store import ClipStore
 from ..data.collate import ClipCache, TPOCollator
 from .objective import TPOObjective
-from .params import apply_freezing, build_optimizer
+from .params import apply_freezing, build_optimizer, group_parameters
 from .schedule import CosineSchedule
-from .stages import STAGE_NAMES, StageConfig, TrainConfig
+from .stages import BUDGET_PROBE, STAGE_NAMES, StageConfig, TrainConfig
 from .state import TrainState, load_optimizer, load_rng, read_training_state, save_training_checkpoint
 
 
@@ -82,6 +91,25 @@ class SampleStream:
         return out
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """Micro-batch ``m`` of a stage, collated (``DataLoader`` workers call this; batch_size=None)."""
+
+    def __init__(self, collate: TPOCollator, stream: SampleStream):
+        self.collate, self.stream = collate, stream
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, micro: int):
+        return self.collate(self.stream.batch(micro), key=micro)
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _accelerator(cpu: bool | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -111,8 +139,9 @@ class StageRunner:
     """Runs one stage on a model; owns its optimizer, schedule, stream and logging."""
 
     def __init__(self, model, stage: StageConfig, cfg: TrainConfig, samples: list, out_dir: Path, accelerator,
-                 cache: ClipCache, quiet: bool = False):
+                 cache: ClipCache, quiet: bool = False, loader_workers: int = 0):
         self.model, self.stage, self.cfg, self.acc, self.quiet = model, stage, cfg, accelerator, quiet
+        self.loader_workers = loader_workers
         self.out = out_dir / stage.name
         if stage.apply_lora and not model.llm.lora_applied:
             model.llm.apply_lora()
@@ -120,12 +149,13 @@ class StageRunner:
         base = model.llm.base_model()
         if stage.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif base.is_gradient_checkpointing:
+        elif _checkpointing(base):
             base.gradient_checkpointing_disable()
         self.freeze = apply_freezing(model, stage)
         self.optimizer = build_optimizer(self.freeze, stage)
         self.schedule = CosineSchedule(self.optimizer, stage.steps, stage.warmup_steps, stage.min_lr_ratio)
-        self.objective = TPOObjective(model, stage.loss_weights)
+        self.objective = TPOObjective(model, stage.loss_weights, stage.head_grad_scale)
+        self.groups = group_parameters(self.freeze)
         self.stream = SampleStream(samples, stage, cfg.seed, STAGE_NAMES.index(stage.name),
                                    accelerator.process_index, accelerator.num_processes)
         self.collate = TPOCollator(model.config, model.prompts, stage.mask_frames, cfg.seed, cache)
@@ -133,14 +163,21 @@ class StageRunner:
                                 world_size=accelerator.num_processes)
         self.wrapped, self.opt = accelerator.prepare(self.objective, self.optimizer)
         self.history: list[dict] = []
+        self.total_steps = stage.steps  # lowered by a time budget (``_plan_budget``)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collate-{stage.name}")
         self._prefetch = None  # (micro index, future) of the batch being collated in the background
+        self._loader = None  # (next micro index, iterator) of the worker-process loader
+        self._window: dict[str, torch.Tensor] = {}
+        self._window_count: dict[str, int] = {}
 
     def resume_from(self, path: Path) -> None:
         state, _ = read_training_state(path)
         load_optimizer(self.optimizer, path)
         load_rng(path, self.acc.process_index)
         self.state = state
+        if state.planned_steps:
+            self.total_steps = state.planned_steps
+            self.schedule.total = state.planned_steps
         metrics = self.out / "metrics.jsonl"
         if metrics.is_file():
             keep = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -149,9 +186,12 @@ class StageRunner:
                 metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def _batch(self, micro: int):
-        """Micro-batch ``micro`` collated; the next one is collated on a background thread meanwhile (decoding,
-        mask targets and tokenization overlap the GPU step). Collation is a pure function of ``micro``, so the
-        prefetch never changes what a step sees (resume included)."""
+        """Micro-batch ``micro`` collated; the next ones are collated in the background meanwhile (decoding,
+        mask targets and tokenization overlap the GPU step): by ``loader_workers`` processes, or else by one
+        thread. Collation is a pure function of ``micro``, so the prefetch never changes what a step sees
+        (resume included)."""
+        if self.loader_workers > 0:
+            return self._from_loader(micro)
         pending = self._prefetch
         batch = pending[1].result() if pending is not None and pending[0] == micro else self._collate(micro)
         self._prefetch = (micro + 1, self._pool.submit(self._collate, micro + 1))
@@ -159,6 +199,19 @@ class StageRunner:
 
     def _collate(self, micro: int):
         return self.collate(self.stream.batch(micro), key=micro)
+
+    def _from_loader(self, micro: int):
+        if self._loader is None or self._loader[0] != micro:
+            end = self.total_steps * self.stage.grad_accum
+            loader = torch.utils.data.DataLoader(
+                MicroBatches(self.collate, self.stream), batch_size=None, sampler=range(micro, max(end, micro + 1)),
+                num_workers=self.loader_workers, pin_memory=self.acc.device.type == "cuda", prefetch_factor=4,
+                worker_init_fn=_worker_init, multiprocessing_context="fork",
+                generator=torch.Generator().manual_seed(micro))  # its seed draw leaves the global RNG alone
+            self._loader = (micro, iter(loader))
+        batch = next(self._loader[1])
+        self._loader = (micro + 1, self._loader[1])
+        return batch
 
     def _micro_step(self, sync: bool) -> dict[str, torch.Tensor]:
         batch = self._batch(self.state.micro).to(self.acc.device)
@@ -169,27 +222,89 @@ class StageRunner:
             self.acc.backward(out["loss"] / self.stage.grad_accum)
         return {k: v.detach() for k, v in out.items()}
 
-    def step(self) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches); returns the mean of each logged term (the terms
-        are read back from the device once per step, not once per term)."""
+    def _clip(self) -> dict[str, torch.Tensor]:
+        """Per-group gradient norms (before clipping) and clipping (``clip_mode``); device tensors, no sync.
+        Under DeepSpeed / FSDP (sharded gradients) the accelerator's global clipping is used instead."""
+        from accelerate.utils import DistributedType
+
+        st = self.stage
+        if self.acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            params = [p for _, p, _ in self.freeze.trainable]
+            norm = self.acc.clip_grad_norm_(params, st.grad_clip)  # None under DeepSpeed (it clips itself)
+            return {} if norm is None else {"grad_norm": norm.detach().float()}
+        grads = {g: [p.grad for p in ps if p.grad is not None] for g, ps in self.groups.items()}
+        grads = {g: v for g, v in grads.items() if v}
+        if not grads:
+            return {}
+        norms = {g: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v, 2.0)).float())
+                 for g, v in grads.items()}
+        total = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+        if st.grad_clip > 0:
+            for g, v in grads.items():
+                norm = norms[g] if st.clip_mode == "group" else total
+                torch._foreach_mul_(v, (st.grad_clip / (norm + 1e-6)).clamp(max=1.0).to(v[0].dtype))
+        out = {f"grad_norm/{g}": n for g, n in norms.items()}
+        out["grad_norm"] = total
+        return out
+
+    def _step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step (``grad_accum`` micro-batches); returns the step's logged terms as device tensors
+        (the mean over micro-batches, the gradient norms and the lr factor)."""
         self.model.train()
         lr_factor = self.schedule.apply(self.state.step)
         sums: dict[str, torch.Tensor] = {}
         for i in range(self.stage.grad_accum):
             for k, v in self._micro_step(sync=i == self.stage.grad_accum - 1).items():
                 sums[k] = sums.get(k, 0.0) + v.float() / self.stage.grad_accum
-        params = [p for _, p, _ in self.freeze.trainable]
-        norm = self.acc.clip_grad_norm_(params, self.stage.grad_clip)  # None under DeepSpeed (it clips itself)
-        if norm is not None:
-            sums["grad_norm"] = norm.detach().float()
+        sums.update(self._clip())
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.state.step += 1
-        keys = list(sums)
-        values = torch.stack([sums[k].reshape(()) for k in keys]).tolist()
-        rec = dict(zip(keys, values))
-        rec["lr_factor"] = lr_factor
-        return rec
+        sums["lr_factor"] = torch.tensor(lr_factor)
+        return sums
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step; returns each logged term as a float (reads them back: use ``run`` to train)."""
+        rec = self._step()
+        keys = list(rec)
+        values = torch.stack([rec[k].reshape(()).float().cpu() for k in keys]).tolist()
+        return dict(zip(keys, values))
+
+    def _accumulate(self, rec: dict[str, torch.Tensor]) -> None:
+        for k, v in rec.items():
+            self._window[k] = self._window.get(k, 0.0) + v.reshape(()).float()
+            self._window_count[k] = self._window_count.get(k, 0) + 1
+
+    def _flush(self, steps: int, seconds: float) -> dict:
+        """The mean of every term over the window (one read-back), plus timing."""
+        keys = list(self._window)
+        values = torch.stack([self._window[k].cpu() for k in keys]).tolist() if keys else []
+        mean = {k: v / self._window_count[k] for k, v in zip(keys, values)}
+        samples_per_step = self.stage.batch_size * self.stage.grad_accum * self.acc.num_processes
+        mean.update(stage=self.stage.name, step=self.state.step, seconds_per_step=seconds / max(steps, 1),
+                    samples_per_s=samples_per_step * steps / max(seconds, 1e-9))
+        self._window, self._window_count = {}, {}
+        return mean
+
+    def _plan_budget(self, t_start: float, probe: dict) -> None:
+        """``time_budget_s``: at step ``BUDGET_PROBE[0]`` note the time, at ``BUDGET_PROBE[1]`` measure the step
+        time and shorten the stage so it ends within the budget (never lengthen it)."""
+        st, step = self.stage, self.state.step
+        if not st.time_budget_s or self.state.planned_steps is not None or step not in BUDGET_PROBE:
+            return
+        _device_sync(self.acc.device)
+        now = time.perf_counter()
+        if step == BUDGET_PROBE[0]:
+            probe["t"] = now
+            return
+        per_step = (now - probe["t"]) / (BUDGET_PROBE[1] - BUDGET_PROBE[0])
+        left = st.time_budget_s - (now - t_start)
+        self.total_steps = max(step, min(self.total_steps, step + int(left / max(per_step, 1e-9))))
+        self.schedule.total = self.total_steps
+        self.state.planned_steps = self.total_steps
+        if self.acc.is_main_process:
+            print(f"{st.name}: {per_step:.3f} s/step -> {self.total_steps} of {st.steps} steps fit the "
+                  f"{st.time_budget_s:.0f} s budget", flush=True)
 
     def save(self, path: Path) -> None:
         self.acc.wait_for_everyone()
@@ -198,28 +313,27 @@ class StageRunner:
         self.acc.wait_for_everyone()
 
     def run(self, deadline: float | None = None) -> StageResult:
-        """Train to ``stage.steps``; if ``time.time()`` passes ``deadline``, checkpoint and stop early."""
+        """Train to ``stage.steps`` (or the time budget's length); if ``time.time()`` passes ``deadline``,
+        checkpoint and stop early."""
         st, t_start = self.stage, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         bar = _progress(st, self.state.step, disable=self.quiet or not self.acc.is_local_main_process)
-        samples_per_step = st.batch_size * st.grad_accum * self.acc.num_processes
-        t_last, window = time.perf_counter(), []
-        while self.state.step < st.steps:
-            rec = self.step()
-            window.append(rec)
-            if self.state.step % st.log_every == 0 or self.state.step == st.steps:
+        t_last, n_window, probe = time.perf_counter(), 0, {}
+        while self.state.step < self.total_steps:
+            self._accumulate(self._step())
+            n_window += 1
+            self._plan_budget(t_start, probe)
+            if self.state.step % st.log_every == 0 or self.state.step == self.total_steps:
                 now = time.perf_counter()
-                mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in {k for w in window for k in w}}
-                mean.update(stage=st.name, step=self.state.step, seconds_per_step=(now - t_last) / len(window),
-                            samples_per_s=samples_per_step * len(window) / max(now - t_last, 1e-9))
+                mean = self._flush(n_window, now - t_last)
                 self.history.append(mean)
                 self._write_metrics(mean)
                 bar.set_postfix_str(_postfix(mean))
-                t_last, window = now, []
+                t_last, n_window = now, 0
             bar.update(1)
-            if st.save_every and self.state.step % st.save_every == 0 and self.state.step < st.steps:
+            if st.save_every and self.state.step % st.save_every == 0 and self.state.step < self.total_steps:
                 self.save(self.out / "checkpoints" / f"step_{self.state.step:06d}")
-            if deadline is not None and time.time() > deadline and self.state.step < st.steps:
+            if deadline is not None and time.time() > deadline and self.state.step < self.total_steps:
                 bar.close()
                 path = self.out / "checkpoints" / f"step_{self.state.step:06d}"
                 self.save(path)
@@ -241,6 +355,7 @@ class StageRunner:
 
     def _close(self) -> None:
         self._prefetch = None
+        self._loader = None  # drops the iterator: its worker processes exit
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _write_metrics(self, rec: dict) -> None:
@@ -252,6 +367,18 @@ class StageRunner:
         else:
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+
+
+def _checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (transformers 5.x renamed ``is_gradient_checkpointing``)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def _device_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class _null:
@@ -301,11 +428,14 @@ def _resume_plan(resume: Path, stages: list[str]) -> tuple[list[str], TrainState
 
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: list[str] | None = None,
           resume: str | Path | None = None, init: str | Path | None = None, cpu: bool | None = None,
-          quiet: bool = False, samples: list | None = None, max_minutes: float | None = None) -> list[StageResult]:
+          quiet: bool = False, samples: list | None = None, max_minutes: float | None = None,
+          loader_workers: int = 0) -> list[StageResult]:
     """Train ``stages`` (default: all three) in order; returns one ``StageResult`` per stage run.
 
     ``resume="auto"`` continues from ``latest_checkpoint(out_dir)`` (or starts fresh); ``max_minutes`` stops
     at a step boundary with a checkpoint once that much wall time has passed (re-run with ``resume="auto"``).
+    ``loader_workers`` > 0 collates in that many worker processes. A clip store of ``data_dir``
+    (``clip_store.build_clip_store``) is used when there is one.
     """
     deadline = None if max_minutes is None else time.time() + 60.0 * max_minutes
     stages = list(stages or STAGE_NAMES)
@@ -324,12 +454,12 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: l
         if not stages:
             return []
     model = build_model(cfg, init)
-    cache = ClipCache(model.config.vision.num_frames)
+    cache = ClipCache(model.config.vision.num_frames, store=ClipStore.open(data_dir, model.config.vision.num_frames))
     if acc.is_main_process:
         (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     results = []
     for name in stages:
-        runner = StageRunner(model, cfg.stage(name), cfg, samples, out_dir, acc, cache, quiet)
+        runner = StageRunner(model, cfg.stage(name), cfg, samples, out_dir, acc, cache, quiet, loader_workers)
         if resume_state is not None and not resume_state.finished and resume_state.stage == name:
             runner.resume_from(resume)
         resume_state = None
@@ -340,6 +470,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: l
     if acc.is_main_process and results:
         model.save_pretrained(out_dir / "final")
         (out_dir / "final" / "train_summary.json").write_text(json.dumps(
-            [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2),
+            [{"stage": r.stage, "steps": r.steps, "configured_steps": cfg.stage(r.stage).steps,
+              "seconds": round(r.seconds, 2),
               "last": r.history[-1] if r.history else None} for r in results], indent=1) + "\n")
     return results

@@ -215,6 +215,19 @@ def repeat_slots(x: Tensor, repeats: int) -> Tensor:
     return x[:, :, None].expand(b, n, repeats, *rest).reshape(b, n * repeats, *rest)
 
 
+def preprocess_mask_frames(frames: Tensor, image_size: int) -> Tensor:
+    """uint8 frames [T, H, W, 3] (RGB) -> normalized pixels [T, 3, S, S] float32 on the frames' device: bilinear
+    resize with antialiasing to ``image_size`` (S), ImageNet mean/std (``MaskHead.preprocess``; the training
+    collator runs it on the CPU)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class MaskHead(nn.Module):
     """SAM2 (transformers' ``Sam2VideoModel`` parts, in ``self.sam``) + TPO's prompt MLP and auxiliary box MLP.
 
@@ -277,13 +290,9 @@ class MaskHead(nn.Module):
 
     # ---------------------------------------------------------------- preprocessing / postprocessing
     def preprocess(self, frames: Tensor) -> Tensor:
-        """uint8 frames [T, H, W, 3] (RGB) -> normalized pixels [T, 3, S, S] (bilinear resize, ImageNet mean/std)."""
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        x = frames.permute(0, 3, 1, 2).to(self.pixel_mean.device, torch.float32) / 255.0
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-        return (x - self.pixel_mean) / self.pixel_std
+        """uint8 frames [T, H, W, 3] (RGB) -> normalized pixels [T, 3, S, S] (bilinear resize, ImageNet mean/std),
+        on the head's device (``preprocess_mask_frames`` there)."""
+        return preprocess_mask_frames(frames.to(self.pixel_mean.device), self.image_size)
 
     @staticmethod
     def masks_at_resolution(low_res_logits: Tensor, height: int, width: int) -> Tensor:
