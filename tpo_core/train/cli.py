@@ -77,10 +77,10 @@ def run_train(args) -> int:
 
 def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool) -> int:
     from ..data.synth_tasks import task_samples
-    from ..model import TPOModel
+    from ..model import load_model
     from .evaluate import evaluate, format_report
 
-    model = TPOModel.from_pretrained(checkpoint)
+    model = load_model(checkpoint)  # a folder, "embedded" or "untrained-tiny" (as tpo ask / tpo export)
     summary, records = evaluate(model, task_samples(data), limit=limit, per_task_limit=per_task,
                                 progress=not as_json)
     summary.update(checkpoint=str(checkpoint), data=str(data))
@@ -103,7 +103,8 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_train)
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: routing, region, temporal, mask, QA metrics",
                               description="Greedy generate per sample; metrics defined in docs/training.md.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. <out>/final)")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (e.g. <out>/final), 'embedded' (the shipped default) or 'untrained-tiny'")
     e.add_argument("--data", required=True, help="dataset folder (use a held-out split)")
     e.add_argument("--limit", type=int, help="evaluate at most N samples in total")
     e.add_argument("--per-task", type=int, help="evaluate at most N samples per task")
