@@ -112,7 +112,7 @@ def _stream_line(r) -> str:
 
 def run_stream(args) -> int:
     from runtime.pipeline import Pipeline
-    from runtime.video_io import looped_file
+    from runtime.sources import looped_file
 
     boxes = parse_boxes(args)
     pipe = Pipeline.from_manifest(args.export_dir, backend=args.backend, device=args.device, threads=args.threads)

@@ -9,7 +9,7 @@ Model (docs/runtime.md, "Streaming"):
 
 - The prompt (and the box prompts) are checked before the source is opened: a bad prompt is a ValueError, not a
   bad frame at every re-ask.
-- Frames come from :func:`runtime.video_io.open_source` (file, camera, URL, numpy iterator). A bad frame (None,
+- Frames come from :func:`runtime.sources.open_source` (file, camera, URL, numpy iterator). A bad frame (None,
   wrong shape/dtype/size, a decode error) yields a :class:`FrameResult` with ``error`` set and is skipped; the
   end of the source ends the iteration; a network stream that stalls raises :class:`SourceError`.
 - The last ``window`` good frames live in a preallocated ring ``[window, H, W, 3]`` (H, W fixed by the first
@@ -40,7 +40,8 @@ from runtime.contract.postprocess import boxes_to_normalized
 from runtime.mask_decode import decode_masks
 from runtime.preprocess import sample_indices
 from runtime.results import FrameResult, MaskResult, TPOResult, boxes_from_decoded
-from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_note, open_source
+from runtime.sources import open_source
+from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_note
 
 
 class Stream:

@@ -4,11 +4,11 @@
   same checks and errors as the reference reader (missing, empty, an image, truncated MP4, undecodable). Times
   are the frames' presentation timestamps (:func:`frame_times`): a variable-frame-rate file gets its true times,
   a constant-rate one exactly ``index / fps``. A video with fewer frames than sampled gets a note.
-- :func:`open_source`: a frame source for streaming -> iterator of :class:`SourceFrame`: a video file (decord,
-  decoded in small batches), a camera index (OpenCV) or an RTSP/HTTP URL (PyAV; :mod:`runtime.live_sources`), or
-  any iterable of numpy frames. Per-frame decode failures are yielded as frames with ``error`` set, never raised;
-  a source that cannot be opened raises :class:`SourceError` at once (with a timeout for network streams: no
-  hang), and a network stream that stalls mid-way raises :class:`SourceError` saying so.
+- :func:`file_frames`: a video file for streaming -> iterator of :class:`SourceFrame` (decord, decoded in small
+  batches; per-frame decode failures are yielded as frames with ``error`` set, never raised). The other sources
+  (camera, URL, iterables) and the dispatch are :mod:`runtime.sources`: a source that cannot be opened raises
+  :class:`SourceError` at once (with a timeout for network streams: no hang), and a network stream that stalls
+  mid-way raises :class:`SourceError` saying so.
 - Writing annotated videos: :mod:`runtime.annotate`.
 
 Resolution policy (documented in docs/runtime.md): frames whose longer side exceeds ``MAX_SIDE`` (8192, i.e.
@@ -18,10 +18,9 @@ note; boxes are still reported in the source's pixels; masks are at the decoded 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -305,79 +304,3 @@ def _decode_batches(vr, path: Path, times: np.ndarray, batch: int, stride: int =
             continue
         for i, f in zip(idx, frames):
             yield SourceFrame(i, float(times[i]), f)
-
-
-class LoopedFile:
-    """A video file played ``loops`` times in a row (0: forever) as one stream source (soak tests, demos): each pass
-    reopens the file; frame indices and timestamps keep counting across passes. The file is checked at once."""
-
-    def __init__(self, path: str | Path, loops: int):
-        if not isinstance(loops, int) or loops < 0:
-            raise ValueError(f"loops must be an int >= 0 (0: forever), got {loops!r}")
-        self.path, self.loops = Path(path), loops
-        vr, fps = open_video(self.path)
-        self.duration = frame_times(vr, fps)[1]
-
-    def __iter__(self) -> Iterator[SourceFrame]:
-        index, offset, done = 0, 0.0, 0
-        while self.loops == 0 or done < self.loops:
-            for sf in file_frames(self.path):
-                yield SourceFrame(index, offset + sf.timestamp, sf.frame, sf.error)
-                index += 1
-            offset += self.duration
-            done += 1
-
-
-def looped_file(source: str, loops: int) -> LoopedFile:
-    """``tpo stream --loop``: a video file source played ``loops`` times (0: forever)."""
-    s = str(source)
-    if s.isdigit() or "://" in s:
-        raise ValueError(f"--loop replays a video file; {s!r} is a camera or a URL (leave --loop at 1)")
-    return LoopedFile(s, loops)
-
-
-def open_source(source: Any, fps: float = 30.0, timeout_s: float = STREAM_OPEN_TIMEOUT_S,
-                stall_timeout_s: float = STREAM_STALL_TIMEOUT_S, reconnect: int = 0) -> Iterator[SourceFrame]:
-    """A frame source -> iterator of :class:`SourceFrame` (see the module docstring).
-
-    ``source``: a path (str/Path to a file), a camera index (int or a digit string), a URL
-    (``rtsp://``, ``http(s)://``, ...), or an iterable of frames (numpy ``[H, W, 3]`` uint8; ``None`` or
-    anything else is passed on and reported as a bad frame by the stream). ``fps`` times iterable frames.
-    URLs: ``timeout_s`` to open, ``stall_timeout_s`` without data mid-stream -> :class:`SourceError` (after
-    ``reconnect`` attempts to reopen the URL).
-    """
-    from runtime import live_sources
-
-    if isinstance(source, (str, Path)):
-        s = str(source)
-        if s.isdigit():
-            return live_sources.camera_frames(int(s), timeout_s)
-        if "://" in s:
-            return live_sources.url_frames(s, timeout_s, stall_timeout_s, reconnect)
-        return file_frames(Path(s))
-    if isinstance(source, int) and not isinstance(source, bool):
-        return live_sources.camera_frames(source, timeout_s)
-    if isinstance(source, LoopedFile):
-        return iter(source)
-    if isinstance(source, np.ndarray) and source.ndim == 4:
-        source = iter(source)
-    if isinstance(source, Iterable) and not isinstance(source, (bytes, np.ndarray)):
-        return _iter_frames(source, fps)
-    raise SourceError(f"cannot stream from a {type(source).__name__}; pass a file path, a camera index, a URL or an "
-                      "iterable of uint8 [H, W, 3] frames")
-
-
-def _iter_frames(frames: Iterable, fps: float) -> Iterator[SourceFrame]:
-    it = iter(frames)
-    i = 0
-    while True:
-        try:
-            f = next(it)
-        except StopIteration:
-            return
-        except Exception as e:  # noqa: BLE001 -- a user iterator may raise anything on one frame; report it
-            yield SourceFrame(i, i / fps, None, f"source raised {type(e).__name__}: {e}")
-            i += 1
-            continue
-        yield SourceFrame(i, i / fps, f)
-        i += 1

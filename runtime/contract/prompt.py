@@ -190,7 +190,8 @@ class PromptEncoder:
         if problem:
             raise ValueError(problem)
         if not question.strip():
-            raise ValueError(f"the prompt is empty ({question!r}); pass a question, e.g. --prompt \"What happens?\"")
+            raise ValueError(f"the prompt is empty ({question!r}); it must be a non-empty string: pass a question, "
+                             "e.g. --prompt \"What happens?\"")
         if not isinstance(num_boxes, int) or num_boxes < 0:
             raise ValueError(f"num_boxes must be an int >= 0, got {num_boxes!r}")
         if self.max_context is not None and len(question) > 4 * self._max_piece * self.max_context:

@@ -1,5 +1,6 @@
-"""Live frame sources for streaming: a camera (OpenCV) and a network URL (PyAV), as iterators of
-:class:`~runtime.video_io.SourceFrame`. Use :func:`runtime.video_io.open_source`, which dispatches here.
+"""Frame sources for streaming, as iterators of :class:`~runtime.video_io.SourceFrame`: :func:`open_source`
+dispatches a video file (``runtime.video_io.file_frames``, decord), a file played in a loop (:class:`LoopedFile`), a
+camera (OpenCV), a network URL (PyAV) or any iterable of numpy frames.
 
 Network streams (``rtsp://``, ``http(s)://``, ``udp://``, ...) are read with PyAV, whose read timeout tells a
 **stall** (no data for ``stall_timeout_s``: the demuxer's interrupt fires) from the **end** of the stream (the
@@ -12,9 +13,21 @@ Opening never hangs: ``timeout_s`` bounds it. Timestamps are the frames' present
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
-from runtime.video_io import SourceError, SourceFrame
+import numpy as np
+
+from runtime.video_io import (
+    STREAM_OPEN_TIMEOUT_S,
+    STREAM_STALL_TIMEOUT_S,
+    SourceError,
+    SourceFrame,
+    file_frames,
+    frame_times,
+    open_video,
+)
 
 
 # --------------------------------------------------------------------------------------------------- camera
@@ -116,3 +129,78 @@ def _url_frames(url, opened, timeout_s: float, stall_timeout_s: float, reconnect
         attempts += 1
         offset = (last_ts or 0.0) + 1.0 / rate
         opened = _open_url(url, timeout_s, stall_timeout_s)
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+class LoopedFile:
+    """A video file played ``loops`` times in a row (0: forever) as one stream source (soak tests, demos): each pass
+    reopens the file; frame indices and timestamps keep counting across passes. The file is checked at once."""
+
+    def __init__(self, path: str | Path, loops: int):
+        if not isinstance(loops, int) or loops < 0:
+            raise ValueError(f"loops must be an int >= 0 (0: forever), got {loops!r}")
+        self.path, self.loops = Path(path), loops
+        vr, fps = open_video(self.path)
+        self.duration = frame_times(vr, fps)[1]
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        index, offset, done = 0, 0.0, 0
+        while self.loops == 0 or done < self.loops:
+            for sf in file_frames(self.path):
+                yield SourceFrame(index, offset + sf.timestamp, sf.frame, sf.error)
+                index += 1
+            offset += self.duration
+            done += 1
+
+
+def looped_file(source: str, loops: int) -> LoopedFile:
+    """``tpo stream --loop``: a video file source played ``loops`` times (0: forever)."""
+    s = str(source)
+    if s.isdigit() or "://" in s:
+        raise ValueError(f"--loop replays a video file; {s!r} is a camera or a URL (leave --loop at 1)")
+    return LoopedFile(s, loops)
+
+
+def open_source(source: Any, fps: float = 30.0, timeout_s: float = STREAM_OPEN_TIMEOUT_S,
+                stall_timeout_s: float = STREAM_STALL_TIMEOUT_S, reconnect: int = 0) -> Iterator[SourceFrame]:
+    """A frame source -> iterator of :class:`SourceFrame` (see the module docstring).
+
+    ``source``: a path (str/Path to a file), a camera index (int or a digit string), a URL
+    (``rtsp://``, ``http(s)://``, ...), or an iterable of frames (numpy ``[H, W, 3]`` uint8; ``None`` or
+    anything else is passed on and reported as a bad frame by the stream). ``fps`` times iterable frames.
+    URLs: ``timeout_s`` to open, ``stall_timeout_s`` without data mid-stream -> :class:`SourceError` (after
+    ``reconnect`` attempts to reopen the URL).
+    """
+    if isinstance(source, (str, Path)):
+        s = str(source)
+        if s.isdigit():
+            return camera_frames(int(s), timeout_s)
+        if "://" in s:
+            return url_frames(s, timeout_s, stall_timeout_s, reconnect)
+        return file_frames(Path(s))
+    if isinstance(source, int) and not isinstance(source, bool):
+        return camera_frames(source, timeout_s)
+    if isinstance(source, LoopedFile):
+        return iter(source)
+    if isinstance(source, np.ndarray) and source.ndim == 4:
+        source = iter(source)
+    if isinstance(source, Iterable) and not isinstance(source, (bytes, np.ndarray)):
+        return _iter_frames(source, fps)
+    raise SourceError(f"cannot stream from a {type(source).__name__}; pass a file path, a camera index, a URL or an "
+                      "iterable of uint8 [H, W, 3] frames")
+
+
+def _iter_frames(frames: Iterable, fps: float) -> Iterator[SourceFrame]:
+    it = iter(frames)
+    i = 0
+    while True:
+        try:
+            f = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 -- a user iterator may raise anything on one frame; report it
+            yield SourceFrame(i, i / fps, None, f"source raised {type(e).__name__}: {e}")
+            i += 1
+            continue
+        yield SourceFrame(i, i / fps, f)
+        i += 1
