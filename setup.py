@@ -8,6 +8,32 @@ ROOT = Path(__file__).parent
 version = {}
 exec((ROOT / "tpo_core" / "__init__.py").read_text(), version)
 
+# What `runtime/` imports (tests/test_packaging.py runs an export folder with torch, transformers and peft blocked).
+RUNTIME = [
+    "numpy>=1.24",
+    "onnxruntime>=1.18",
+    "tokenizers>=0.22",
+    "decord>=0.6",  # clip reading
+    "av>=12",  # annotated MP4 writer, stream fallback
+    "opencv-python-headless>=4.8",  # cameras / URLs, resizing
+]
+# The PyTorch model (tpo_core): reference inference, loading checkpoints, the tokenizer.model conversion.
+# torch: install the build for your machine first (CPU: `pip install torch==2.13.0`); any >=2.3 works.
+MODEL = [
+    "torch>=2.3",
+    "transformers>=5.17,<6",  # SAM2-video, BLIP-2 Q-Former and Mistral modules (tpo_core/modeling/hf_compat.py)
+    "peft>=0.18.1",  # LoRA; 0.18 is the first release for transformers 5
+    "safetensors>=0.4",
+    "scipy>=1.10",  # Hungarian matching in the losses
+    "pillow>=9",  # PNG masks (OpenCV cannot read PNGs in a process that imported decord)
+    "sentencepiece>=0.2",  # tokenizer.model -> tokenizers (with protobuf)
+    "protobuf>=4",
+    "tqdm>=4.66",
+]
+EXPORT = [*MODEL, "onnx>=1.16", "onnxscript>=0.2"]
+TRAIN = [*MODEL, "accelerate>=1.13", "matplotlib>=3.7"]
+TEST = sorted({*EXPORT, *TRAIN, "pytest>=8", "ruff>=0.6", "hypothesis>=6", "tensorrt-rtx>=1.0", "triton>=3.0"})
+
 setup(
     name="tpo-edge",
     version=version["__version__"],
@@ -18,36 +44,20 @@ setup(
     packages=find_packages(include=["tpo_core", "tpo_core.*", "export", "export.*", "runtime", "runtime.*"]),
     package_data={"tpo_core": ["assets/**/*", "assets/*/*", "assets/*"]},
     include_package_data=True,
-    install_requires=[
-        # torch: install the build for your machine first (CPU: `pip install torch==2.13.0`); any >=2.3 works.
-        "torch>=2.3",
-        "transformers>=4.56,<5",  # 4.56 brought the SAM2 video classes; 5.x is not yet validated
-        "peft>=0.13",
-        "accelerate>=1.0",
-        "safetensors>=0.4",
-        "numpy>=1.24",
-        "scipy>=1.10",
-        "decord>=0.6",
-        "av>=12",
-        "pillow>=9",  # PNG masks (OpenCV cannot read PNGs in a process that imported decord)
-        "opencv-python-headless>=4.8",
-        "tokenizers>=0.20",
-        "sentencepiece>=0.2",
-        "protobuf>=4",
-        "onnx>=1.16",
-        "onnxscript>=0.2",
-        "onnxruntime>=1.18",
-        "optimum-onnx>=0.1",
-        "tqdm>=4.66",
-        "rich>=13",
-        "matplotlib>=3.7",
-    ],
+    # base install = the runtime: run an export folder (manifest + ONNX graphs) on ONNX Runtime; no torch
+    install_requires=RUNTIME,
     extras_require={
-        "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0"],
+        "export": EXPORT,  # tpo export / verify / demo / ask: the PyTorch model + the ONNX exporters
+        "train": TRAIN,  # tpo train / eval / data synth
+        "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0"],  # CUDA engines + the fused Triton mask decoder
         "trt": ["tensorrt-rtx>=1.0"],  # builds engines anywhere (also CPU-only machines); runs on RTX GPUs
         "tensorrt": ["tensorrt>=10.3"],  # servers; on Jetson use the JetPack TensorRT instead
-        # triton: its CPU interpreter (TRITON_INTERPRET=1) tests the fused mask kernel on machines without a GPU
-        "test": ["pytest>=8", "ruff>=0.6", "tensorrt-rtx>=1.0", "triton>=3.0"],
+        # the suite and `tpo demo`: export + train, lint, TensorRT-RTX builds on CPU, and triton, whose CPU
+        # interpreter (TRITON_INTERPRET=1) tests the fused mask kernel on machines without a GPU
+        "test": TEST,
+        # every feature, less onnxruntime-gpu (it installs the same `onnxruntime` module as the base's onnxruntime:
+        # add [gpu] on CUDA machines) and full TensorRT (servers only; JetPack brings it on Jetson)
+        "all": sorted({*EXPORT, *TRAIN, "tensorrt-rtx>=1.0", "triton>=3.0"}),
     },
     entry_points={
         "console_scripts": ["tpo=runtime.cli:main"],

@@ -13,7 +13,7 @@ import json
 
 
 def _add_export(sub) -> None:
-    from export.exporter import DEFAULT_OPSET, EXPORTERS
+    from export import DEFAULT_OPSET, EXPORTERS
 
     p = sub.add_parser("export", help="split a TPO model into ONNX graphs + manifest.json",
                        description="Write one ONNX graph per component (vision, llm, heads, mask graphs), the "
@@ -50,6 +50,26 @@ def _add_verify(sub) -> None:
     p.set_defaults(func=run_verify)
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="fresh-install demo: sample video, export (cached), 4 task requests on CPU",
+                       description="Generates a sample video, exports the embedded default model (cached under "
+                                   "~/.cache/tpo-edge keyed by the checkpoint and code hash), runs a QA, a grounding, "
+                                   "a temporal and a segmentation request through the runtime on the CPU, prints the "
+                                   "answers and writes an annotated video.")
+    p.add_argument("--checkpoint", default="embedded", help="'embedded' (default), 'untrained-tiny' or a folder")
+    p.add_argument("--out", default="tpo-demo", help="folder for results.json and annotated.mp4")
+    p.add_argument("--force-routing", choices=("auto", "on", "off"), default="auto",
+                   help="force each task's *_begin token (auto: only for the untrained fallback model)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from export.demo import run_demo
+
+    return run_demo(args)
+
+
 def run_export(args: argparse.Namespace) -> int:
     from export.exporter import export_model
     from tpo_core.export_specs import ExportLimits
@@ -76,10 +96,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers) -> None:
     """Register ``export``, ``verify``, ``build`` and ``demo``."""
-    from export.demo import add_parsers as add_demo
     from export.trt_build import add_build_parser
 
     _add_export(subparsers)
     _add_verify(subparsers)
     add_build_parser(subparsers)
-    add_demo(subparsers)
+    _add_demo(subparsers)

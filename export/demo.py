@@ -24,20 +24,6 @@ from tpo_core.data.sample import SAMPLE_PROMPTS, sample_video
 TASK_PROMPTS = tuple(zip(("qa", "region", "temporal", "mask"), SAMPLE_PROMPTS))  # one request per task
 BEGIN_TOKEN = {"region": "<box_begin>", "temporal": "<time_begin>", "mask": "<track_begin>"}
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="fresh-install demo: sample video, export (cached), 4 task requests on CPU",
-                       description="Generates a sample video, exports the embedded default model (cached under "
-                                   "~/.cache/tpo-edge keyed by the checkpoint and code hash), runs a QA, a grounding, "
-                                   "a temporal and a segmentation request through the runtime on the CPU, prints the "
-                                   "answers and writes an annotated video.")
-    p.add_argument("--checkpoint", default="embedded", help="'embedded' (default), 'untrained-tiny' or a folder")
-    p.add_argument("--out", default="tpo-demo", help="folder for results.json and annotated.mp4")
-    p.add_argument("--force-routing", choices=("auto", "on", "off"), default="auto",
-                   help="force each task's *_begin token (auto: only for the untrained fallback model)")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=run_demo)
-
-
 def _code_hash() -> str:
     """Hash of the model + export code, the manifest schema and the tokenizer assets: an export is stale when any of
     them changed."""
@@ -180,7 +166,3 @@ def run_demo(args) -> int:
     print(f"\nvideo: {video} ({clip.width}x{clip.height}, {clip.duration:.1f} s); export: {export_dir}")
     print(f"wrote {rpath} and {vpath}; {total:.1f} s total ({t_prep:.1f} s sample + export/cache)")
     return 0
-
-
-def add_parsers(subparsers) -> None:
-    _add_demo(subparsers)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import torch
 
+from export import DEFAULT_OPSET, EXPORTERS
 from export.components import build_wrapper
 from export.specs import (
     DTYPE_NAMES,
@@ -56,8 +57,6 @@ from tpo_core.export_specs import (
     tokenizer_section,
 )
 
-DEFAULT_OPSET = 18
-EXPORTERS = ("dynamo", "torchscript")
 # graphs with more weight bytes than this use ONNX external data (required over 2 GB). Measured on the 7B vision
 # graph (0.79 GB fp16): inline, the exporter serializes the weights in memory (peak RSS +2.4 GB); external data
 # streams them (+0.12 GB).
@@ -87,9 +86,10 @@ def restore_buffers(model, force: bool = False, allow_meta: bool = False) -> Non
         mh.pixel_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         mh.pixel_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     mattn = mh.sam.memory_attention
-    if force or any(b.is_meta for b in mattn.rotary_emb.buffers()):
+    if force or mattn.position_ids.is_meta or any(b.is_meta for b in mattn.rotary_emb.buffers()):
         with torch.device("cpu"):
             mattn.rotary_emb = type(mattn.rotary_emb)(mh.sam_config)
+            mattn.position_ids = mattn.precompute_positions(mh.sam_config)
     if force and not model.vision.pos_embed.is_meta:
         model.vision.reset_pos_embed()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -130,6 +130,7 @@ def load_for_export(path: str | Path, dtype: torch.dtype):
     del state
     restore_buffers(model)
     model.llm.merge_lora()
+    model.untrained_heads = tuple(meta.get("untrained_heads", ()))  # for the manifest (e.g. ["temporal"])
     return model.eval()
 
 

@@ -55,7 +55,7 @@ class LLMGraph(nn.Module):
             raise NotImplementedError(f"LLM export supports default RoPE only, got {rotary.rope_type!r}")
         # recomputed in float32 from the config: the module's buffer is rounded once the model is cast to fp16/bf16
         # (an inv_freq error of 2^-11 is an angle error of ~1 rad at position 2000)
-        inv_freq, scaling = rotary.rope_init_fn(cfg, "cpu")
+        inv_freq, scaling = rotary.compute_default_rope_parameters(cfg)
         self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
         self.rope_scaling = float(scaling)
 
@@ -97,8 +97,4 @@ def empty_past(num_layers: int, batch: int, kv_heads: int, head_dim: int, dtype:
 
 def cache_to_list(cache) -> list[torch.Tensor]:
     """A transformers ``DynamicCache`` -> [k0, v0, k1, v1, ...] each [B, KVH, P, Hd]."""
-    if hasattr(cache, "layers"):
-        pairs = [(layer.keys, layer.values) for layer in cache.layers]
-    else:  # older transformers
-        pairs = list(zip(cache.key_cache, cache.value_cache))
-    return [t for pair in pairs for t in pair]
+    return [t for layer in cache.layers for t in (layer.keys, layer.values)]

@@ -349,8 +349,8 @@ class Pipeline:
         """hidden ``[D]``: the final-layer hidden state at the placeholder -> post-processed head output."""
         if head in self.manifest.heads.untrained:
             raise ValueError(f"the model routed this request to the {head} head, which this export has no trained "
-                             f"weights for (manifest heads.untrained); train it (`tpo train --stage 2 --heads {head}` "
-                             "on the checkpoint), re-export, or ask for another task")
+                             f"weights for (manifest heads.untrained); train that head on the checkpoint and "
+                             "re-export (docs/convert.md, 'Temporal task'), or ask a question that does not need it")
         h = self.ops.cast(hidden, self._input_dtype("head_region", "task_embedding"))[None]
         if head == "region":
             norm = self.ops.to_host(self.engines["head_region"].run({"task_embedding": h})["box"])[0]

@@ -89,7 +89,7 @@ def _axis_bilinear_aa(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(idx, n_in - 1), w
 
 
-_AXIS = {"bicubic": _axis_cubic, "bilinear": _axis_bilinear, "bilinear_aa": _axis_bilinear_aa}
+AXIS_TABLES = {"bicubic": _axis_cubic, "bilinear": _axis_bilinear, "bilinear_aa": _axis_bilinear_aa}
 
 
 def _apply_axis(x: np.ndarray, axis: int, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -108,13 +108,13 @@ def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bicubic
 
     ``mode``: ``bicubic`` | ``bilinear`` | ``bilinear_aa`` (see the module docstring). No clamping here.
     """
-    if mode not in _AXIS:
+    if mode not in AXIS_TABLES:
         raise ValueError(f"resize mode {mode!r} is not allowed; choose one of {RESIZE_MODES}")
     h_out, w_out = (size, size) if isinstance(size, int) else size
     x = np.asarray(frames)
     t, h, w, _ = x.shape
     x = x.astype(np.float32, copy=False)
-    fn = _AXIS[mode]
+    fn = AXIS_TABLES[mode]
     # do the cheaper pass first (fewer output elements); both orders agree to float32 rounding
     if h_out * w <= h * w_out:
         if h != h_out:

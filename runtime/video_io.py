@@ -126,7 +126,7 @@ def _decord_open(path: Path, width: int = -1, height: int = -1):
     return vr
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
 
@@ -152,7 +152,7 @@ def _codec_name(path: Path) -> str | None:
 def diagnose(path: Path, err: Exception) -> VideoReadError:
     """A decord failure -> a VideoReadError naming the problem: an unsupported codec (named through PyAV when it is
     installed) or a truncated / corrupt file, with the fix."""
-    detail = _first_line(err)
+    detail = first_line(err)
     codec = _codec_name(path)
     if codec == "":
         return VideoReadError(f"video {path} has no decodable video stream (audio only, or a video track with zero "

@@ -24,9 +24,9 @@ WORKERS=${WORKERS:-8}
 mkdir -p "$WORK" "$OUT"
 
 # 1. data (skipped when already there)
-[ -f "$WORK/data/train/manifest.json" ] || $PYTHON -m tpo_core.cli data synth --out "$WORK/data/train" \
+[ -f "$WORK/data/train/manifest.json" ] || $PYTHON -m runtime.cli data synth --out "$WORK/data/train" \
     --videos "$N_TRAIN" --seed 1 --split train --workers "$WORKERS"
-[ -f "$WORK/data/val/manifest.json" ] || $PYTHON -m tpo_core.cli data synth --out "$WORK/data/val" \
+[ -f "$WORK/data/val/manifest.json" ] || $PYTHON -m runtime.cli data synth --out "$WORK/data/val" \
     --videos "$N_VAL" --seed 2 --split val --workers "$WORKERS"
 
 # 2. train all three stages (continues from the newest checkpoint in $WORK/run)
@@ -46,7 +46,7 @@ for name, steps in (("stage1", "${STEPS1:-}"), ("stage2", "${STEPS2:-}"), ("stag
 json.dump({"preset": "tiny", "stages": stages}, open(sys.argv[1], "w"), indent=1)
 PY
 fi
-$PYTHON -m tpo_core.cli train --preset tiny --stage all --config "$CONFIG" --data "$WORK/data/train" \
+$PYTHON -m runtime.cli train --preset tiny --stage all --config "$CONFIG" --data "$WORK/data/train" \
     --out "$WORK/run" --resume auto --max-minutes "$MAX_MINUTES" --save-every 250 2>&1 | tee -a "$OUT/train.log"
 
 # 3. copy what exists so far to OUT
@@ -64,8 +64,8 @@ rm -rf "$OUT/final" && cp -r "$WORK/run/final" "$OUT/final"
 
 # 4. held-out evaluation (targets: routing >= 95 %, region Acc@0.5 >= 80 %, temporal R1@0.5 >= 70 %,
 #    mask mean IoU >= 0.70, QA >= 80 %)
-$PYTHON -m tpo_core.cli eval --checkpoint "$OUT/final" --data "$WORK/data/val" --per-task "$EVAL_PER_TASK" \
+$PYTHON -m runtime.cli eval --checkpoint "$OUT/final" --data "$WORK/data/val" --per-task "$EVAL_PER_TASK" \
     --out "$OUT/eval_val.json" | tee "$OUT/eval_val.txt"
-$PYTHON -m tpo_core.cli eval --checkpoint "$OUT/final" --data "$WORK/data/train" --per-task 100 \
+$PYTHON -m runtime.cli eval --checkpoint "$OUT/final" --data "$WORK/data/train" --per-task 100 \
     --out "$OUT/eval_train.json" > "$OUT/eval_train.txt"
 echo "done: $OUT/final (copy it to tpo_core/assets/default to ship it), $OUT/eval_val.txt"

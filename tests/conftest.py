@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "videochat_tpo"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "videochat_tpo"  # copied from the VideoChat-TPO release
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    assert FIXTURES.is_dir(), f"the release fixtures must sit beside the checkout at {FIXTURES}"
+    assert FIXTURES.is_dir(), f"the release fixtures are missing from {FIXTURES}"
     return FIXTURES
 
 

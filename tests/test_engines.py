@@ -303,7 +303,27 @@ def test_runtime_does_not_import_training_code() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
+def test_cuda_provider_options_turn_tf32_off_for_fp32_graphs() -> None:
+    from runtime.engines.ort import cuda_provider_options
+
+    assert cuda_provider_options(1, "fp32") == {"device_id": 1, "use_tf32": "0"}
+    assert "use_tf32" not in cuda_provider_options(0, "fp16")
+    assert cuda_provider_options(0, "fp32", {"use_tf32": "1"})["use_tf32"] == "1"  # the caller's choice wins
+    opts = cuda_provider_options(0, "fp32", None, 1234)
+    assert opts["has_user_compute_stream"] == "1" and opts["user_compute_stream"] == "1234"
+
+
 # ------------------------------------------------------------------------------------------- GPU tier
+@pytest.mark.gpu
+def test_ort_cuda_fp32_graphs_run_without_tf32(export: Manifest) -> None:
+    """ORT reports the option it applied (fp32 toy export): TF32 off by default, on when asked."""
+    eng = open_engine(export, "llm", device="cuda")
+    assert eng.spec.precision == "fp32"
+    assert eng.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
+    eng = open_engine(export, "llm", device="cuda", provider_options={"use_tf32": "1"})
+    assert eng.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "1"
+
+
 @pytest.mark.gpu
 def test_ort_cuda_iobinding_matches_cpu(export: Manifest) -> None:
     rng = np.random.default_rng(3)

@@ -257,22 +257,6 @@ def test_fp16_partial_export_runs_in_onnxruntime(tmp_path):
     assert report.ok, report.summary()
 
 
-# ---------------------------------------------------------------------------------------------- optimum
-@pytest.mark.slow
-def test_optimum_findings_hold():
-    """The evidence behind docs/export.md's optimum section (export/optimum_probe.py)."""
-    from export.optimum_probe import probe
-
-    f = probe()
-    assert f["stock_mistral"]["export"] == "ok" and f["stock_mistral"]["validate"] == "ok"
-    assert f["stock_mistral"]["inputs"][0] == "input_ids"
-    assert "input_ids" in f["inputs_embeds_no_override"]["export"]
-    assert f["inputs_embeds"]["validate"] == "ok"
-    assert f["inputs_embeds_hidden"]["validate"].startswith("OutputMatchError")
-    assert f["hidden_states_output"]["named_hidden_states_is_input_embeds"]
-    assert not f["hidden_states_output"]["named_hidden_states_is_final"]
-
-
 # ---------------------------------------------------------------------------------------------- build
 @pytest.mark.trt
 def test_tpo_build_tensorrt_rtx_on_the_tiny_export(tmp_path):

@@ -106,3 +106,21 @@ def test_unreachable_stream_fails_fast(pipe):
     with pytest.raises(SourceError, match="cannot stream from a float"):
         pipe.stream(1.5, "What is it?")
     assert time.perf_counter() - t0 < 30
+
+
+def test_untrained_head_is_refused_by_the_runtime(export_dir, sample_videos, tmp_path):
+    """A manifest listing heads.untrained (e.g. a converted VideoChat-TPO without a trained temporal head): a request
+    routed there is refused with the reason; the other heads still answer."""
+    from runtime.contract.routing import force_token
+    from runtime.pipeline import Pipeline
+
+    folder = _copy_export(export_dir, tmp_path / "untrained")
+    m = json.loads((folder / "manifest.json").read_text())
+    m["heads"]["untrained"] = ["temporal"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    pipe = Pipeline.from_manifest(folder)
+    ids = {k: v.id for k, v in pipe.manifest.task_tokens.items()}
+    box = pipe.ask(sample_videos[0], "Where is it?", max_new_tokens=3, logits_processor=force_token(ids["<box_begin>"]))
+    assert box.region is not None
+    with pytest.raises(ValueError, match=r"temporal head, which this export has no trained weights for"):
+        pipe.ask(sample_videos[0], "When?", max_new_tokens=3, logits_processor=force_token(ids["<time_begin>"]))

@@ -193,17 +193,21 @@ def test_tiny_tokenizer_rebuild_is_deterministic():
     assert json.loads(build_tiny_tokenizer().to_str()) == committed
 
 
-def test_fixture_tokenizer_converts_with_task_tokens():
+def test_fixture_tokenizer_converts_with_task_tokens(fixtures_dir):
     from tpo_core.data.tokenizer_build import load_tokenizer
 
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "videochat_tpo"
-    assert (fixture / "tokenizer.model").is_file(), f"compatibility fixture missing at {fixture}"
-    tok = load_tokenizer(fixture)
+    assert (fixtures_dir / "tokenizer.model").is_file(), f"compatibility fixture missing at {fixtures_dir}"
+    tok = load_tokenizer(fixtures_dir)
     assert tok.get_vocab_size(with_added_tokens=False) == 32000
     assert [tok.token_to_id(t) for t in TASK_TOKENS] == list(range(32000, 32007))
     enc = tok.encode("[INST]")
     assert enc.ids == [1, 733, 16289, 28793] and tok.decode(enc.ids, skip_special_tokens=True) == "[INST]"
     enc = tok.encode("Where is it?<box_begin><boxes>", add_special_tokens=False)
     assert enc.ids[-2:] == [32000, 32003] and tok.decode(enc.ids) == "Where is it?<box_begin><boxes>"
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures_dir / "tokenizer.model"))
+    for text in ("Where is the green triangle?  Two  spaces", "ünïcödé 日本語 \t tab", "[INST] <Video> 0.2s </Video>"):
+        assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text), text  # byte fallback included
     with pytest.raises(ValueError, match="neither"):
         load_tokenizer("mistral-v0.2")

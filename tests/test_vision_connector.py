@@ -13,7 +13,7 @@ from tpo_core.config import get_preset
 from tpo_core.modeling.connector import QFormerConnector
 from tpo_core.modeling.vision import VideoEncoder, sinusoid_table, video_pos_embed
 
-INDEX = Path(__file__).resolve().parents[2] / "shared/fixtures/videochat_tpo/model.safetensors.index.json"
+INDEX = Path(__file__).resolve().parent / "fixtures/videochat_tpo/model.safetensors.index.json"
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,27 @@ class CheckpointError(ValueError):
     pass
 
 
+class UntrainedHeadError(ValueError):
+    """A task was routed to a head whose weights were never trained (``checkpoint.json: untrained_heads``)."""
+
+
+def untrained_heads(path: str | Path) -> list[str]:
+    """The heads a checkpoint folder marks as untrained (e.g. ``["temporal"]`` after ``tpo convert``)."""
+    meta = Path(path) / META
+    return list(json.loads(meta.read_text()).get("untrained_heads", [])) if meta.is_file() else []
+
+
+def refuse_untrained(model, head: str) -> None:
+    """Raise ``UntrainedHeadError`` if ``model`` marks ``head`` untrained (never decode a random head silently)."""
+    if head in getattr(model, "untrained_heads", ()):
+        raise UntrainedHeadError(
+            f"the model routed this request to its {head} head, but that head is untrained in this checkpoint "
+            f"(checkpoint.json lists untrained_heads {sorted(model.untrained_heads)}; a checkpoint converted from "
+            "VideoChat-TPO has no usable temporal head, because the release's CG-DETR needs two extra models). "
+            f"Train the {head} head on this checkpoint first (docs/convert.md, 'Temporal task'), or ask a question "
+            "that does not need it")
+
+
 def save_checkpoint(model, path: str | Path, dtype: torch.dtype | None = None, extra_meta: dict | None = None) -> Path:
     """Write ``model`` (a TPOModel) to the folder ``path``; weights cast to ``dtype`` if given."""
     path = Path(path)
@@ -49,6 +70,8 @@ def save_checkpoint(model, path: str | Path, dtype: torch.dtype | None = None, e
     dtype_name = next(n for n, d in DTYPES.items() if d == next(iter(state.values())).dtype)
     meta = {"format": "tpo-edge/checkpoint", "version": 1, "lora_applied": bool(model.llm.lora_applied),
             "dtype": dtype_name, "num_tensors": len(state), **(extra_meta or {})}
+    if getattr(model, "untrained_heads", ()):
+        meta["untrained_heads"] = sorted(model.untrained_heads)
     (path / META).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 

@@ -107,7 +107,8 @@ def run_info(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Register ``ask``, ``info``, ``data synth``, ``train`` and ``eval`` on the ``tpo`` subparsers."""
+    """Register ``ask``, ``info``, ``data synth``, ``train``, ``eval`` and ``convert`` on the ``tpo`` subparsers."""
+    from .convert.cli import add_parsers as add_convert
     from .data.synth import add_synth_parser
     from .train.cli import add_parsers as add_train
 
@@ -115,3 +116,4 @@ def add_parsers(sub) -> None:
     _add_info(sub)
     add_synth_parser(sub)
     add_train(sub)
+    add_convert(sub)

@@ -227,11 +227,12 @@ class MaskHeadConfig:
     mem_dim: int = 64
     num_maskmem: int = 7
     memory_attention_layers: int = 4
-    prompt_mlp_dim: int = 4096  # hidden width of MLP(task embedding) -> [3, hidden_dim]
+    prompt_mlp_dim: int = 4096  # hidden width of MLP(task embedding) -> [3, hidden_dim] (release: track_embed)
+    box_mlp_dim: int = 4096  # hidden width of the auxiliary box MLP (release: track_embed_decode2, 4096 -> 4096 -> 4)
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "hiera_embed_dim", "hiera_num_heads", "hidden_dim", "mem_dim",
-                  "num_maskmem", "memory_attention_layers", "prompt_mlp_dim")
+                  "num_maskmem", "memory_attention_layers", "prompt_mlp_dim", "box_mlp_dim")
         for name in ("hiera_stages", "hiera_global_attn_blocks", "hiera_window_spec", "backbone_channel_list"):
             setattr(self, name, tuple(getattr(self, name)))
         if len(self.hiera_stages) != len(self.hiera_window_spec) or len(self.hiera_stages) != len(
@@ -287,6 +288,7 @@ class TPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TPOConfig:
+        data = upgrade_config_dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -300,6 +302,19 @@ class TPOConfig:
             raise FileNotFoundError(f"config file {path} does not exist; a checkpoint directory must hold "
                                     "the config.json written by `tpo train`")
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def upgrade_config_dict(data: dict) -> dict:
+    """Fill fields added after a config was written, with the values the older code implied.
+
+    - ``mask.box_mlp_dim`` (added with ``tpo convert``): older code built the box MLP with hidden width
+      ``prompt_mlp_dim // 2``.
+    """
+    data = dict(data)
+    mask = data.get("mask")
+    if isinstance(mask, dict) and "box_mlp_dim" not in mask and "prompt_mlp_dim" in mask:
+        data["mask"] = {**mask, "box_mlp_dim": int(mask["prompt_mlp_dim"]) // 2}
+    return data
 
 
 def tiny_config() -> TPOConfig:
@@ -319,7 +334,7 @@ def tiny_config() -> TPOConfig:
         mask=MaskHeadConfig(image_size=128, hiera_embed_dim=16, hiera_num_heads=1, hiera_stages=(1, 1, 2, 1),
                             hiera_global_attn_blocks=(3,), hiera_window_spec=(4, 4, 4, 4),
                             backbone_channel_list=(128, 64, 32, 16), hidden_dim=64, mem_dim=16, num_maskmem=7,
-                            memory_attention_layers=1, prompt_mlp_dim=256),
+                            memory_attention_layers=1, prompt_mlp_dim=256, box_mlp_dim=128),
         loc_encoder_hidden=256,
         max_new_tokens=32,
     )

@@ -21,6 +21,8 @@ from runtime.contract.routing import Router, Sampler, TaskRoute
 from runtime.results import MaskResult, RegionResult, Span, TemporalResult, TPOResult
 from runtime.video_io import Clip
 
+from .checkpoint import refuse_untrained
+
 
 def _load_clip(model, video) -> Clip:
     from .data.video import read_video
@@ -84,6 +86,7 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
         return lo[0, -1].float().cpu().numpy(), hi[:, -1]
 
     def on_task(head: str, hidden: torch.Tensor) -> None:
+        refuse_untrained(model, head)  # e.g. the temporal head of a converted VideoChat-TPO checkpoint
         _run_head(model, head, hidden, clip, frame_feats, result, mask_frames, mask_timestamps)
 
     out = router.decode(logits[0, -1].float().cpu().numpy(), max_new,

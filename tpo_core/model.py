@@ -42,6 +42,7 @@ class TPOModel(nn.Module):
         self.task_ids = TaskTokenIds.after_vocab(config.llm.vocab_size)
         self.tokenizer = tokenizer
         self._prompts: PromptBuilder | None = None
+        self.untrained_heads: tuple[str, ...] = ()  # heads whose weights were never trained (checkpoint.json)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -65,6 +66,7 @@ class TPOModel(nn.Module):
         if meta.get("lora_applied"):
             model.llm.apply_lora()
         load_state_strict(model, state, str(path))
+        model.untrained_heads = tuple(meta.get("untrained_heads", ()))
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:

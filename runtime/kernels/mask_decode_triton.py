@@ -11,7 +11,7 @@ Two launches per frame, for all objects together:
    ``areas [N]`` int64 and ``present [N]``.
 
 Host side: a cached ``_Plan`` per shape/dtype holds every scalar and launches through the compiled kernel's
-own launcher after the first call (``_Launcher``), so a cached call skips validation and Triton's JIT
+own launcher after the first call (``KernelLauncher``), so a cached call skips validation and Triton's JIT
 dispatch. ``MaskDecoder`` adds outputs allocated once and an optional CUDA graph for a stream's steady state.
 
 torch and triton are imported at module import; only ``runtime.mask_decode`` imports this module, lazily;
@@ -237,7 +237,7 @@ def _hooks_set() -> bool:
     return False
 
 
-class _Launcher:
+class KernelLauncher:
     """One kernel with a fixed grid and fixed options.
 
     The first launch goes through Triton's JIT dispatcher (compile or cache hit), which returns the compiled
@@ -277,8 +277,8 @@ class _Plan:
                             has_scores, write_values, idx_fma, blend, cfg.block_h, cfg.block_words]
         self.reduce_tail = [self.n_rb, has_scores, _BLOCK_RB]
         opts = {"num_warps": cfg.num_warps, "enable_fp_fusion": False}
-        self.decode = _Launcher(_decode_bits_kernel, (n, self.n_rb, 1), opts)
-        self.reduce = _Launcher(_reduce_boxes_kernel, (n, 1, 1), {"num_warps": 4})
+        self.decode = KernelLauncher(_decode_bits_kernel, (n, self.n_rb, 1), opts)
+        self.reduce = KernelLauncher(_reduce_boxes_kernel, (n, 1, 1), {"num_warps": 4})
         self._scratch: dict = {}  # stream -> partials [n, n_rb, 5] int32 (internal; stream-ordered reuse)
 
     def alloc(self, device) -> tuple:

@@ -16,8 +16,9 @@ Rebuild (deterministic, rewrites the same bytes): ``python -m tpo_core.data.toke
 
 ``load_tokenizer(spec)``: ``"embedded-tiny"``, a directory with ``tokenizer.json``, or a directory with only a
 SentencePiece ``tokenizer.model`` (+ ``added_tokens.json``), e.g. the VideoChat-TPO release (Mistral v0.2:
-32000 base ids + 7 task tokens at 32000..32006). The last needs ``transformers``, ``sentencepiece`` and
-``protobuf``. Task-token ids are verified on every load.
+32000 base ids + 7 task tokens at 32000..32006). The last needs ``sentencepiece`` and ``protobuf`` (not
+``transformers``: the conversion is written out here, equal to transformers 4.x's ``LlamaConverter`` with
+``legacy=True``). Task-token ids are verified on every load.
 """
 
 from __future__ import annotations
@@ -121,18 +122,46 @@ def verify_task_tokens(tok, base_vocab: int, source: str) -> None:
             raise ValueError(f"tokenizer {source}: {t!r} encodes to {ids}, not the single id {want[t]}")
 
 
+def _bpe_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """Every split ``(l, r)`` of a piece into two pieces, ordered by the piece's score (best first), then by the
+    lengths of ``l`` and ``r``, then by their ids: the order a SentencePiece BPE model applies its merges."""
+    merges = []
+    for piece, score in scores.items():
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab
+                 and piece[i:] in vocab]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
 def _from_sentencepiece(directory: Path):
-    """tokenizer.model (+ added_tokens.json) -> tokenizers.Tokenizer via transformers' Llama converter."""
-    from tokenizers import AddedToken, processors
+    """tokenizer.model (+ added_tokens.json) -> ``tokenizers.Tokenizer``, as a Llama / Mistral "legacy" fast
+    tokenizer: byte-fallback BPE over the SentencePiece pieces, ``<unk>`` ``<s>`` ``</s>`` at 0..2 as special
+    added tokens, normalizer ``Prepend("▁")`` + ``Replace(" ", "▁")`` (no pre-tokenizer), decoder ``▁`` -> space,
+    byte fallback, fuse, strip the one leading space; ``<s>`` prepended to every encoding."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers.models import BPE
 
     try:
-        from transformers import LlamaTokenizer
-        from transformers.convert_slow_tokenizer import LlamaConverter
+        from sentencepiece import sentencepiece_model_pb2
     except ImportError as err:
-        raise ImportError(f"converting {directory}/tokenizer.model needs transformers, sentencepiece and "
-                          "protobuf: `pip install transformers sentencepiece protobuf`") from err
-    slow = LlamaTokenizer(vocab_file=str(directory / "tokenizer.model"), legacy=True)
-    tok = LlamaConverter(slow).converted()
+        raise ImportError(f"converting {directory}/tokenizer.model needs sentencepiece and protobuf: "
+                          "`pip install sentencepiece protobuf` (or `pip install -e .[train]`)") from err
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((directory / "tokenizer.model").read_bytes())
+    if proto.trainer_spec.model_type != 2:  # 1 unigram, 2 BPE
+        raise ValueError(f"{directory}/tokenizer.model is not a BPE SentencePiece model (model_type "
+                         f"{proto.trainer_spec.model_type}); only Llama/Mistral-style BPE tokenizers convert")
+    pieces = [(p.piece, 0.0 if i < len(SPECIALS) else p.score) for i, p in enumerate(proto.pieces)]
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    tok = Tokenizer(BPE(vocab, _bpe_merges(vocab, dict(pieces)), unk_token=proto.trainer_spec.unk_piece,
+                        fuse_unk=True, byte_fallback=True, dropout=None))
+    control = [AddedToken(p.piece, normalized=False, special=p.type == 3)  # 3 control, 4 user-defined
+               for p in proto.pieces if p.type in (3, 4)]
+    tok.add_tokens(control)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(content=" ", left=1)])
     base = tok.get_vocab_size(with_added_tokens=False)
     added_file = directory / "added_tokens.json"
     added = json.loads(added_file.read_text()) if added_file.is_file() else {

@@ -16,6 +16,7 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from ..config import LLMConfig
 from ..tokens import TASK_TOKENS, TaskTokenIds
+from .hf_compat import cache_kwargs, output_cache
 
 
 def mistral_config(cfg: LLMConfig) -> MistralConfig:
@@ -28,7 +29,7 @@ def mistral_config(cfg: LLMConfig) -> MistralConfig:
         num_key_value_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim,
         max_position_embeddings=cfg.max_position_embeddings,
-        rope_theta=cfg.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         rms_norm_eps=cfg.rms_norm_eps,
         sliding_window=None,
         tie_word_embeddings=False,
@@ -95,9 +96,9 @@ class TaskLLM(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, past_key_values=None,
                 position_ids: torch.Tensor | None = None, use_cache: bool = False):
         """inputs_embeds [B, T, D] -> (logits [B, T, V+7], last hidden states [B, T, D], past_key_values)."""
-        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=past_key_values,
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **cache_kwargs(past_key_values),
                       position_ids=position_ids, use_cache=use_cache, output_hidden_states=True, return_dict=True)
-        return out.logits, out.hidden_states[-1], out.past_key_values
+        return out.logits, out.hidden_states[-1], output_cache(out)
 
     # ---------------------------------------------------------------- LoRA
     def apply_lora(self) -> None:

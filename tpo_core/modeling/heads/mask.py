@@ -231,7 +231,7 @@ class MaskHead(nn.Module):
                                                                 rope_k_repeat=True)
         c = cfg.hidden_dim
         self.prompt_mlp = MLP(llm_dim, cfg.prompt_mlp_dim, 3 * c)
-        self.box_mlp = MLP(llm_dim, cfg.prompt_mlp_dim // 2, 4)
+        self.box_mlp = MLP(llm_dim, cfg.box_mlp_dim, 4)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -337,7 +337,7 @@ class MaskHead(nn.Module):
         """
         mattn = self.sam.memory_attention
         keys, key_pos, bias, num_ptr_tokens = self._memory_keys(state)
-        cos, sin = mattn.rotary_emb()
+        cos, sin = mattn.rotary_emb(embedding, mattn.position_ids)  # [1, HW, Hd] each, float32
         x = embedding + 0.1 * embedding_pos
         for layer in mattn.layers:
             q = layer.layer_norm1(x)
