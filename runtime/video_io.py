@@ -180,24 +180,34 @@ def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 
 def frame_times(vr, fps: float) -> tuple[np.ndarray, float]:
-    """Presentation times float64 ``[n]`` (s, first frame at 0) and the duration of an opened decord reader.
-
-    A constant frame rate (every time within ``CFR_TOLERANCE_S`` of ``index / fps``) gives exactly
-    ``index / fps`` and ``n / fps``; otherwise (variable frame rate) the frames' own timestamps and the end time of
-    the last frame.
-    """
+    """Presentation times float64 ``[n]`` (s, first frame at 0) and the duration of an opened decord reader
+    (:func:`presentation_times` on decord's per-frame (start, end) timestamps)."""
     import decord
 
     n = len(vr)
-    cfr = np.arange(n, dtype=np.float64) / fps
     try:
         ts = np.asarray(vr.get_frame_timestamp(list(range(n))), np.float64).reshape(n, 2)
     except (decord.DECORDError, RuntimeError, ValueError):
-        return cfr, n / fps
-    start = ts[:, 0] - ts[0, 0]
-    if not np.isfinite(ts).all() or np.any(np.diff(start) < 0) or np.abs(start - cfr).max() <= CFR_TOLERANCE_S:
-        return cfr, n / fps
-    return start, float(max(ts[-1, 1] - ts[0, 0], start[-1]))
+        return np.arange(n, dtype=np.float64) / fps, n / fps
+    return presentation_times(np.arange(n), ts[:, 0], fps, n, end=float(ts[-1, 1]))
+
+
+def presentation_times(indices, starts, fps: float, total: int, end: float | None = None) -> tuple[np.ndarray, float]:
+    """Frame times for frames ``indices`` whose presentation times are ``starts`` (s; ``starts[0]`` is frame 0's),
+    and the duration, for a video of ``total`` frames at average ``fps``: the one rule every reader follows.
+
+    A constant frame rate (every time within ``CFR_TOLERANCE_S`` of ``index / fps``) gives exactly ``index / fps``
+    and ``total / fps``; otherwise (variable frame rate) the frames' own times (from frame 0's) and ``end`` (the end
+    time of the last frame, when known; else the last time + 1 / fps).
+    """
+    idx = np.asarray(indices, np.int64)
+    cfr = idx / fps
+    start = np.asarray(starts, np.float64) - float(starts[0])
+    if (not np.isfinite(start).all() or np.any(np.diff(start) < 0)
+            or np.abs(start - cfr).max(initial=0.0) <= CFR_TOLERANCE_S):
+        return cfr, total / fps
+    last = float(start[-1]) + 1.0 / fps if end is None else end - float(starts[0])
+    return start, float(max(last, start[-1]))
 
 
 def few_frames_note(total: int, num_frames: int) -> str | None:
