@@ -14,8 +14,8 @@ RUNTIME = [
     "onnxruntime>=1.18",
     "tokenizers>=0.22",
     "decord>=0.6",  # clip reading
-    "av>=12",  # annotated MP4 writer, stream fallback
-    "opencv-python-headless>=4.8",  # cameras / URLs, resizing
+    "av>=12",  # annotated MP4 writer, network streams (stall detection), the PyAV reader fallback
+    "opencv-python-headless>=4.8",  # cameras, resizing, drawing
 ]
 # The PyTorch model (tpo_core): reference inference, loading checkpoints, the tokenizer.model conversion.
 # torch: install the build for your machine first (CPU: `pip install torch==2.13.0`); any >=2.3 works.

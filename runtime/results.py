@@ -147,13 +147,14 @@ class TPOResult:
 class FrameResult:
     """One frame of ``Pipeline.stream``.
 
-    index: frame number in the source (counting bad frames); timestamp: seconds (source clock or index / fps);
-    mask: the tracked object's mask on this frame (bool-packed ``[1, H, ceil(W/32)]`` inside a MaskResult of one
-    frame) when tracking; box: its inclusive pixel box (None when the object is not found); answer: the latest LLM
-    answer when it was produced on this frame -- or, with background re-asks, when it completed before this frame
-    (``None`` otherwise); answer_error: why a background re-ask failed; error: a message when the frame was dropped
-    (then everything else is empty); latency_ms: wall time spent on this frame (preprocess + tracking + any LLM
-    re-ask done on it; a background re-ask is not done on a frame).
+    index: frame number in the source (counting bad frames); timestamp: seconds (the source's presentation time or
+    index / fps); mask: the tracked object's mask on this frame (bool-packed ``[1, H, ceil(W/32)]`` inside a
+    MaskResult of one frame) when tracking; box: its inclusive pixel box (None when the object is not found, see
+    ``present``); answer: an LLM answer when it was produced on this frame -- or, with background re-asks, when it
+    completed before this frame (``None`` otherwise), asked on the window ending at frame ``asked_at``;
+    answer_error: why a background re-ask failed; error: a message when the frame was dropped (then everything else
+    is empty); latency_ms: wall time spent on this frame (preprocess + tracking + any LLM re-ask done on it; a
+    background re-ask is not done on a frame).
     """
 
     index: int
@@ -166,6 +167,7 @@ class FrameResult:
     error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     answer_error: str | None = None
+    asked_at: int | None = None  # index of the frame whose window ``answer`` is about (background: an earlier one)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +191,7 @@ class FrameResult:
             out["present"] = self.present
         if self.answer is not None:
             out["answer"] = self.answer.to_dict()
+            out["asked_at"] = self.asked_at
         if self.answer_error is not None:
             out["answer_error"] = self.answer_error
         if self.timings_ms:

@@ -90,7 +90,7 @@ class Stream:
         self._tracking = False
         self._closed = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tpo-reask") if background else None
-        self._pending: Future | None = None
+        self._pending: tuple[Future, int] | None = None  # the re-ask in flight and the frame it was asked on
         self._due = False  # a re-ask fell due while one was in flight
         self.last_answer: TPOResult | None = None
 
@@ -120,7 +120,7 @@ class Stream:
             close()
         if self._pool is not None:
             if self._pending is not None:
-                self._take(self._pending, None)
+                self._take(*self._pending, None)
                 self._pending = None
             self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -189,41 +189,41 @@ class Stream:
         if self._pool is None:
             if due:
                 t0 = time.perf_counter()
-                self._attach(self._ask(self._window_clip()), out)
+                self._attach(self._ask(self._window_clip()), index, out)
                 out.timings_ms["ask_ms"] = (time.perf_counter() - t0) * 1e3
         else:
-            self._background(due, out)
+            self._background(due, index, out)
         if self._tracking:
             if self._since_start % self.track_every == 0:
                 self._track(frame, out)
             self._since_start += 1
         return out
 
-    def _background(self, due: bool, out: FrameResult) -> None:
+    def _background(self, due: bool, index: int, out: FrameResult) -> None:
         """Attach a re-ask that completed; start one that is due (never waits for the LLM)."""
-        if self._pending is not None and self._pending.done():
-            self._take(self._pending, out)
+        if self._pending is not None and self._pending[0].done():
+            self._take(*self._pending, out)
             self._pending = None
         self._due = self._due or due
         if self._due and self._pending is None:
             self._due = False
-            self._pending = self._pool.submit(self._ask, self._window_clip())  # the window is copied here
+            self._pending = (self._pool.submit(self._ask, self._window_clip()), index)  # the window is copied here
 
-    def _take(self, future: Future, out: FrameResult | None) -> None:
+    def _take(self, future: Future, asked_at: int, out: FrameResult | None) -> None:
         """A finished background re-ask -> ``out`` (or only :attr:`last_answer` when no frame is left)."""
         try:
             answer = future.result()
         except (ValueError, RuntimeError) as e:
             if out is not None:
-                out.answer_error = f"{type(e).__name__}: {e}"
+                out.answer_error, out.asked_at = f"{type(e).__name__}: {e}", asked_at
             return
         if out is None:
             return
-        self._attach(answer, out)
+        self._attach(answer, asked_at, out)
         out.timings_ms["ask_ms"] = answer.timings_ms.get("total_ms", 0.0)
 
-    def _attach(self, answer: TPOResult, out: FrameResult) -> None:
-        out.answer = answer
+    def _attach(self, answer: TPOResult, asked_at: int, out: FrameResult) -> None:
+        out.answer, out.asked_at = answer, asked_at
         if answer.mask_prompt is not None and self._tracker is not None:
             self._tracker.start(answer.mask_prompt)
             self._tracking, self._since_start = True, 0
