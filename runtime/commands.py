@@ -122,11 +122,16 @@ def run_stream(args) -> int:
                          max_new_tokens=args.max_new_tokens, background=not args.sync,
                          stall_timeout=args.stall_timeout, reconnect=args.reconnect, boxes=boxes)
     errors, answered, last = 0, 0, None
-    for r in stream:
-        errors += r.error is not None
-        answered += r.answer is not None
-        last = r.answer or last
-        print(json.dumps(r.to_dict()) if args.json else _stream_line(r), flush=True)
+    try:
+        for r in stream:
+            errors += r.error is not None
+            answered += r.answer is not None
+            last = r.answer or last
+            print(json.dumps(r.to_dict()) if args.json else _stream_line(r), flush=True)
+    except KeyboardInterrupt:  # Ctrl-C: a clean stop (the source and the re-ask worker are closed)
+        stream.close()
+        print(f"stream stopped (Ctrl-C; {errors} bad frame(s), {answered} answer(s))", file=sys.stderr)
+        return 130
     if stream.last_answer is not None and stream.last_answer is not last:
         print(f"answer completed after the last frame: {stream.last_answer.text!r} tasks={stream.last_answer.tasks}",
               file=sys.stderr)
