@@ -13,7 +13,8 @@ RUNTIME = [
     "numpy>=1.24",
     "onnxruntime>=1.18",
     "tokenizers>=0.22",
-    "decord>=0.6",  # clip reading
+    # clip reading; PyPI has decord wheels for x86-64 only: on aarch64 (Jetson, Grace) build it from source
+    'decord>=0.6; platform_machine == "x86_64" or platform_machine == "AMD64"',
     "av>=12",  # annotated MP4 writer, network streams (stall detection), the PyAV reader fallback
     "opencv-python-headless>=4.8",  # cameras, resizing, drawing
 ]

@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Sam2VideoConfig, Sam2VideoModel
 from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+from transformers.models.sam2_video.configuration_sam2_video import (
+    Sam2VideoMaskDecoderConfig,
+    Sam2VideoPromptEncoderConfig,
+)
 from transformers.models.sam2_video.modeling_sam2_video import (
     Sam2VideoRoPEAttention,
     apply_rotary_pos_emb_2d,
@@ -169,9 +173,10 @@ def build_sam2_video_config(cfg: MaskHeadConfig, variant: str = "sam2") -> Sam2V
     )
     sam21 = variant == "sam2.1"
     return Sam2VideoConfig(
-        vision_config=vision.to_dict(),
-        prompt_encoder_config={"hidden_size": c, "image_size": s, "patch_size": 16},
-        mask_decoder_config={"hidden_size": c, "mlp_dim": 8 * c, "iou_head_hidden_dim": c},
+        # config objects, not dicts: transformers 5.17 builds a dict mask_decoder_config as a prompt-encoder config
+        vision_config=vision,
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=c, image_size=s, patch_size=16),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=c, mlp_dim=8 * c, iou_head_hidden_dim=c),
         num_maskmem=cfg.num_maskmem, image_size=s, max_object_pointers_in_encoder=MAX_OBJECT_POINTERS,
         enable_occlusion_spatial_embedding=sam21, enable_temporal_pos_encoding_for_object_pointers=sam21,
         memory_attention_hidden_size=c, memory_attention_num_layers=cfg.memory_attention_layers,
