@@ -29,6 +29,8 @@ Model (docs/runtime.md, "Streaming"):
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +44,18 @@ from runtime.preprocess import sample_indices
 from runtime.results import FrameResult, MaskResult, TPOResult, boxes_from_decoded
 from runtime.sources import open_source
 from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_note
+
+REASK_NICE = 10  # the re-ask worker's niceness above the frame loop's (Linux): frames get a busy CPU first
+
+
+def _lower_priority() -> None:
+    """Run the calling (re-ask worker) thread at a lower CPU priority than the frame loop, where the OS allows a
+    per-thread niceness (Linux); elsewhere, or when refused, nothing changes."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + REASK_NICE))
+    except (AttributeError, OSError):
+        return
 
 
 class Stream:
@@ -89,7 +103,8 @@ class Stream:
         self._tracker = pipeline.new_tracker() if (track and pipeline.tracker is not None) else None
         self._tracking = False
         self._closed = False
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tpo-reask") if background else None
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="tpo-reask", initializer=_lower_priority)
+                      if background else None)
         self._pending: tuple[Future, int] | None = None  # the re-ask in flight and the frame it was asked on
         self._due = False  # a re-ask fell due while one was in flight
         self.last_answer: TPOResult | None = None

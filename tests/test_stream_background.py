@@ -97,3 +97,17 @@ def test_background_failure_is_reported_on_a_frame(pipe):
     failed = [r for r in results if r.answer_error]
     assert len(failed) == 1 and "engine fell over" in failed[0].answer_error and failed[0].ok
     assert failed[0].to_dict()["answer_error"].startswith("RuntimeError")
+
+
+def test_tpo_stream_re_asks_in_the_background_by_default(export_dir, sample_videos, capsys):
+    import json
+
+    from runtime.cli import main
+
+    assert main(["stream", str(export_dir), "--source", sample_videos[0], "--prompt", "What is it?", "--cadence", "10",
+                 "--max-frames", "40", "--max-new-tokens", "4", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    answered = [x for x in lines if "answer" in x]
+    assert [x["index"] for x in lines] == list(range(40)) and answered
+    assert all(x["asked_at"] <= x["index"] for x in answered) and answered[0]["asked_at"] == 0
+    assert any(x["asked_at"] < x["index"] for x in answered)  # a file decodes faster than the LLM answers
