@@ -104,10 +104,10 @@ def test_tpo_stream_re_asks_in_the_background_by_default(export_dir, sample_vide
 
     from runtime.cli import main
 
-    assert main(["stream", str(export_dir), "--source", sample_videos[0], "--prompt", "What is it?", "--cadence", "10",
-                 "--max-frames", "40", "--max-new-tokens", "4", "--json"]) == 0
+    assert main(["stream", str(export_dir), "--source", sample_videos[0], "--prompt", "What is it?", "--cadence", "50",
+                 "--loop", "0", "--max-frames", "1500", "--max-new-tokens", "4", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     answered = [x for x in lines if "answer" in x]
-    assert [x["index"] for x in lines] == list(range(40)) and answered
+    assert [x["index"] for x in lines] == list(range(1500)) and answered
     assert all(x["asked_at"] <= x["index"] for x in answered) and answered[0]["asked_at"] == 0
     assert any(x["asked_at"] < x["index"] for x in answered)  # a file decodes faster than the LLM answers
