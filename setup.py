@@ -33,7 +33,8 @@ MODEL = [
 ]
 EXPORT = [*MODEL, "onnx>=1.16", "onnxscript>=0.2"]
 TRAIN = [*MODEL, "accelerate>=1.13", "matplotlib>=3.7"]
-TEST = sorted({*EXPORT, *TRAIN, "pytest>=8", "ruff>=0.6", "hypothesis>=6", "tensorrt-rtx>=1.0", "triton>=3.0"})
+GQA = ["onnxruntime-genai>=0.18"]
+TEST = sorted({*EXPORT, *TRAIN, *GQA, "pytest>=8", "ruff>=0.6", "hypothesis>=6", "tensorrt-rtx>=1.0", "triton>=3.0"})
 
 setup(
     name="tpo-edge",
@@ -50,7 +51,11 @@ setup(
     extras_require={
         "export": EXPORT,  # tpo export / verify / demo / ask: the PyTorch model + the ONNX exporters
         "train": TRAIN,  # tpo train / eval / data synth
-        "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0"],  # CUDA engines + the fused Triton mask decoder
+        # CUDA engines, the fused Triton kernels (mask decode, preprocessing), NVDEC decoding (x86-64 wheels)
+        "gpu": ["onnxruntime-gpu>=1.18", "triton>=3.0", "pynvvideocodec>=2.2; platform_machine == 'x86_64'"],
+        # `tpo export --llm-graph gqa`: ONNX Runtime GenAI's model builder (build time only; on CUDA machines
+        # onnxruntime-genai-cuda, which ships the same builder, sits beside onnxruntime-gpu)
+        "gqa": GQA,
         "trt": ["tensorrt-rtx>=1.0"],  # builds engines anywhere (also CPU-only machines); runs on RTX GPUs
         "tensorrt": ["tensorrt>=10.3"],  # servers; on Jetson use the JetPack TensorRT instead
         # the suite and `tpo demo`: export + train, lint, TensorRT-RTX builds on CPU, and triton, whose CPU
@@ -58,7 +63,7 @@ setup(
         "test": TEST,
         # every feature, less onnxruntime-gpu (it installs the same `onnxruntime` module as the base's onnxruntime:
         # add [gpu] on CUDA machines) and full TensorRT (servers only; JetPack brings it on Jetson)
-        "all": sorted({*EXPORT, *TRAIN, "tensorrt-rtx>=1.0", "triton>=3.0"}),
+        "all": sorted({*EXPORT, *TRAIN, *GQA, "tensorrt-rtx>=1.0", "triton>=3.0"}),
     },
     entry_points={
         "console_scripts": ["tpo=runtime.cli:main"],

@@ -1,7 +1,8 @@
 """``tpo export``, ``tpo verify``, ``tpo build`` and ``tpo demo`` (registered on the ``tpo`` umbrella, ``runtime.cli``,
 through ``add_parsers``).
 
-    tpo export --checkpoint DIR|embedded|untrained-tiny --out DIR [--precision fp32|fp16|bf16] [--opset N]
+    tpo export --checkpoint DIR|embedded|untrained-tiny --out DIR [--precision fp32|fp16|bf16|int8|int4] [--opset N]
+               [--llm-graph plain|gqa] [--llm-target cuda|cpu]
     tpo verify DIR [--checkpoint DIR] [--videos N] [--device cpu|cuda] [--json]
     tpo build DIR [--builder auto|tensorrt|tensorrt-rtx] ...      (export/trt_build.py)
 """
@@ -13,7 +14,7 @@ import json
 
 
 def _add_export(sub) -> None:
-    from export import DEFAULT_OPSET, EXPORTERS
+    from export import DEFAULT_OPSET, EXPORTERS, LLM_GRAPHS
 
     p = sub.add_parser("export", help="split a TPO model into ONNX graphs + manifest.json",
                        description="Write one ONNX graph per component (vision, llm, heads, mask graphs), the "
@@ -21,8 +22,16 @@ def _add_export(sub) -> None:
     p.add_argument("--checkpoint", default="embedded",
                    help="checkpoint folder, 'embedded' (the shipped default model) or 'untrained-tiny'")
     p.add_argument("--out", required=True, help="output folder (created; files in it are replaced)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="weights/activations/KV type of the graphs (logits stay float32)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4"), default="fp32",
+                   help="weights/activations/KV type of the graphs (logits stay float32); int8/int4: weight-only "
+                        "quantized LLM (MatMulNBits, needs --llm-graph gqa), the rest in float16 (float32 with "
+                        "--llm-target cpu)")
+    p.add_argument("--llm-graph", choices=LLM_GRAPHS, default="plain",
+                   help="plain: past/present LLM graph (any provider, TensorRT); gqa: ONNX Runtime GenAI builder graph "
+                        "(GroupQueryAttention on one shared KV buffer, CUDA graphs; fp32 runs on the CPU provider, "
+                        "fp16/bf16/int4/int8 on CUDA) driven by runtime/engines/ort_llm.py")
+    p.add_argument("--llm-target", choices=("cuda", "cpu"), default=None,
+                   help="gqa: the provider the LLM graph is built for (default: cpu for fp32, cuda otherwise)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--components", nargs="+", default=None,
                    help="only these components (a partial export, for measurements)")
@@ -75,10 +84,11 @@ def run_export(args: argparse.Namespace) -> int:
     from tpo_core.export_specs import ExportLimits
 
     manifest = export_model(args.checkpoint, args.out, precision=args.precision, opset=args.opset,
-                            components=args.components, exporter=args.exporter,
+                            components=args.components, exporter=args.exporter, llm_graph=args.llm_graph,
+                            llm_target=args.llm_target,
                             limits=ExportLimits(max_batch=args.max_batch, max_objects=args.max_objects))
     print(json.dumps({"out": str(args.out), "components": list(manifest.components), "precision": args.precision,
-                      "opset": args.opset, "exporter": args.exporter}))
+                      "opset": args.opset, "exporter": args.exporter, "llm_graph": args.llm_graph}))
     if args.verify:
         from export.verify import verify_export
 

@@ -30,11 +30,13 @@ import numpy as np
 import onnx
 import torch
 
-from export import DEFAULT_OPSET, EXPORTERS
+from export import DEFAULT_OPSET, EXPORTERS, LLM_GRAPHS
 from export.components import build_wrapper
+from export.llm_gqa import export_llm_gqa, float_precision
 from export.specs import (
     DTYPE_NAMES,
     ONNX_DTYPES,
+    PRECISION_DTYPES,
     ExportError,
     as_args,
     check_onnx_io,
@@ -49,6 +51,7 @@ from export.specs import (
 from runtime.manifest import REQUIRED_COMPONENTS, SCHEMA, SCHEMA_VERSION, Manifest, SourceInfo, TensorFile, sha256_file
 from tpo_core import __version__
 from tpo_core.export_specs import (
+    PREFILL_TEXT_TOKENS,
     ComponentIO,
     ExportLimits,
     component_io,
@@ -277,14 +280,14 @@ def write_tensors(model, out: Path, precision: str) -> dict[str, TensorFile]:
 
 
 def build_manifest(model, source: dict, precision: str, opset: int, specs: dict, tensors: dict[str, TensorFile],
-                   out: Path) -> Manifest:
+                   out: Path, kv_graph: str = "past-present") -> Manifest:
     """The typed manifest of an export folder (writes ``tokenizer.json`` first: its hash is part of it)."""
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; export a checkpoint folder (it holds tokenizer.json)")
     model.tokenizer.save(str(out / "tokenizer.json"))
     tokenizer = tokenizer_section(model.tokenizer, "tokenizer.json", sha256_file(out / "tokenizer.json"))
     kv_dtype = specs["llm"].input("past_key_0").dtype if "llm" in specs else DTYPE_NAMES[check_precision(precision)]
-    sections = manifest_sections(model.config, tokenizer, model.task_ids.by_token(), kv_dtype,
+    sections = manifest_sections(model.config, tokenizer, model.task_ids.by_token(), kv_dtype, kv_graph,
                                  untrained_heads=tuple(getattr(model, "untrained_heads", ())))
     src = SourceInfo(checkpoint=str(source["checkpoint"]), sha256=source["sha256"], preset=source["preset"],
                      config=source["config"], tokenizer_sha256=source["tokenizer_sha256"], exporter=source["exporter"])
@@ -295,17 +298,29 @@ def build_manifest(model, source: dict, precision: str, opset: int, specs: dict,
 # ------------------------------------------------------------------------------------------- entry point
 def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                  components: Sequence[str] | None = None, limits: ExportLimits | None = None, model=None,
-                 source: dict | None = None, log: Log = print, exporter: str = "dynamo") -> Manifest:
+                 source: dict | None = None, log: Log = print, exporter: str = "dynamo", llm_graph: str = "plain",
+                 llm_target: str | None = None) -> Manifest:
     """Export every component (or ``components``) of ``checkpoint`` to ``out``; returns the reloaded manifest.
 
     checkpoint: a checkpoint folder, 'embedded' or 'untrained-tiny' (ignored when ``model`` is given).
-    precision: fp32 | fp16 | bf16 (weights, activations and KV in that type; logits float32).
+    precision: fp32 | fp16 | bf16 (weights, activations and KV in that type; logits float32); with
+        ``llm_graph="gqa"`` also int4 | int8: weight-only MatMulNBits LLM, every other graph (and the LLM's
+        activations and KV) in ``export.llm_gqa.float_precision(precision, llm_target)`` (fp16 for CUDA).
     exporter: ``dynamo`` (default) or ``torchscript`` (see ``export_component``).
+    llm_graph: ``plain`` (past/present graph of ``export/llm_graph.py``: any provider, TensorRT) or ``gqa``
+        (``export/llm_gqa.py``: GroupQueryAttention on a shared KV buffer, for ORT CUDA / CPU; needs
+        onnxruntime-genai's builder). ``llm_target``: the gqa builder's provider (cuda | cpu; default by precision).
     A partial export (``components``) writes a manifest that loads only with ``Manifest.load(dir,
     require_all=False)``; it is meant for measurements such as ``scripts/export_7b.py``.
     """
     t0 = time.perf_counter()
-    dtype = check_precision(precision)
+    if llm_graph not in LLM_GRAPHS:
+        raise ValueError(f"unknown llm_graph {llm_graph!r}; choose one of {LLM_GRAPHS}")
+    if llm_graph == "plain" and precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision {precision!r} needs --llm-graph gqa (weight-only MatMulNBits); the plain graph "
+                         f"exports {sorted(PRECISION_DTYPES)}")
+    fprec = float_precision(precision, llm_target) if llm_graph == "gqa" else precision
+    dtype = check_precision(fprec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
@@ -325,12 +340,19 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
         raise ValueError(f"unknown component(s) {unknown}; components: {list(ios)}")
     report, specs = {}, {}
     for name in names:
-        rec = export_component(model, ios[name], out, precision, opset, log, exporter)
+        if name == "llm" and llm_graph == "gqa":
+            limits = limits or ExportLimits()
+            report[name], specs[name] = export_llm_gqa(
+                model, out, precision, model.config.llm.max_context, limits.max_batch,
+                limits.prefill_opt or model.config.qformer.num_queries + PREFILL_TEXT_TOKENS, llm_target, log)
+            continue
+        rec = export_component(model, ios[name], out, fprec, opset, log, exporter)
         report[name] = rec
         ext = rec["external_data"]
-        specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), precision,
+        specs[name] = component_spec(ios[name], rec["file"], sha256_file(out / rec["file"]), fprec,
                                      external_data=ext, external_data_sha256=sha256_file(out / ext) if ext else None)
-    manifest = build_manifest(model, source, precision, opset, specs, write_tensors(model, out, precision), out)
+    kv_graph = "gqa" if llm_graph == "gqa" and "llm" in specs else "past-present"
+    manifest = build_manifest(model, source, precision, opset, specs, write_tensors(model, out, fprec), out, kv_graph)
     manifest.save(out)
     total = time.perf_counter() - t0
     (out / "export_report.json").write_text(json.dumps(
@@ -339,5 +361,5 @@ def export_model(checkpoint: str | Path, out: str | Path, precision: str = "fp32
     return Manifest.load(out, require_all=set(REQUIRED_COMPONENTS) <= set(specs))
 
 
-__all__ = ["DEFAULT_OPSET", "EXPORTERS", "ExportError", "export_model", "export_component", "load_for_export",
-           "load_source", "restore_buffers", "write_tensors", "peak_rss_mb"]
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "LLM_GRAPHS", "ExportError", "export_model", "export_component",
+           "load_for_export", "load_source", "restore_buffers", "write_tensors", "peak_rss_mb"]

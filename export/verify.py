@@ -36,6 +36,7 @@ from runtime.engines import open_engine
 from runtime.manifest import REQUIRED_COMPONENTS, ComponentSpec, Manifest
 from tpo_core.export_specs import ComponentIO, IOSpec
 
+QUANTIZED_PRECISIONS = ("int4", "int8")
 E2E_TOLERANCE_FACTOR = 10  # end-to-end head outputs: errors of the LLM's hidden state compound into the heads
 MASK_PIXEL_AGREEMENT = 0.999  # fraction of mask pixels that must agree end to end
 QUESTIONS = (("What happens in the video?", None), ("Where is the {obj}?", "<box_begin>"),
@@ -178,9 +179,44 @@ def _bindings(cio: ComponentIO) -> dict[str, dict[str, int]]:
     return cases
 
 
+def verify_gqa_llm(report: VerifyReport, manifest: Manifest, model, device: str = "cpu", seed: int = 0) -> None:
+    """The GQA LLM graph through the runtime's ``OrtLLM`` (shared KV buffer) vs the HF forward with a cache: a
+    9-token prefill then 3 decode steps; hidden states of every step and the last logits."""
+    from runtime.engines.ort_llm import OrtLLM
+
+    spec = manifest.components["llm"]
+    d = manifest.kv.hidden_size
+    x = torch.randn(1, 12, d, generator=torch.Generator().manual_seed(seed))
+    llm = OrtLLM.from_manifest(manifest, device=device)
+    got_h, ref_h = [], []
+    with torch.no_grad():
+        _, h0, cache = model.llm(x[:, :9], use_cache=True)
+        ref_h.append(h0)
+        for t in range(9, 12):
+            logits, h, cache = model.llm(x[:, t:t + 1], past_key_values=cache, use_cache=True)
+            ref_h.append(h)
+    for start, end in ((0, 9), (9, 10), (10, 11), (11, 12)):
+        lg, h, _ = llm.append(x[:, start:end].numpy() if device == "cpu" else x[:, start:end])
+        got_h.append(_host({"h": h})["h"].copy())
+    got = {"hidden_states": np.concatenate(got_h)[None], "logits": _host({"l": lg})["l"][None]}
+    ref = [torch.cat(ref_h, 1), logits[:, -1].float()]
+    if spec.precision in QUANTIZED_PRECISIONS:  # weight-only int4/int8: no elementwise tolerance; report agreement
+        a, b = got["logits"].ravel().astype(np.float64), ref[1].numpy().ravel().astype(np.float64)
+        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+        report.notes.append(f"llm ({spec.precision}): last-step logits cosine {cos:.4f} vs the float32 model, argmax "
+                            f"{'equal' if int(a.argmax()) == int(b.argmax()) else 'differs'} (quality: "
+                            "scripts/llm_quality.py)")
+        return
+    compare(report, "llm", "gqa prefill 9 + decode 3", ["hidden_states", "logits"], got, ref, spec.tolerance)
+
+
 def verify_components(report: VerifyReport, manifest: Manifest, model, device: str = "cpu", seed: int = 0) -> None:
-    """Every component on its runtime engine (opened one at a time) vs the model code, at each profile's corners."""
+    """Every component on its runtime engine (opened one at a time) vs the model code, at each profile's corners
+    (the GQA LLM graph through the runtime's OrtLLM, see :func:`verify_gqa_llm`)."""
     for name, spec in manifest.components.items():
+        if name == "llm" and manifest.kv.graph == "gqa":
+            verify_gqa_llm(report, manifest, model, device, seed)
+            continue
         cio = io_from_manifest(name, spec)
         with open_engine(manifest, name, backend="ort", device=device) as engine:
             for case, sizes in _bindings(cio).items():

@@ -4,7 +4,7 @@ Stages (each timed ``iters`` times after ``warmup`` untimed runs; on CUDA the cl
 ``torch.cuda.synchronize``):
 
 ==================  ===================================================================================
-``preprocess``      numpy resize of the sampled frames to the vision input (host)
+``preprocess``      host uint8 frames -> the vision input: numpy resize on the CPU; upload + fused Triton resize on CUDA
 ``vision``          ``vision`` engine, frames ``[1, T, 3, S, S]``
 ``prefill``         ``llm`` engine over the full prompt (visual tokens + text), KV cache reset each time
 ``decode_token``    one ``llm`` decode step (``tokens`` steps per iteration after a prefill; per step)
@@ -102,8 +102,9 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
         frames = np.random.default_rng(0).integers(0, 256, (pipe.num_frames * 4, *size, 3), dtype=np.uint8)
         clip = pipe.load_clip(frames, fps=8.0)
     stages: dict[str, list[float]] = {}
-    x = ops.asarray(pipe.preprocessor.vision(clip.frames), pipe._input_dtype("vision", "frames"))
-    stages["preprocess"] = _time(lambda: pipe.preprocessor.vision(clip.frames), sync, iters, warmup)
+    x = ops.asarray(pipe._vision_input(clip.frames), pipe._input_dtype("vision", "frames"))
+    # host frames in: on CUDA the uint8 upload + the fused Triton resize, on the CPU the numpy resize
+    stages["preprocess"] = _time(lambda: pipe._vision_input(clip.frames), sync, iters, warmup)
     stages["vision"] = _time(lambda: pipe.engines["vision"].run({"frames": x}), sync, iters, warmup)
     vis = pipe.engines["vision"].run({"frames": x})
     ids = pipe.tokenizer.build("Describe the video in detail.", clip.timestamps)
@@ -112,11 +113,11 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
                         axis=1)
 
     def prefill():
-        pipe.cache.reset()
+        pipe.generator.reset()
         return gen.append(embeds)
 
     stages["prefill"] = _time(prefill, sync, iters, warmup)
-    steps = min(tokens, pipe.cache.capacity - ids.prompt_len)
+    steps = min(tokens, pipe.generator.capacity - ids.prompt_len)
     tok_emb = gen.embed_ids([int(pipe.tokenizer.eos_id)])
     decode = []
     for i in range(warmup + iters):

@@ -32,6 +32,7 @@ DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")  # graph types; int8/fp8 mean Q/DQ nodes
 ROLES = ("begin", "placeholder", "input")
 RESIZE_MODES = ("bicubic", "bilinear")
+KV_GRAPHS = ("past-present", "gqa")
 REQUIRED_COMPONENTS = ("vision", "llm", "head_region", "head_temporal", "mask_image_encoder", "mask_decoder",
                        "mask_memory_attention", "mask_memory_encoder")
 _FIX = "Re-export with `tpo export` (and `tpo build` for engines) using this toolkit version."
@@ -225,8 +226,13 @@ class PreprocessSpec:
 
 @dataclass(frozen=True)
 class KVSpec:
-    """The LLM's KV cache: ``layers`` x (key, value) ``[batch, kv_heads, seq, head_dim]``, keys cached after RoPE."""
+    """The LLM's KV cache: ``layers`` x (key, value), keys cached after RoPE. ``graph``: ``past-present`` (the plain
+    graph: ``past_*`` ``[batch, kv_heads, past, head_dim]`` in, ``present_*`` ``[.., past + seq, ..]`` out; driven by
+    ``runtime.generator.Generator`` over ``runtime.kv_cache.KVCache``) or ``gqa`` (GroupQueryAttention on ONE
+    ``[batch, kv_heads, max_context, head_dim]`` buffer per tensor, bound as both ``past_*`` and ``present_*``,
+    positions from ``attention_mask``; driven by ``runtime.engines.ort_llm.OrtLLM``)."""
 
+    graph: str
     layers: int
     kv_heads: int
     head_dim: int
@@ -470,6 +476,8 @@ def _validate(m: Manifest, problems: list[str], require_all: bool) -> None:
     for key in ("layers", "kv_heads", "head_dim", "max_context", "hidden_size", "vocab_size"):
         if getattr(m.kv, key) <= 0:
             problems.append(f"kv.{key} must be a positive int, got {getattr(m.kv, key)}")
+    if m.kv.graph not in KV_GRAPHS:
+        problems.append(f"kv.graph {m.kv.graph!r} not in {KV_GRAPHS}")
     if len(m.kv.past_names) != 2 * m.kv.layers or len(m.kv.present_names) != 2 * m.kv.layers:
         problems.append(f"kv.past_names / present_names must list 2 x kv.layers = {2 * m.kv.layers} names")
     if m.preprocess.resize not in RESIZE_MODES:

@@ -33,104 +33,21 @@ from runtime import engines as _engines
 from runtime.contract.postprocess import box_to_pixels, boxes_to_normalized, spans_to_seconds
 from runtime.contract.routing import Router, Sampler, TaskRoute
 from runtime.engines import open_engine
-from runtime.generator import Generator
-from runtime.kv_cache import KVCache
+from runtime.generator import make_generator
 from runtime.manifest import Manifest
 from runtime.mask_decode import decode_masks
 from runtime.mask_tracker import MaskTracker
-from runtime.preprocess import Preprocessor
+from runtime.ops import NumpyOps, TorchOps
+from runtime.preprocess import Preprocessor, check_frames
 from runtime.results import MaskResult, RegionResult, Span, TemporalResult, TPOResult, boxes_from_decoded
 from runtime.tokenizer import open_tokenizer
+from runtime.video_gpu import DeviceClip, read_clip_cuda
 from runtime.video_io import MAX_SIDE, Clip, clip_from_frames, read_clip
 
 MASK_COMPONENTS = ("mask_image_encoder", "mask_prompt", "mask_memory_attention", "mask_decoder",
                    "mask_memory_encoder")
 CORE_COMPONENTS = ("vision", "llm", "head_region", "head_temporal")
 OPTIONAL_COMPONENTS = ("loc_encoder",)  # <track_box> box prompts
-
-
-class NumpyOps:
-    """Array ops on host numpy arrays (CPU engines)."""
-
-    device = "cpu"
-
-    def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
-        return np.ascontiguousarray(x if dtype is None else np.asarray(x).astype(dtype, copy=False))
-
-    def cast(self, x: Any, dtype: str) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(x).astype(dtype, copy=False))
-
-    def zeros(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        return np.zeros(shape, dtype)
-
-    def to_host(self, x: Any) -> np.ndarray:
-        return np.asarray(x)
-
-    def gather_rows(self, table: np.ndarray, ids: list[int]) -> np.ndarray:
-        return table[np.asarray(ids, np.int64)]
-
-    def concat(self, parts: list, axis: int) -> np.ndarray:
-        return np.concatenate(parts, axis=axis)
-
-    def arange_i64(self, a: int, b: int) -> np.ndarray:
-        return np.arange(a, b, dtype=np.int64)
-
-    def ones_i64(self, n: int) -> np.ndarray:
-        return np.ones(n, np.int64)
-
-    def reshape_embedding(self, e: np.ndarray) -> np.ndarray:
-        return e.reshape(1, 1, -1)
-
-    def nbytes(self, x: np.ndarray) -> int:
-        return int(x.nbytes)
-
-    def sync(self) -> None:
-        return None
-
-
-class TorchOps(NumpyOps):
-    """Array ops on torch CUDA tensors (ORT CUDA / TensorRT engines)."""
-
-    def __init__(self, device: str):
-        import torch
-
-        self.torch, self.device = torch, device
-
-    def _dt(self, dtype: str):
-        return getattr(self.torch, dtype)
-
-    def asarray(self, x, dtype: str | None = None):
-        t = self.torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-        return t.to(self.device, dtype=None if dtype is None else self._dt(dtype)).contiguous()
-
-    def cast(self, x, dtype: str):
-        return self.asarray(x, dtype)
-
-    def zeros(self, shape, dtype: str):
-        return self.torch.zeros(shape, dtype=self._dt(dtype), device=self.device)
-
-    def to_host(self, x) -> np.ndarray:
-        if isinstance(x, np.ndarray):
-            return x
-        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
-
-    def gather_rows(self, table, ids: list[int]):
-        return table[self.torch.as_tensor(ids, dtype=self.torch.int64, device=self.device)]
-
-    def concat(self, parts: list, axis: int):
-        return self.torch.cat(parts, dim=axis)
-
-    def arange_i64(self, a: int, b: int):
-        return self.torch.arange(a, b, dtype=self.torch.int64, device=self.device)
-
-    def ones_i64(self, n: int):
-        return self.torch.ones(n, dtype=self.torch.int64, device=self.device)
-
-    def nbytes(self, x) -> int:
-        return int(x.numel() * x.element_size())
-
-    def sync(self) -> None:
-        self.torch.cuda.synchronize(self.device)
 
 
 class Pipeline:
@@ -150,7 +67,8 @@ class Pipeline:
         opts = {"threads": threads} if backend == "ort" and threads else {}
         if backend == "tensorrt":
             opts["synchronize"] = True
-        names = [n for n in CORE_COMPONENTS + MASK_COMPONENTS + OPTIONAL_COMPONENTS if n in manifest.components]
+        names = [n for n in CORE_COMPONENTS + MASK_COMPONENTS + OPTIONAL_COMPONENTS if n in manifest.components
+                 and not (n == "llm" and manifest.kv.graph == "gqa")]  # the GQA graph is driven by OrtLLM
         self.engines = {n: open_engine(manifest, n, backend=backend, device=device, **opts) for n in names}
         self.dtype = self._input_dtype("llm", "inputs_embeds")
         self._load_tensors()
@@ -160,11 +78,11 @@ class Pipeline:
         self.preprocessor = Preprocessor(size=pp.size, mean=pp.mean, std=pp.std, resize=pp.resize,
                                          mask_size=mk.image_size,
                                          mask_resize="bilinear_aa" if mk.antialias else "bilinear")
-        self.cache = KVCache.from_manifest(manifest.kv, self._input_dtype("llm", "past_key_0"), device)
+        self.device_pre = self._device_preprocessor() if device != "cpu" else None
         self.routes = self._routes()
         self.banned_ids = [t.id for t in manifest.task_tokens.values() if t.role == "input"]
-        self.generator = Generator(self.engines["llm"], self.cache, self.tensors["embed_tokens"], self.ops,
-                                   placeholders={r.placeholder_id: r.embedding for r in self.routes.values()})
+        self.generator = make_generator(manifest, self.engines, self.tensors["embed_tokens"], self.ops,
+                                        {r.placeholder_id: r.embedding for r in self.routes.values()}, threads)
         self.max_new_tokens = manifest.generation.max_new_tokens
         self.stop_ids = manifest.generation.stop_ids
         self.round_to_s = manifest.heads.temporal.round_to_s
@@ -182,6 +100,15 @@ class Pipeline:
         return cls(Manifest.load(folder, verify_hashes=verify_hashes), backend, device, threads)
 
     # ------------------------------------------------------------------------------------------- setup
+    def _device_preprocessor(self):
+        """The fused Triton preprocessing on this CUDA device (``runtime.kernels.preprocess_triton``)."""
+        from runtime.kernels.preprocess_triton import DevicePreprocessor
+
+        torch = self.ops.torch
+        return DevicePreprocessor(self.preprocessor, getattr(torch, self._input_dtype("vision", "frames")),
+                                  getattr(torch, self._input_dtype("mask_image_encoder", "pixels"))
+                                  if "mask_image_encoder" in self.manifest.components else torch.float32)
+
     def _input_dtype(self, component: str, name: str) -> str:
         return self.manifest.components[component].input(name).dtype
 
@@ -223,10 +150,16 @@ class Pipeline:
     # --------------------------------------------------------------------------------------------- ask
     def load_clip(self, video: Any, fps: float | None = None) -> Clip:
         """A path, a :class:`Clip` (or any object with frames/timestamps/duration/width/height), or a uint8
-        ``[N, H, W, 3]`` array of consecutive frames at ``fps`` (default 1.0) -> the sampled Clip."""
+        ``[N, H, W, 3]`` array of consecutive frames at ``fps`` (default 1.0) -> the sampled Clip.
+
+        On CUDA a path is decoded into device memory (``runtime.video_gpu.read_clip_cuda``: NVDEC where
+        PyNvVideoCodec works, else decord + one upload; the clip's ``decoder`` and ``notes`` say which ran).
+        """
         if isinstance(video, (str, Path)):
+            if self.device_pre is not None:
+                return read_clip_cuda(video, self.num_frames, self.device)
             return read_clip(video, self.num_frames, MAX_SIDE)
-        if isinstance(video, Clip):
+        if isinstance(video, (Clip, DeviceClip)):
             return video
         if all(hasattr(video, a) for a in ("frames", "timestamps", "duration", "width", "height")):
             return Clip(np.asarray(video.frames), np.asarray(video.timestamps, np.float64), float(video.duration),
@@ -270,8 +203,8 @@ class Pipeline:
         max_new = int(max_new_tokens or self.max_new_tokens)
         box_norm = self._box_prompts(boxes, clip)
         ids = self.tokenizer.build(prompt, clip.timestamps, num_boxes=len(box_norm), max_new_tokens=max_new)
-        self.cache.reset()
-        self.cache.check_fits(ids.prompt_len, max_new)
+        self.generator.reset()
+        self.generator.check_fits(ids.prompt_len, max_new)
         router = Router(self.routes, self.stop_ids, self.banned_ids, Sampler(do_sample, top_p, temperature, seed),
                         logits_processor)
         visual, frame_feats = self._vision(clip, timings)
@@ -335,13 +268,25 @@ class Pipeline:
         timings["vision_ms"] = (time.perf_counter() - t0) * 1e3
         return out["visual_tokens"], out["frame_features"]
 
-    def _vision_input(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 ``[T, H, W, 3]`` -> float32 ``[1, T, 3, S, S]`` resized, clamped, 0..255 (the graph normalizes)."""
-        return self.preprocessor.vision(frames)
+    def _vision_input(self, frames: Any) -> Any:
+        """uint8 ``[T, H, W, 3]`` -> ``[1, T, 3, S, S]`` resized, clamped, 0..255 (the graph normalizes): the fused
+        Triton kernel on CUDA (host frames are uploaded as uint8 first), numpy on the CPU."""
+        if self.device_pre is None:
+            return self.preprocessor.vision(frames)
+        return self.device_pre.vision(self._device_frames(frames))
 
-    def mask_pixels(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, Sm, Sm]`` (bilinear antialias, 0..255; the graph normalizes)."""
-        return self.preprocessor.mask(frames)
+    def mask_pixels(self, frames: Any) -> Any:
+        """uint8 ``[T, H, W, 3]`` -> ``[T, 3, Sm, Sm]`` (bilinear antialias, 0..255; the graph normalizes), on the
+        device on CUDA."""
+        if self.device_pre is None:
+            return self.preprocessor.mask(frames)
+        return self.device_pre.mask(self._device_frames(frames))
+
+    def _device_frames(self, frames: Any) -> Any:
+        if isinstance(frames, np.ndarray):
+            check_frames(frames)
+            return self.ops.torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+        return frames
 
     # ------------------------------------------------------------------------------------------- heads
     def _run_head(self, head: str, hidden: Any, clip: Clip, frame_feats: Any, result: TPOResult,

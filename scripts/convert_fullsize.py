@@ -10,6 +10,7 @@ child's ``ru_maxrss``), exit code and output tail to ``STATE/results.json``, cop
     python scripts/convert_fullsize.py verify    # tpo verify --no-e2e                (~3-6 min EST)
     python scripts/convert_fullsize.py run       # tpo run --device cuda              (~1-2 min EST)
     python scripts/convert_fullsize.py report    # print results.json; add --clean to free the disk
+    python scripts/convert_fullsize.py all       # synth .. run in one process (e.g. in the background)
 
 ``--size small`` runs the same phases on the small synthetic variant (seconds; what the tests use). Disk at full
 size: release 16.2 GB + checkpoint 16.2 GB + extras 0.05 GB + fp16 export ~16 GB = ~49 GB (the GPU machine has
@@ -29,7 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "videochat_tpo"
-PHASES = ("synth", "convert", "export", "verify", "run", "report")
+PHASES = ("synth", "convert", "export", "verify", "run", "report", "all")
+CHAIN = ("synth", "convert", "export", "verify", "run")  # what `all` runs, stopping at the first failure
 PROMPTS = ("Describe the video.", "Where is the red circle?", "Track the red circle.")
 
 
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", default="/tmp/tpo_fullsize", help="folder kept between phases")
     ap.add_argument("--device", default="cuda", help="device of `tpo run` (cuda needs onnxruntime-gpu)")
     ap.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"))
+    ap.add_argument("--llm-graph", default="plain", choices=("plain", "gqa"), help="`tpo export --llm-graph`")
     ap.add_argument("--keep-release", action="store_true", help="keep the synthetic release after converting")
     ap.add_argument("--e2e", action="store_true", help="`tpo verify` with its end-to-end generation check")
     ap.add_argument("--clean", action="store_true", help="with report: delete the state folder's large files")
@@ -105,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     py, tpo = sys.executable, [sys.executable, "-m", "runtime.cli"]
     if args.phase == "_synth":
         return _synth_child(state, args.size)
+    if args.phase == "all":
+        rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "all"]
+        for phase in CHAIN:
+            rc = main([phase, *rest])
+            if rc:
+                return rc
+        return 0
     if args.phase == "synth":
         return _timed([py, str(Path(__file__).resolve()), "_synth", "--size", args.size, "--state", str(state)],
                       state, "synth", {"size": args.size})
@@ -118,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(p["release"], ignore_errors=True)  # disk: release + checkpoint + export > 64 GB
         shutil.rmtree(p["export"], ignore_errors=True)
         return _timed(tpo + ["export", "--checkpoint", str(p["ckpt"]), "--out", str(p["export"]), "--precision",
-                             "fp16", "--exporter", args.exporter], state, "export")
+                             "fp16", "--exporter", args.exporter, "--llm-graph", args.llm_graph], state, "export")
     if args.phase == "verify":
-        cmd = tpo + ["verify", str(p["export"]), "--json", "--videos", "1"] + ([] if args.e2e else ["--no-e2e"])
+        cmd = tpo + ["verify", str(p["export"]), "--json", "--videos", "1", "--device", args.device]
+        cmd += [] if args.e2e else ["--no-e2e"]
         return _timed(cmd, state, "verify")
     if args.phase == "run":
         sys.path.insert(0, str(ROOT))

@@ -22,7 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "transformers", "peft", "tpo_core", "export")
-GPU_ONLY = {"torch", "triton", "tensorrt", "tensorrt_rtx"}  # CUDA / TensorRT paths, never the CPU path
+# CUDA / TensorRT / NVDEC paths, never the CPU path
+GPU_ONLY = {"torch", "triton", "tensorrt", "tensorrt_rtx", "PyNvVideoCodec"}
 IMPORT_NAME = {"opencv-python-headless": "cv2"}  # distribution -> module, where they differ
 
 

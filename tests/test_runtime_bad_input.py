@@ -41,7 +41,7 @@ def test_image_array_and_bad_arrays(pipe):
 
 def test_prompt_longer_than_kv_capacity(pipe):
     frames = np.zeros((8, 32, 32, 3), np.uint8)
-    cap = pipe.cache.capacity
+    cap = pipe.generator.capacity
     with pytest.raises(ValueError, match=rf"prompt is \d+ tokens .*KV cache holds {cap}.*shorten the question"):
         pipe.ask(frames, "why " * (2 * cap), max_new_tokens=4)
     with pytest.raises(ValueError, match=r"max_new_tokens=100000.*lower max_new_tokens to <= \d+"):

@@ -269,7 +269,7 @@ def tokenizer_section(tokenizer, file: str, sha256: str) -> TokenizerSpec:
 
 
 def manifest_sections(config: TPOConfig, tokenizer: TokenizerSpec, task_ids: dict[str, int], kv_dtype: str,
-                      untrained_heads: tuple[str, ...] = ()) -> dict:
+                      kv_graph: str = "past-present", untrained_heads: tuple[str, ...] = ()) -> dict:
     """The manifest's non-graph sections for ``config`` (typed; see ``runtime/manifest.py``)."""
     v, llm, m, t = config.vision, config.llm, config.mask, config.temporal
     past, present = kv_names(llm.num_layers)
@@ -280,7 +280,7 @@ def manifest_sections(config: TPOConfig, tokenizer: TokenizerSpec, task_ids: dic
         "preprocess": PreprocessSpec(num_frames=v.num_frames, sampling="middle-of-segment", size=v.img_size,
                                      resize=v.resize, align_corners=False, antialias=False, clamp=(0.0, 255.0),
                                      mean=tuple(v.mean), std=tuple(v.std)),
-        "kv": KVSpec(layers=llm.num_layers, kv_heads=llm.num_kv_heads, head_dim=llm.head_dim,
+        "kv": KVSpec(graph=kv_graph, layers=llm.num_layers, kv_heads=llm.num_kv_heads, head_dim=llm.head_dim,
                      max_context=llm.max_context, dtype=kv_dtype, past_names=tuple(past), present_names=tuple(present),
                      rope_theta=float(llm.rope_theta), hidden_size=llm.hidden_size,
                      vocab_size=llm.vocab_size + len(TASK_TOKENS)),
