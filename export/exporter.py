@@ -185,6 +185,11 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
+    if exporter == "torchscript" and precision != "fp32":
+        # measured: the tracer keeps float32 constants of the temporal head in an fp16 graph, which ONNX Runtime
+        # refuses to load (LayerNormalization bound to float and float16); dynamo's type promotion is right
+        raise ValueError(f"the torchscript exporter writes fp32 graphs only (got --precision {precision}); use "
+                         "--exporter dynamo (the default) for fp16/bf16")
     dtype = check_precision(precision)
     t0 = time.perf_counter()
     wrapper = build_wrapper(cio.name, model, dtype)

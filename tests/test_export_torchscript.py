@@ -57,3 +57,12 @@ def test_tensorrt_rtx_builds_every_torchscript_graph(export_dir, tmp_path):
     m = Manifest.load(folder)
     assert len(report.components) == len(m.components) == 10
     assert all(c.engine is not None and c.engine.builder == "tensorrt-rtx" for c in m.components.values())
+
+
+def test_torchscript_refuses_reduced_precision(tmp_path):
+    """The tracer leaves float32 constants in fp16 graphs that ONNX Runtime cannot load: refused with the fix."""
+    from export.exporter import export_model
+
+    with pytest.raises(ValueError, match=r"torchscript exporter writes fp32 graphs only.*--exporter dynamo"):
+        export_model("untrained-tiny", tmp_path / "x", precision="fp16", components=["head_temporal"],
+                     exporter="torchscript", log=lambda _m: None)
