@@ -15,8 +15,8 @@ RUNTIME = [
     "tokenizers>=0.22",
     # clip reading; PyPI has decord wheels for x86-64 only: on aarch64 (Jetson, Grace) build it from source
     'decord>=0.6; platform_machine == "x86_64" or platform_machine == "AMD64"',
-    "av>=12",  # annotated MP4 writer, stream fallback
-    "opencv-python-headless>=4.8",  # cameras / URLs, resizing
+    "av>=12",  # annotated MP4 writer, network streams (stall detection), the PyAV reader fallback
+    "opencv-python-headless>=4.8",  # cameras, resizing, drawing
 ]
 # The PyTorch model (tpo_core): reference inference, loading checkpoints, the tokenizer.model conversion.
 # torch: install the build for your machine first (CPU: `pip install torch==2.13.0`); any >=2.3 works.

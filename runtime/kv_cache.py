@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract.prompt import capacity_error
 from runtime.manifest import KVSpec
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -81,19 +82,9 @@ class KVCache:
 
     def check_fits(self, prompt_len: int, max_new_tokens: int = 0) -> None:
         """Raise ValueError if ``prompt_len`` (+ ``max_new_tokens``, + what is cached) exceeds the capacity."""
-        need = self.length + prompt_len
-        if need > self.capacity:
-            raise ValueError(f"the prompt is {prompt_len} tokens (visual tokens included){self._cached()} but the KV "
-                             f"cache holds {self.capacity} (kv.max_context); shorten the question, or re-export "
-                             f"with a larger llm.max_context")
-        if need + max_new_tokens > self.capacity:
-            raise ValueError(f"the prompt is {prompt_len} tokens{self._cached()} and max_new_tokens={max_new_tokens}: "
-                             f"{need + max_new_tokens} positions exceed the KV capacity {self.capacity} "
-                             f"(kv.max_context); lower max_new_tokens to <= {self.capacity - need}, shorten the "
-                             "question, or re-export with a larger llm.max_context")
-
-    def _cached(self) -> str:
-        return f" on top of {self.length} cached" if self.length else ""
+        err = capacity_error(prompt_len, max_new_tokens, self.capacity, self.length)
+        if err:
+            raise ValueError(err)
 
     def _view(self, flat: Any, length: int) -> Any:
         return flat[: self.kv_heads * length * self.head_dim].reshape(1, self.kv_heads, length, self.head_dim)

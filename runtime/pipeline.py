@@ -22,13 +22,15 @@ Nothing here imports torch on the CPU path; CUDA arrays are torch tensors.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.contract.postprocess import box_to_pixels, spans_to_seconds
+from runtime import engines as _engines
+from runtime.contract.postprocess import box_to_pixels, boxes_to_normalized, spans_to_seconds
 from runtime.contract.routing import Router, Sampler, TaskRoute
 from runtime.engines import open_engine
 from runtime.generator import make_generator
@@ -45,6 +47,7 @@ from runtime.video_io import MAX_SIDE, Clip, clip_from_frames, read_clip
 MASK_COMPONENTS = ("mask_image_encoder", "mask_prompt", "mask_memory_attention", "mask_decoder",
                    "mask_memory_encoder")
 CORE_COMPONENTS = ("vision", "llm", "head_region", "head_temporal")
+OPTIONAL_COMPONENTS = ("loc_encoder",)  # <track_box> box prompts
 
 
 class Pipeline:
@@ -58,12 +61,13 @@ class Pipeline:
             raise ValueError(f"backend {backend!r} is not allowed; choose 'ort' or 'tensorrt'")
         if backend == "tensorrt" and not device.startswith("cuda"):
             raise ValueError("backend='tensorrt' runs on CUDA only; pass device='cuda' (or backend='ort' for the CPU)")
+        _engines.check_device(backend, device)  # no CUDA device / no CUDA EP: a ValueError before anything opens
         self.manifest, self.backend, self.device = manifest, backend, device
         self.ops = NumpyOps() if device == "cpu" else TorchOps(device)
         opts = {"threads": threads} if backend == "ort" and threads else {}
         if backend == "tensorrt":
             opts["synchronize"] = True
-        names = [n for n in CORE_COMPONENTS + MASK_COMPONENTS if n in manifest.components
+        names = [n for n in CORE_COMPONENTS + MASK_COMPONENTS + OPTIONAL_COMPONENTS if n in manifest.components
                  and not (n == "llm" and manifest.kv.graph == "gqa")]  # the GQA graph is driven by OrtLLM
         self.engines = {n: open_engine(manifest, n, backend=backend, device=device, **opts) for n in names}
         self.dtype = self._input_dtype("llm", "inputs_embeds")
@@ -82,6 +86,8 @@ class Pipeline:
         self.max_new_tokens = manifest.generation.max_new_tokens
         self.stop_ids = manifest.generation.stop_ids
         self.round_to_s = manifest.heads.temporal.round_to_s
+        self.box_id = next((t.id for t in manifest.task_tokens.values() if t.role == "input"), None)
+        self._lock = threading.RLock()  # one request at a time on the shared KV cache (a stream asks from a thread)
         self.tracker = None
         if all(n in self.engines for n in MASK_COMPONENTS[2:]) and "mask_image_encoder" in self.engines:
             self.tracker = MaskTracker(self.engines, manifest.mask, self.tensors["mask_no_prompt"], self.ops,
@@ -164,14 +170,30 @@ class Pipeline:
 
     def ask(self, video: Any, prompt: str, max_new_tokens: int | None = None, do_sample: bool = False,
             top_p: float = 0.9, temperature: float = 1.0, seed: int = 0, logits_processor=None,
-            fps: float | None = None, track_mask: bool = True) -> TPOResult:
+            fps: float | None = None, track_mask: bool = True, boxes=None) -> TPOResult:
         """Answer ``prompt`` about ``video`` -> :class:`TPOResult` (text, ids, region / temporal / mask, timings).
 
         ``logits_processor``: optional ``f(step, logits [V]) -> logits`` applied before each choice (the same
         hook as ``TPOModel.generate``; gets a torch tensor when torch is installed, else numpy).
         ``track_mask``: False stops the mask head at its SAM2 prompt (``result.mask_prompt``), for streams that
         track frame by frame themselves.
+        ``boxes``: box prompts, a list of ``(x0, y0, x1, y1)`` in pixels of the video, one per ``<track_box>`` slot
+        of the prompt (appended after the question when it has none); embedded by the ``loc_encoder`` graph.
+        Thread-safe: requests run one at a time (the KV cache is shared).
         """
+        with self._lock:
+            return self._ask(video, prompt, max_new_tokens, do_sample, top_p, temperature, seed, logits_processor,
+                             fps, track_mask, boxes)
+
+    def check_prompt(self, prompt: str, num_boxes: int = 0, max_new_tokens: int | None = None, times_s=None) -> None:
+        """Run the prompt guard without a video (what a stream does before its first frame): ValueError naming the
+        problem (UTF-8, empty, control tokens, box slots, KV capacity with ``max_new_tokens``)."""
+        times = np.zeros(self.num_frames) if times_s is None else times_s
+        self.tokenizer.build(prompt, times, num_boxes=num_boxes, max_new_tokens=int(max_new_tokens or
+                                                                                   self.max_new_tokens))
+
+    def _ask(self, video, prompt, max_new_tokens, do_sample, top_p, temperature, seed, logits_processor, fps,
+             track_mask, boxes) -> TPOResult:
         t_all = time.perf_counter()
         timings: dict[str, float] = {}
         clip = self.load_clip(video, fps)
@@ -179,19 +201,16 @@ class Pipeline:
         if clip.frames.shape[0] != self.num_frames:
             raise ValueError(f"the clip has {clip.frames.shape[0]} frames; the vision engine takes {self.num_frames}")
         max_new = int(max_new_tokens or self.max_new_tokens)
-        ids = self.tokenizer.build(prompt, clip.timestamps)
-        needs_input = set(ids.pre + ids.post) & set(self.banned_ids)
-        if needs_input:
-            raise ValueError(f"the prompt holds token id(s) {sorted(needs_input)} (<track_box>) that need a box input; "
-                             "the runtime does not take box prompts yet: remove the token from the question")
+        box_norm = self._box_prompts(boxes, clip)
+        ids = self.tokenizer.build(prompt, clip.timestamps, num_boxes=len(box_norm), max_new_tokens=max_new)
         self.generator.reset()
         self.generator.check_fits(ids.prompt_len, max_new)
         router = Router(self.routes, self.stop_ids, self.banned_ids, Sampler(do_sample, top_p, temperature, seed),
                         logits_processor)
         visual, frame_feats = self._vision(clip, timings)
         t0 = time.perf_counter()
-        embeds = self.ops.concat([self.generator.embed_ids(ids.pre), self.ops.cast(visual, self.dtype),
-                                  self.generator.embed_ids(ids.post)], axis=1)
+        pre, post = self._embed_prompt(ids.pre, ids.post, box_norm)
+        embeds = self.ops.concat([pre, self.ops.cast(visual, self.dtype), post], axis=1)
         logits, _ = self.generator.append(embeds)
         self.ops.sync()
         timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
@@ -210,6 +229,33 @@ class Pipeline:
         result.token_ids, result.tasks, result.timings_ms = out.token_ids, out.tasks, timings
         result.text = self.tokenizer.decode(out.token_ids)
         return result
+
+    def _box_prompts(self, boxes, clip: Clip) -> np.ndarray:
+        """Pixel boxes -> normalized float32 ``[K, 4]`` (``K = 0`` without boxes); the export must have loc_encoder."""
+        if boxes is None or (hasattr(boxes, "__len__") and not isinstance(boxes, str) and len(boxes) == 0):
+            return np.zeros((0, 4), np.float32)
+        if "loc_encoder" not in self.engines or self.box_id is None:
+            raise ValueError("this export has no loc_encoder graph, so it cannot take box prompts; re-export with "
+                             "`tpo export` (it writes loc_encoder)")
+        limit = self.manifest.components["loc_encoder"].max_dim("boxes")
+        return boxes_to_normalized(boxes, clip.width, clip.height, max_boxes=limit)
+
+    def _embed_prompt(self, pre: list[int], post: list[int], box_norm: np.ndarray) -> tuple[Any, Any]:
+        """Prompt ids -> input embeddings ``[1, len, D]`` (pre, post); ``<track_box>`` rows, in reading order over
+        pre then post (as ``TaskLLM.embed``), get ``loc_encoder(box)``."""
+        pre_e, post_e = self.generator.embed_ids(pre), self.generator.embed_ids(post)
+        if len(box_norm) == 0:
+            return pre_e, post_e
+        emb = self.engines["loc_encoder"].run({"boxes": self.ops.asarray(box_norm, "float32")})["embeddings"]
+        emb = self.ops.cast(emb, self.dtype)
+        k = 0
+        for part, ids in ((pre_e, pre), (post_e, post)):
+            for i, tok in enumerate(ids):
+                if tok == self.box_id:
+                    part[0, i] = emb[k]
+                    k += 1
+        assert k == len(box_norm), f"{k} <track_box> slots for {len(box_norm)} boxes (the encoder checks this)"
+        return pre_e, post_e
 
     def _vision(self, clip: Clip, timings: dict) -> tuple[Any, Any]:
         t0 = time.perf_counter()

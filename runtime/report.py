@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.video_io import write_annotated
+import numpy as np
+
+from runtime.annotate import write_annotated
 
 
 def print_result(prompt: str, res, file=None) -> None:
@@ -22,19 +24,29 @@ def print_result(prompt: str, res, file=None) -> None:
     if res.mask is not None:
         print(f"   masks: {res.mask.num_frames} frames at {res.mask.width}x{res.mask.height}, areas "
               f"{[int(a) for a in res.mask.areas]}", file=file)
+        absent = [int(k) for k in np.flatnonzero(~res.mask.present)]
+        if absent:
+            where = "any frame" if len(absent) == res.mask.num_frames else f"sampled frame(s) {absent}"
+            print(f"   object not found on {where} (mask object score <= 0)", file=file)
     for note in res.notes:
         print(f"   note: {note}", file=file)
     t = res.timings_ms
     print("   ms: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in t.items() if k.endswith("_ms")), file=file)
 
 
-def write_outputs(out: Path, video, clip, prompts: list[str], results: list) -> tuple[Path, Path]:
-    """``results.json`` and ``annotated.mp4`` (masks, boxes, the best span on a timeline bar) into ``out``."""
+def write_outputs(out: Path, video, clip, prompts: list[str], results: list,
+                  max_frames: int | None = None) -> tuple[Path, Path]:
+    """``results.json`` and ``annotated.mp4`` (masks, boxes, the best span on a timeline bar; every frame of the
+    video, or the first ``max_frames``, said on stderr) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     data = {"video": str(video), "width": clip.width, "height": clip.height, "duration": clip.duration,
             "results": [{"prompt": p, **r.to_dict()} for p, r in zip(prompts, results)]}
     rpath = out / "results.json"
     rpath.write_text(json.dumps(data, indent=2) + "\n")
     labels = [f"{r.tasks[0] if r.tasks else 'qa'}: {r.text[:24]}" for r in results]
-    vpath = write_annotated(out / "annotated.mp4", video, clip, results, labels)
+    vpath, written = write_annotated(out / "annotated.mp4", video, clip, results, labels, max_frames=max_frames)
+    total = clip.num_total_frames
+    if max_frames is not None and total and written < total:
+        print(f"note: {vpath} holds the first {written} of the video's {total} frames (the limit asked for)",
+              file=sys.stderr)
     return rpath, vpath

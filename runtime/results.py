@@ -81,6 +81,11 @@ class MaskResult:
         return int(self.bits.shape[0])
 
     @property
+    def present(self) -> np.ndarray:
+        """bool ``[T]``: the mask head reports the object on frame t (object score > 0); False = "not found"."""
+        return np.asarray(self.object_scores, np.float32).reshape(-1) > 0
+
+    @property
     def masks(self) -> np.ndarray:
         """bool ``[T, H, W]`` (unpacked on each access)."""
         return unpack_bits(self.bits, self.width)
@@ -93,6 +98,7 @@ class MaskResult:
         return {"num_frames": self.num_frames, "height": int(self.height), "width": int(self.width),
                 "timestamps": np.round(self.timestamps, 4).tolist(),
                 "object_scores": np.round(self.object_scores, 4).tolist(),
+                "present": [bool(p) for p in self.present],
                 "areas": [int(a) for a in self.areas],
                 "boxes": [list(b) if b is not None else None for b in self.boxes]}
 
@@ -141,11 +147,14 @@ class TPOResult:
 class FrameResult:
     """One frame of ``Pipeline.stream``.
 
-    index: frame number in the source (counting bad frames); timestamp: seconds (source clock or index / fps);
-    mask: the tracked object's mask on this frame (bool-packed ``[1, H, ceil(W/32)]`` inside a MaskResult of one
-    frame) when tracking; box: its inclusive pixel box; answer: the latest LLM answer when it was produced on this
-    frame (``None`` otherwise); error: a message when the frame was dropped (then everything else is empty);
-    latency_ms: wall time spent on this frame (preprocess + tracking + any LLM re-ask done on it).
+    index: frame number in the source (counting bad frames); timestamp: seconds (the source's presentation time or
+    index / fps); mask: the tracked object's mask on this frame (bool-packed ``[1, H, ceil(W/32)]`` inside a
+    MaskResult of one frame) when tracking; box: its inclusive pixel box (None when the object is not found, see
+    ``present``); answer: an LLM answer when it was produced on this frame -- or, with background re-asks, when it
+    completed before this frame (``None`` otherwise), asked on the window ending at frame ``asked_at``;
+    answer_error: why a background re-ask failed; error: a message when the frame was dropped (then everything else
+    is empty); latency_ms: wall time spent on this frame (preprocess + tracking + any LLM re-ask done on it; a
+    background re-ask is not done on a frame).
     """
 
     index: int
@@ -157,10 +166,17 @@ class FrameResult:
     answer: TPOResult | None = None
     error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    answer_error: str | None = None
+    asked_at: int | None = None  # index of the frame whose window ``answer`` is about (background: an earlier one)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def present(self) -> bool | None:
+        """Tracking: is the object on this frame (object score > 0)? None when not tracking."""
+        return None if self.object_score is None else bool(self.object_score > 0)
 
     def to_dict(self) -> dict:
         out: dict = {"index": self.index, "timestamp": round(float(self.timestamp), 4),
@@ -172,8 +188,12 @@ class FrameResult:
             out["box"] = list(self.box) if self.box is not None else None
             out["area"] = int(self.mask.areas[0])
             out["object_score"] = round(float(self.object_score), 4)
+            out["present"] = self.present
         if self.answer is not None:
             out["answer"] = self.answer.to_dict()
+            out["asked_at"] = self.asked_at
+        if self.answer_error is not None:
+            out["answer_error"] = self.answer_error
         if self.timings_ms:
             out["timings_ms"] = {k: round(float(v), 3) for k, v in self.timings_ms.items()}
         return out

@@ -1,37 +1,61 @@
 """Streaming: per-frame results as frames arrive, with bounded memory.
 
-    >>> stream = pipe.stream(0, "Track the person.", cadence=60, window=64)   # camera 0
+    >>> stream = pipe.stream(0, "Track the person.", cadence=60, window=64, background=True)   # camera 0
     >>> for r in stream:
     ...     print(r.index, r.latency_ms, r.box, r.answer.text if r.answer else "")
     ...     if key_pressed: stream.ask_now()
 
 Model (docs/runtime.md, "Streaming"):
 
-- Frames come from :func:`runtime.video_io.open_source` (file, camera, URL, numpy iterator). A bad frame (None,
+- The prompt (and the box prompts) are checked before the source is opened: a bad prompt is a ValueError, not a
+  bad frame at every re-ask.
+- Frames come from :func:`runtime.sources.open_source` (file, camera, URL, numpy iterator). A bad frame (None,
   wrong shape/dtype/size, a decode error) yields a :class:`FrameResult` with ``error`` set and is skipped; the
-  end of the source ends the iteration.
+  end of the source ends the iteration; a network stream that stalls raises :class:`SourceError`.
 - The last ``window`` good frames live in a preallocated ring ``[window, H, W, 3]`` (H, W fixed by the first
   good frame; a frame of another size is reported as an error, not resized).
 - The LLM is re-asked over the window (``preprocess.num_frames`` frames sampled from it, middle of segment)
   every ``cadence`` good frames (first on the first frame), or on the next frame after :meth:`Stream.ask_now`.
-  The re-ask runs synchronously on that frame: its latency shows in that frame's ``latency_ms``.
-- When an answer routes to the mask head, its SAM2 prompt (re)starts a :class:`MaskTracker` on the current
-  frame; every following frame is tracked through the ring-buffer memory bank (constant memory) and decoded with
-  the fused ``decode_masks`` at frame resolution.
+  ``background=False``: the re-ask runs synchronously on that frame (its latency shows in that frame's
+  ``latency_ms``; the answer is on that frame). ``background=True``: the window is copied and the re-ask runs on
+  one worker thread (``Pipeline.ask`` holds the pipeline's lock; ONNX Runtime sessions run concurrently, the GIL is
+  released inside them), per-frame tracking goes on, and the answer is attached to the first frame processed after
+  it completed. At most one re-ask is in flight: one that falls due meanwhile starts when it is done (on the
+  then-current window). An answer that completes after the last frame is :attr:`Stream.last_answer`.
+- When an answer routes to the mask head, its SAM2 prompt (re)starts a :class:`MaskTracker` on the frame the
+  answer is attached to; every following frame is tracked through the ring-buffer memory bank (constant memory)
+  and decoded with the fused ``decode_masks`` at frame resolution.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from runtime.contract.postprocess import boxes_to_normalized
 from runtime.mask_decode import decode_masks
 from runtime.preprocess import sample_indices
 from runtime.results import FrameResult, MaskResult, TPOResult, boxes_from_decoded
-from runtime.video_io import MAX_SIDE, Clip, open_source
+from runtime.sources import open_source
+from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_note
+
+REASK_NICE = 10  # the re-ask worker's niceness above the frame loop's (Linux): frames get a busy CPU first
+
+
+def _lower_priority() -> None:
+    """Run the calling (re-ask worker) thread at a lower CPU priority than the frame loop, where the OS allows a
+    per-thread niceness (Linux); elsewhere, or when refused, nothing changes."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + REASK_NICE))
+    except (AttributeError, OSError):
+        return
 
 
 class Stream:
@@ -40,7 +64,7 @@ class Stream:
     Args:
         pipeline: a :class:`runtime.pipeline.Pipeline`.
         source: file path, camera index, URL, or iterable of uint8 ``[H, W, 3]`` frames.
-        prompt: the question re-asked over the window.
+        prompt: the question re-asked over the window (checked at once: ValueError).
         cadence: re-ask every this many good frames (None or 0: only the first frame and :meth:`ask_now`).
         window: frames kept for re-asks (>= 1).
         fps: timestamps of iterable sources (files/cameras give their own).
@@ -48,11 +72,15 @@ class Stream:
         track_every: track on every N-th good frame only (the others carry no mask); the memory bank then counts
             tracked frames (a slower effective frame rate for SAM2), for sources faster than the device.
         max_frames: stop after this many source frames (None: until the source ends).
-        ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, ...).
+        background: run re-asks on a worker thread (frames never wait for the LLM); False: on the frame itself.
+        stall_timeout: network streams: seconds without data before the stream counts as stalled (SourceError).
+        reconnect: network streams: reopen a stalled URL up to this many times before giving up.
+        ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, boxes, ...).
     """
 
     def __init__(self, pipeline, source: Any, prompt: str, cadence: int | None = 30, window: int = 32,
                  fps: float = 30.0, track: bool = True, max_frames: int | None = None, track_every: int = 1,
+                 background: bool = False, stall_timeout: float = STREAM_STALL_TIMEOUT_S, reconnect: int = 0,
                  **ask_kwargs):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
@@ -60,13 +88,14 @@ class Stream:
             raise ValueError(f"cadence must be None or an int >= 0, got {cadence!r}")
         if not isinstance(track_every, int) or track_every < 1:
             raise ValueError(f"track_every must be a positive int, got {track_every!r}")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"the prompt must be a non-empty string, got {prompt!r}")
+        if not isinstance(fps, (int, float)) or not fps > 0:
+            raise ValueError(f"fps must be a number > 0, got {fps!r}")
+        self._check_request(pipeline, prompt, window, fps, ask_kwargs)
         self.pipe, self.prompt, self.cadence, self.window = pipeline, prompt, cadence or 0, window
         self.fps, self.track, self.max_frames, self.ask_kwargs = fps, track, max_frames, ask_kwargs
         self.track_every = track_every
         self._since_start = 0
-        self._frames = open_source(source, fps=fps)
+        self._frames = open_source(source, fps=fps, stall_timeout_s=stall_timeout, reconnect=reconnect)
         self._ring: np.ndarray | None = None
         self._ring_time = np.zeros(window, np.float64)
         self._count = 0  # good frames seen
@@ -74,7 +103,22 @@ class Stream:
         self._tracker = pipeline.new_tracker() if (track and pipeline.tracker is not None) else None
         self._tracking = False
         self._closed = False
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="tpo-reask", initializer=_lower_priority)
+                      if background else None)
+        self._pending: tuple[Future, int] | None = None  # the re-ask in flight and the frame it was asked on
+        self._due = False  # a re-ask fell due while one was in flight
         self.last_answer: TPOResult | None = None
+
+    @staticmethod
+    def _check_request(pipeline, prompt: str, window: int, fps: float, ask_kwargs: dict) -> None:
+        """The prompt guard and the box format, before the first frame (a bad prompt is not a bad frame)."""
+        boxes = ask_kwargs.get("boxes")
+        n_boxes = 0
+        if boxes is not None:
+            n_boxes = len(boxes_to_normalized(boxes, float("inf"), float("inf")))  # format only; sizes at ask time
+        times = np.full(pipeline.num_frames, window / fps)  # the latest a window-relative time can be
+        pipeline.check_prompt(prompt, num_boxes=n_boxes, max_new_tokens=ask_kwargs.get("max_new_tokens"),
+                              times_s=times)
 
     # ------------------------------------------------------------------------------------------ control
     def ask_now(self) -> None:
@@ -82,10 +126,18 @@ class Stream:
         self._ask_flag = True
 
     def close(self) -> None:
+        """Stop: close the source, wait for a re-ask in flight (kept as :attr:`last_answer`), end the worker."""
+        if self._closed:
+            return
         self._closed = True
         close = getattr(self._frames, "close", None)
         if close is not None:
             close()
+        if self._pool is not None:
+            if self._pending is not None:
+                self._take(*self._pending, None)
+                self._pending = None
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Stream:
         return self
@@ -102,23 +154,27 @@ class Stream:
     # ------------------------------------------------------------------------------------------ iterate
     def __iter__(self) -> Iterator[FrameResult]:
         seen = 0
-        for sf in self._frames:
-            if self._closed or (self.max_frames is not None and seen >= self.max_frames):
-                break
-            seen += 1
-            t0 = time.perf_counter()
-            err = sf.error or self._check(sf.frame)
-            if err is not None:
-                yield FrameResult(index=sf.index, timestamp=sf.timestamp, error=err,
-                                  latency_ms=(time.perf_counter() - t0) * 1e3)
-                continue
-            try:
-                result = self._process(sf.index, sf.timestamp, sf.frame)
-            except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
-                result = FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
-            result.latency_ms = (time.perf_counter() - t0) * 1e3
-            yield result
-        self.close()
+        try:
+            for sf in self._frames:
+                if self._closed or (self.max_frames is not None and seen >= self.max_frames):
+                    break
+                seen += 1
+                t0 = time.perf_counter()
+                err = sf.error or self._check(sf.frame)
+                if err is not None:
+                    yield FrameResult(index=sf.index, timestamp=sf.timestamp, error=err,
+                                      latency_ms=(time.perf_counter() - t0) * 1e3)
+                    continue
+                if self._ring is None and self.ask_kwargs.get("boxes") is not None:  # box prompts vs the frame size
+                    boxes_to_normalized(self.ask_kwargs["boxes"], sf.frame.shape[1], sf.frame.shape[0])
+                try:
+                    result = self._process(sf.index, sf.timestamp, sf.frame)
+                except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
+                    result = FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
+                result.latency_ms = (time.perf_counter() - t0) * 1e3
+                yield result
+        finally:
+            self.close()
 
     def _check(self, frame: Any) -> str | None:
         if frame is None:
@@ -143,20 +199,49 @@ class Stream:
         self._ring_time[slot] = ts
         self._count += 1
         out = FrameResult(index=index, timestamp=ts)
-        due = self._ask_flag or (self.cadence and (self._count - 1) % self.cadence == 0)
-        if due:
-            self._ask_flag = False
-            t0 = time.perf_counter()
-            out.answer = self._ask()
-            out.timings_ms["ask_ms"] = (time.perf_counter() - t0) * 1e3
-            if out.answer.mask_prompt is not None and self._tracker is not None:
-                self._tracker.start(out.answer.mask_prompt)
-                self._tracking, self._since_start = True, 0
+        due = self._ask_flag or bool(self.cadence and (self._count - 1) % self.cadence == 0)
+        self._ask_flag = False
+        if self._pool is None:
+            if due:
+                t0 = time.perf_counter()
+                self._attach(self._ask(self._window_clip()), index, out)
+                out.timings_ms["ask_ms"] = (time.perf_counter() - t0) * 1e3
+        else:
+            self._background(due, index, out)
         if self._tracking:
             if self._since_start % self.track_every == 0:
                 self._track(frame, out)
             self._since_start += 1
         return out
+
+    def _background(self, due: bool, index: int, out: FrameResult) -> None:
+        """Attach a re-ask that completed; start one that is due (never waits for the LLM)."""
+        if self._pending is not None and self._pending[0].done():
+            self._take(*self._pending, out)
+            self._pending = None
+        self._due = self._due or due
+        if self._due and self._pending is None:
+            self._due = False
+            self._pending = (self._pool.submit(self._ask, self._window_clip()), index)  # the window is copied here
+
+    def _take(self, future: Future, asked_at: int, out: FrameResult | None) -> None:
+        """A finished background re-ask -> ``out`` (or only :attr:`last_answer` when no frame is left)."""
+        try:
+            answer = future.result()
+        except (ValueError, RuntimeError) as e:
+            if out is not None:
+                out.answer_error, out.asked_at = f"{type(e).__name__}: {e}", asked_at
+            return
+        if out is None:
+            return
+        self._attach(answer, asked_at, out)
+        out.timings_ms["ask_ms"] = answer.timings_ms.get("total_ms", 0.0)
+
+    def _attach(self, answer: TPOResult, asked_at: int, out: FrameResult) -> None:
+        out.answer, out.asked_at = answer, asked_at
+        if answer.mask_prompt is not None and self._tracker is not None:
+            self._tracker.start(answer.mask_prompt)
+            self._tracking, self._since_start = True, 0
 
     def _window_clip(self) -> Clip:
         n = min(self._count, self.window)
@@ -168,11 +253,12 @@ class Stream:
         dt = 1.0 / self.fps if self.fps > 0 else 0.0
         duration = max(float(self._ring_time[order[-1]] - t_first) + dt, 1e-3)
         h, w = self._ring.shape[1:3]
+        few = few_frames_note(n, self.pipe.num_frames)
         return Clip(frames=self._ring[slots], timestamps=times - t_first, duration=duration, width=w, height=h,
-                    fps=self.fps)
+                    fps=self.fps, notes=[few.replace("the video has", "the window holds")] if few else [])
 
-    def _ask(self) -> TPOResult:
-        res = self.pipe.ask(self._window_clip(), self.prompt, track_mask=False, **self.ask_kwargs)
+    def _ask(self, clip: Clip) -> TPOResult:
+        res = self.pipe.ask(clip, self.prompt, track_mask=False, **self.ask_kwargs)
         self.last_answer = res
         return res
 

@@ -29,4 +29,5 @@ def open_tokenizer(manifest: Manifest) -> PromptEncoder:
             raise ValueError(f"tokenizer maps {token} to {got} but the manifest says {info.id}; the export folder is "
                              "inconsistent: re-export with `tpo export`")
     spec = manifest.tokenizer
-    return PromptEncoder(tok, manifest.prompt, spec.bos_id, spec.eos_id, spec.bos_per_chunk)
+    return PromptEncoder(tok, manifest.prompt, spec.bos_id, spec.eos_id, spec.bos_per_chunk,
+                         max_context=manifest.kv.max_context)

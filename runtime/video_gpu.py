@@ -33,7 +33,17 @@ from typing import Any
 import numpy as np
 
 from runtime.preprocess import sample_indices
-from runtime.video_io import MAX_SIDE, Clip, VideoReadError, check_video_file, first_line, read_clip, scaled_size
+from runtime.video_io import (
+    MAX_SIDE,
+    Clip,
+    VideoReadError,
+    check_video_file,
+    few_frames_note,
+    first_line,
+    presentation_times,
+    read_clip,
+    scaled_size,
+)
 
 DECODERS = ("auto", "nvdec", "decord", "pyav")
 STRATEGIES = ("auto", "sequential", "index", "gop")
@@ -314,7 +324,8 @@ def _read_cpu(path: Path, num_frames: int, dev, which: str, layout: str, max_sid
     frames = host.to(dev).contiguous()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    idx = np.rint(np.asarray(clip.timestamps) * clip.fps).astype(np.int64)
+    idx = clip.indices if clip.indices is not None else np.rint(np.asarray(clip.timestamps) * clip.fps)
+    idx = np.asarray(idx).astype(np.int64)
     return DeviceClip(frames=frames, indices=idx, timestamps=clip.timestamps, duration=clip.duration,
                       width=clip.width, height=clip.height, fps=clip.fps, path=clip.path, decoder=which,
                       layout=layout, notes=notes + clip.notes,
@@ -322,7 +333,8 @@ def _read_cpu(path: Path, num_frames: int, dev, which: str, layout: str, max_sid
 
 
 def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
-    """``read_clip`` with PyAV instead of decord: decode in order, keep the sampled frames (same indices)."""
+    """``read_clip`` with PyAV instead of decord: decode in order, keep the sampled frames (same indices, the same
+    presentation-time rule: :func:`runtime.video_io.presentation_times`)."""
     import av
 
     p = Path(path)
@@ -333,6 +345,8 @@ def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) 
             n = int(stream.frames) or sum(1 for pk in container.demux(stream) if pk.size)
             fps = float(stream.average_rate or 0)
             width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            tb = float(stream.time_base or 0)
+            end = float(((stream.start_time or 0) + stream.duration) * tb) if stream.duration and tb else None
         if n <= 0 or not np.isfinite(fps) or fps <= 0:
             raise VideoReadError(f"video {p} reports {n} frames at {fps} fps; remux it: `ffmpeg -i IN -r 30 OUT.mp4`")
         notes, size = [], {}
@@ -346,8 +360,11 @@ def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) 
         for k, i in enumerate(idx):
             wanted.setdefault(int(i), []).append(k)
         out: list = [None] * len(idx)
+        times: dict[int, float] = {}  # presentation times of frame 0 and the sampled frames
         with av.open(str(p)) as container:
             for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted or i == 0:
+                    times[i] = i / fps if frame.time is None else float(frame.time)
                 if i in wanted:
                     rgb = frame.to_ndarray(format="rgb24", **size)
                     for k in wanted[i]:
@@ -360,5 +377,10 @@ def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) 
     if any(f is None for f in out):
         raise VideoReadError(f"video {p} is truncated: it ended before frame {int(idx[-1])} of the {n} it reports; "
                              "fetch it again")
-    return Clip(frames=np.stack(out), timestamps=idx / fps, duration=n / fps, width=width, height=height, fps=fps,
-                path=str(p), notes=notes)
+    keys = sorted(times)  # frame 0 first: times count from it (the rule read_clip follows)
+    stamps, duration = presentation_times(keys, [times[i] for i in keys], fps, n, end=end)
+    at = dict(zip(keys, stamps))
+    few = few_frames_note(n, num_frames)
+    return Clip(frames=np.stack(out), timestamps=np.asarray([at[int(i)] for i in idx]), duration=duration,
+                width=width, height=height, fps=fps, path=str(p), notes=notes + ([few] if few else []), indices=idx,
+                num_total_frames=n)

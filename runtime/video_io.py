@@ -1,12 +1,15 @@
 """Video sources and the annotated MP4 writer (no torch, no tpo_core).
 
 - :func:`read_clip`: a video file -> :class:`Clip` of ``num_frames`` middle-of-segment frames (decord), with the
-  same checks and errors as the reference reader (missing, empty, an image, truncated MP4, undecodable).
-- :func:`open_source`: a frame source for streaming -> iterator of :class:`SourceFrame`: a video file (decord,
-  decoded in small batches), a camera index or an RTSP/HTTP URL (OpenCV, else PyAV), or any iterable of numpy
-  frames. Per-frame decode failures are yielded as frames with ``error`` set, never raised; a source that cannot
-  be opened raises :class:`SourceError` at once (with a timeout for network streams: no hang).
-- :class:`AnnotatedWriter`: RGB frames + masks / boxes / a time span on a timeline bar -> MP4 (PyAV).
+  same checks and errors as the reference reader (missing, empty, an image, truncated MP4, undecodable). Times
+  are the frames' presentation timestamps (:func:`frame_times`): a variable-frame-rate file gets its true times,
+  a constant-rate one exactly ``index / fps``. A video with fewer frames than sampled gets a note.
+- :func:`file_frames`: a video file for streaming -> iterator of :class:`SourceFrame` (decord, decoded in small
+  batches; per-frame decode failures are yielded as frames with ``error`` set, never raised). The other sources
+  (camera, URL, iterables) and the dispatch are :mod:`runtime.sources`: a source that cannot be opened raises
+  :class:`SourceError` at once (with a timeout for network streams: no hang), and a network stream that stalls
+  mid-way raises :class:`SourceError` saying so.
+- Writing annotated videos: :mod:`runtime.annotate`.
 
 Resolution policy (documented in docs/runtime.md): frames whose longer side exceeds ``MAX_SIDE`` (8192, i.e.
 beyond 8K UHD 7680x4320) are decoded downscaled to that longer side (aspect kept) and the result carries a
@@ -15,11 +18,9 @@ note; boxes are still reported in the source's pixels; masks are at the decoded 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from runtime.preprocess import sample_indices
 
 MAX_SIDE = 8192
 STREAM_OPEN_TIMEOUT_S = 10.0
+STREAM_STALL_TIMEOUT_S = 10.0  # a network stream with no data for this long has stalled
+CFR_TOLERANCE_S = 1e-3  # presentation times within this of index / fps: a constant frame rate
 _IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                 b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
@@ -40,7 +43,7 @@ class VideoReadError(ValueError):
 
 
 class SourceError(ValueError):
-    """A streaming source could not be opened."""
+    """A streaming source could not be opened, or a network stream stalled."""
 
 
 @dataclass
@@ -176,8 +179,51 @@ def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
 
 
+def frame_times(vr, fps: float) -> tuple[np.ndarray, float]:
+    """Presentation times float64 ``[n]`` (s, first frame at 0) and the duration of an opened decord reader
+    (:func:`presentation_times` on decord's per-frame (start, end) timestamps)."""
+    import decord
+
+    n = len(vr)
+    try:
+        ts = np.asarray(vr.get_frame_timestamp(list(range(n))), np.float64).reshape(n, 2)
+    except (decord.DECORDError, RuntimeError, ValueError):
+        return np.arange(n, dtype=np.float64) / fps, n / fps
+    return presentation_times(np.arange(n), ts[:, 0], fps, n, end=float(ts[-1, 1]))
+
+
+def presentation_times(indices, starts, fps: float, total: int, end: float | None = None) -> tuple[np.ndarray, float]:
+    """Frame times for frames ``indices`` whose presentation times are ``starts`` (s; ``starts[0]`` is frame 0's),
+    and the duration, for a video of ``total`` frames at average ``fps``: the one rule every reader follows.
+
+    A constant frame rate (every time within ``CFR_TOLERANCE_S`` of ``index / fps``) gives exactly ``index / fps``
+    and ``total / fps``; otherwise (variable frame rate) the frames' own times (from frame 0's) and ``end`` (the end
+    time of the last frame, when known; else the last time + 1 / fps).
+    """
+    idx = np.asarray(indices, np.int64)
+    cfr = idx / fps
+    start = np.asarray(starts, np.float64) - float(starts[0])
+    if (not np.isfinite(start).all() or np.any(np.diff(start) < 0)
+            or np.abs(start - cfr).max(initial=0.0) <= CFR_TOLERANCE_S):
+        return cfr, total / fps
+    last = float(start[-1]) + 1.0 / fps if end is None else end - float(starts[0])
+    return start, float(max(last, start[-1]))
+
+
+def few_frames_note(total: int, num_frames: int) -> str | None:
+    """The note a clip carries when its source has fewer frames than are sampled (frames repeat)."""
+    if total >= num_frames:
+        return None
+    if total == 1:
+        return (f"the video has 1 frame: the {num_frames} frames the model sees are repeated copies of it, so "
+                "answers about motion or time carry no information (spans are 0.0-0.0 s)")
+    return (f"the video has only {total} frames: some of the {num_frames} frames the model sees are repeated "
+            "copies")
+
+
 def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
-    """Read ``num_frames`` middle-of-segment frames (the reference's rule) of a video file."""
+    """Read ``num_frames`` middle-of-segment frames (the reference's rule) of a video file; timestamps are the
+    frames' presentation times (:func:`frame_times`)."""
     p = Path(path)
     vr, fps = open_video(p)
     height, width = (int(v) for v in _batch(vr, p, [0]).shape[1:3])
@@ -188,9 +234,12 @@ def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Cl
                      "boxes are in source pixels, masks at the decoded size")
         vr = _decord_open(p, width=w2, height=h2)
     n = len(vr)
+    times, duration = frame_times(vr, fps)
     idx = sample_indices(n, num_frames)
+    few = few_frames_note(n, num_frames)
+    notes += [few] if few else []
     frames = np.ascontiguousarray(_batch(vr, p, idx), dtype=np.uint8)
-    return Clip(frames=frames, timestamps=idx / fps, duration=n / fps, width=width, height=height, fps=fps,
+    return Clip(frames=frames, timestamps=times[idx], duration=duration, width=width, height=height, fps=fps,
                 path=str(p), notes=notes, indices=idx, num_total_frames=n)
 
 
@@ -214,9 +263,10 @@ def clip_from_frames(frames: np.ndarray, num_frames: int, fps: float = 1.0, max_
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     idx = sample_indices(x.shape[0], num_frames)
+    few = few_frames_note(int(x.shape[0]), num_frames)
     return Clip(frames=np.ascontiguousarray(x[idx]), timestamps=idx / float(fps), duration=x.shape[0] / float(fps),
-                width=int(x.shape[2]), height=int(x.shape[1]), fps=float(fps), indices=idx,
-                num_total_frames=int(x.shape[0]))
+                width=int(x.shape[2]), height=int(x.shape[1]), fps=float(fps), notes=[few] if few else [],
+                indices=idx, num_total_frames=int(x.shape[0]))
 
 
 # ------------------------------------------------------------------------------------------------ streaming
@@ -247,12 +297,12 @@ def decode_frames(vr, path: Path, indices) -> np.ndarray:
 
 
 def file_frames(path: Path, batch: int = 8, stride: int = 1) -> Iterator[SourceFrame]:
-    """Open (errors raise here, at once) and return the frame generator."""
+    """Open (errors raise here, at once) and return the frame generator (presentation times, as read_clip)."""
     vr, fps = open_video(path)
-    return _decode_batches(vr, Path(path), fps, batch, stride)
+    return _decode_batches(vr, Path(path), frame_times(vr, fps)[0], batch, stride)
 
 
-def _decode_batches(vr, path: Path, fps: float, batch: int, stride: int = 1) -> Iterator[SourceFrame]:
+def _decode_batches(vr, path: Path, times: np.ndarray, batch: int, stride: int = 1) -> Iterator[SourceFrame]:
     wanted = range(0, len(vr), stride)
     for start in range(0, len(wanted), batch):
         idx = list(wanted[start:start + batch])
@@ -260,207 +310,7 @@ def _decode_batches(vr, path: Path, fps: float, batch: int, stride: int = 1) -> 
             frames = _batch(vr, path, idx)
         except VideoReadError as e:  # report each frame of the failed batch, then go on
             for i in idx:
-                yield SourceFrame(i, i / fps, None, f"decode error: {e}")
+                yield SourceFrame(i, float(times[i]), None, f"decode error: {e}")
             continue
         for i, f in zip(idx, frames):
-            yield SourceFrame(i, i / fps, f)
-
-
-def _cv2_frames(cap, fps: float) -> Iterator[SourceFrame]:
-    import cv2
-
-    i, t0 = 0, time.monotonic()
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                return
-            ts = i / fps if fps > 0 else time.monotonic() - t0
-            yield SourceFrame(i, ts, None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
-                              None if bgr is not None else "camera returned no image")
-            i += 1
-    finally:
-        cap.release()
-
-
-def _open_capture(spec: str | int, timeout_s: float):
-    """OpenCV capture for a camera index or URL, with open/read timeouts (no hang on unreachable hosts)."""
-    import cv2
-
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-              int(timeout_s * 1000)]
-    cap = cv2.VideoCapture(spec, cv2.CAP_ANY, params) if isinstance(spec, str) else cv2.VideoCapture(spec)
-    if not cap.isOpened():
-        cap.release()
-        kind = "camera" if isinstance(spec, int) else "stream"
-        raise SourceError(f"cannot open {kind} {spec!r} (within {timeout_s:.0f} s); check that it exists / is "
-                          "reachable (URL, credentials, network), or pass a video file path")
-    return cap
-
-
-def open_source(source: Any, fps: float = 30.0, timeout_s: float = STREAM_OPEN_TIMEOUT_S) -> Iterator[SourceFrame]:
-    """A frame source -> iterator of :class:`SourceFrame` (see the module docstring).
-
-    ``source``: a path (str/Path to a file), a camera index (int or a digit string), a URL
-    (``rtsp://``, ``http(s)://``, ...), or an iterable of frames (numpy ``[H, W, 3]`` uint8; ``None`` or
-    anything else is passed on and reported as a bad frame by the stream). ``fps`` times iterable frames.
-    """
-    if isinstance(source, (str, Path)):
-        s = str(source)
-        if s.isdigit():
-            return _cv2_frames(_open_capture(int(s), timeout_s), fps=0.0)
-        if "://" in s:
-            cap = _open_capture(s, timeout_s)
-            import cv2
-
-            return _cv2_frames(cap, float(cap.get(cv2.CAP_PROP_FPS) or 0.0))
-        return file_frames(Path(s))
-    if isinstance(source, int):
-        return _cv2_frames(_open_capture(source, timeout_s), fps=0.0)
-    if isinstance(source, np.ndarray) and source.ndim == 4:
-        source = iter(source)
-    if isinstance(source, Iterable):
-        return _iter_frames(source, fps)
-    raise SourceError(f"cannot stream from a {type(source).__name__}; pass a file path, a camera index, a URL or an "
-                      "iterable of uint8 [H, W, 3] frames")
-
-
-def _iter_frames(frames: Iterable, fps: float) -> Iterator[SourceFrame]:
-    it = iter(frames)
-    i = 0
-    while True:
-        try:
-            f = next(it)
-        except StopIteration:
-            return
-        except Exception as e:  # noqa: BLE001 -- a user iterator may raise anything on one frame; report it
-            yield SourceFrame(i, i / fps, None, f"source raised {type(e).__name__}: {e}")
-            i += 1
-            continue
-        yield SourceFrame(i, i / fps, f)
-        i += 1
-
-
-# --------------------------------------------------------------------------------------------- writing
-def _codec() -> str:
-    import av
-
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
-def annotate(frame: np.ndarray, t: float, duration: float, mask: np.ndarray | None = None,
-             box: tuple[float, float, float, float] | None = None, span: tuple[float, float] | None = None,
-             text: str = "", color=(255, 64, 64)) -> np.ndarray:
-    """Draw on a copy of ``frame`` (uint8 ``[H, W, 3]`` RGB): mask overlay (bool ``[H, W]``), box (pixels), and a
-    timeline bar (``span`` in seconds, green; cursor at ``t``) with ``text`` above it."""
-    import cv2
-
-    out = frame.copy()
-    h, w = out.shape[:2]
-    if mask is not None and mask.shape == (h, w) and mask.any():
-        tint = np.array(color, np.float32)
-        out[mask] = (0.5 * out[mask].astype(np.float32) + 0.5 * tint).astype(np.uint8)
-    if box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 0), max(1, w // 320))
-    bar_h = max(4, h // 40)
-    y = h - bar_h
-    out[y:, :] = (out[y:, :].astype(np.float32) * 0.3 + 40).astype(np.uint8)
-    if span is not None and duration > 0:
-        a, b = (int(round(w * min(max(v / duration, 0.0), 1.0))) for v in span)
-        out[y:, a:max(b, a + 1)] = (64, 200, 64)
-    if duration > 0:
-        cx = min(w - 1, int(round(w * t / duration)))
-        out[y:, max(0, cx - 1):cx + 1] = 255
-    if text:
-        scale = max(0.3, w / 1000)
-        cv2.putText(out, text[:80], (4, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                    1, cv2.LINE_AA)
-    return out
-
-
-class AnnotatedWriter:
-    """Write uint8 RGB frames ``[H, W, 3]`` to an MP4 (H.264 when the av wheel has it, else MPEG-4 Part 2).
-
-    Odd sizes are padded by one pixel (yuv420p needs even sizes). Use as a context manager.
-    """
-
-    def __init__(self, path: str | Path, fps: float, width: int, height: int):
-        from fractions import Fraction
-
-        import av
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.width, self.height = width + width % 2, height + height % 2
-        self.container = av.open(str(self.path), "w")
-        codec = _codec()
-        self.stream = self.container.add_stream(codec, rate=Fraction(max(1, round(fps))))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
-        if codec == "mpeg4":
-            self.stream.bit_rate = 4_000_000
-        self.frames = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        import av
-
-        if frame.shape[:2] != (self.height, self.width):
-            pad = np.zeros((self.height, self.width, 3), np.uint8)
-            pad[:frame.shape[0], :frame.shape[1]] = frame[:self.height, :self.width]
-            frame = pad
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-            self.container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self.container is None:
-            return
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        self.container = None
-
-    def __enter__(self) -> AnnotatedWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def write_annotated(path: str | Path, video: str | Path | None, clip: Clip, results: list, labels: list[str],
-                    max_frames: int = 900) -> Path:
-    """Annotated MP4 of a clip's source video (or of its sampled frames when ``video`` is None).
-
-    ``results``: runtime ``TPOResult`` objects; each frame shows the masks of the nearest sampled frame (masks
-    exist on sampled frames only), every region box, and the best temporal span on the timeline bar.
-    """
-    masks = next((r.mask for r in results if r.mask is not None), None)
-    box = next((r.region.box for r in results if r.region is not None), None)
-    span = next(((r.temporal.best.start, r.temporal.best.end) for r in results
-                 if r.temporal is not None and r.temporal.best is not None), None)
-    text = " | ".join(labels)
-    if video is not None:
-        frames = (sf for sf in open_source(video) if sf.frame is not None)
-        fps = clip.fps or 30.0
-    else:
-        frames = (SourceFrame(i, float(t), f) for i, (t, f) in enumerate(zip(clip.timestamps, clip.frames)))
-        fps = 2.0
-    stamps = np.asarray(clip.timestamps, np.float64)
-    with AnnotatedWriter(path, fps, clip.frames.shape[2], clip.frames.shape[1]) as writer:
-        for sf in frames:
-            if writer.frames >= max_frames:
-                break
-            f = sf.frame
-            if f.shape[:2] != clip.frames.shape[1:3]:
-                import cv2
-
-                f = cv2.resize(f, (clip.frames.shape[2], clip.frames.shape[1]), interpolation=cv2.INTER_AREA)
-            m = None
-            if masks is not None:
-                k = int(np.argmin(np.abs(stamps - sf.timestamp)))
-                m = masks.mask(k) if masks.height == f.shape[0] and masks.width == f.shape[1] else None
-            sx = f.shape[1] / max(clip.width, 1)
-            sy = f.shape[0] / max(clip.height, 1)
-            b = None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-            writer.write(annotate(f, sf.timestamp, clip.duration, m, b, span, text))
-    return Path(path)
+            yield SourceFrame(i, float(times[i]), f)

@@ -31,7 +31,7 @@ def test_run_json_and_out(export_dir, sample_videos, tmp_path, capsys):
 
 def test_stream_json_lines(export_dir, sample_videos, capsys):
     assert main(["stream", str(export_dir), "--source", sample_videos[0], "--prompt", "What is it?",
-                 "--cadence", "5", "--max-frames", "7", "--max-new-tokens", "2", "--json"]) == 0
+                 "--cadence", "5", "--max-frames", "7", "--max-new-tokens", "2", "--json", "--sync"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["index"] for x in lines] == list(range(7))
     assert [x["index"] for x in lines if "answer" in x] == [0, 5]

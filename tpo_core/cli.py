@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.commands import add_box_argument, parse_boxes
+
 
 def _add_ask(sub) -> None:
     p = sub.add_parser("ask", help="answer a prompt about a video with the reference (PyTorch) model",
@@ -21,6 +23,7 @@ def _add_ask(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_box_argument(p)
     p.set_defaults(func=run_ask)
 
 
@@ -33,12 +36,14 @@ def _add_info(sub) -> None:
 
 
 def run_ask(args) -> int:
+    from runtime.contract.postprocess import boxes_to_normalized
     from runtime.paths import cache_root
 
     from .data.sample import SAMPLE_PROMPTS, sample_video
     from .data.video import read_video
     from .model import load_model
 
+    boxes = parse_boxes(args)
     model = load_model(args.checkpoint)
     if args.video:
         video, prompts = Path(args.video), args.prompt or []
@@ -50,10 +55,12 @@ def run_ask(args) -> int:
     else:
         raise SystemExit("tpo ask: give --video PATH --prompt \"...\", or --sample")
     clip = read_video(video, model.config.vision.num_frames)
+    track_boxes = None if boxes is None else boxes_to_normalized(boxes, clip.width, clip.height)
     results = []
     for prompt in prompts:
         res = model.generate(clip, prompt, max_new_tokens=args.max_new_tokens, do_sample=args.top_p is not None,
-                             top_p=args.top_p or 0.9, temperature=args.temperature, seed=args.seed)
+                             top_p=args.top_p or 0.9, temperature=args.temperature, seed=args.seed,
+                             track_boxes=track_boxes)
         results.append({"prompt": prompt, **res.to_dict()})
     if args.json:
         print(json.dumps({"video": str(video), "results": results}, indent=2))
@@ -68,6 +75,11 @@ def run_ask(args) -> int:
                 print(f"   span: {best['start']:.1f}-{best['end']:.1f} s (score {best['score']:.2f})")
             if r["mask"]:
                 print(f"   masks: {r['mask']['num_frames']} frames, areas {r['mask']['areas']}")
+                if not all(r["mask"]["present"]):
+                    print(f"   object not found on sampled frame(s) "
+                          f"{[k for k, p in enumerate(r['mask']['present']) if not p]} (mask object score <= 0)")
+            for note in r.get("notes", []):
+                print(f"   note: {note}")
     return 0
 
 

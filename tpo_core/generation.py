@@ -46,7 +46,8 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
              logits_processor=None) -> TPOResult:
     """Answer ``prompt`` about ``video`` (a path or a ``runtime.video_io.Clip``).
 
-    track_boxes: normalized xyxy boxes [K, 4] for ``<track_box>`` tokens in the prompt.
+    track_boxes: normalized xyxy boxes [K, 4], one per ``<track_box>`` slot of the prompt (with no slot in the
+    text, K slots are appended after the question: ``runtime.contract.prompt.PromptEncoder``).
     mask_frames: uint8 [Tm, H, W, 3] frames the mask head segments (default: the clip's sampled frames),
     with their ``mask_timestamps`` [Tm] in seconds.
     logits_processor: optional ``f(step, logits [V]) -> logits`` applied before choosing each token
@@ -60,18 +61,18 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
     max_new = max_new_tokens or cfg.max_new_tokens
     router = Router(_routes(model), stop_ids=[model.prompts.eos_id], banned_ids=[model.task_ids.track_box],
                     sampler=Sampler(do_sample, top_p, temperature, seed), logits_processor=logits_processor)
+    boxes = None if track_boxes is None else torch.as_tensor(np.asarray(track_boxes), dtype=model.dtype, device=dev)
+    if boxes is not None and (boxes.dim() != 2 or boxes.shape[1] != 4):
+        raise ValueError(f"track_boxes must be normalized xyxy boxes [K, 4], got shape {tuple(boxes.shape)}")
+    # the contract's prompt guard: UTF-8, non-empty, no control tokens, one <track_box> slot per box, KV capacity
+    ids = model.prompts.build(prompt, clip.timestamps, num_boxes=0 if boxes is None else int(boxes.shape[0]),
+                              max_new_tokens=max_new)
     t0 = time.perf_counter()
     pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
                                mode=cfg.vision.resize).to(dev, model.dtype)
     visual, frame_feats = model.encode_video(pixels[None])
     timings["vision_ms"] = (time.perf_counter() - t0) * 1e3
-
-    ids = model.prompts.build(prompt, clip.timestamps)
-    boxes = None if track_boxes is None else torch.as_tensor(np.asarray(track_boxes), dtype=model.dtype, device=dev)
     embeds = model.sequence_embeds(ids, visual, boxes)
-    if embeds.shape[1] + max_new > cfg.llm.max_context:
-        raise ValueError(f"prompt of {embeds.shape[1]} tokens + max_new_tokens={max_new} exceeds the KV capacity "
-                         f"max_context={cfg.llm.max_context}; shorten the question or lower max_new_tokens")
 
     t0 = time.perf_counter()
     cache = DynamicCache()

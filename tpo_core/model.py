@@ -81,7 +81,7 @@ class TPOModel(nn.Module):
                 raise ValueError("this TPOModel has no tokenizer; build it with TPOModel.from_config or "
                                  "from_pretrained, or pass tokenizer=...")
             self._prompts = PromptBuilder(self.tokenizer, self.config.llm.vocab_size, self.config.num_visual_tokens,
-                                          self.config.system_message)
+                                          self.config.system_message, max_context=self.config.llm.max_context)
         return self._prompts
 
     @property

@@ -18,7 +18,8 @@ __all__ = ["PromptBuilder", "PromptIds"]
 class PromptBuilder(PromptEncoder):
     """A ``PromptEncoder`` over the release template that checks the tokenizer's task-token ids."""
 
-    def __init__(self, tokenizer: Tokenizer, base_vocab_size: int, num_visual: int, system_message: str = ""):
+    def __init__(self, tokenizer: Tokenizer, base_vocab_size: int, num_visual: int, system_message: str = "",
+                 max_context: int | None = None):
         self.task_ids = TaskTokenIds.after_vocab(base_vocab_size)
         for token, expected in self.task_ids.by_token().items():
             got = tokenizer.token_to_id(token)
@@ -26,7 +27,7 @@ class PromptBuilder(PromptEncoder):
                 raise ValueError(f"tokenizer maps {token} to {got}, but the model expects {expected} "
                                  f"(base vocab {base_vocab_size} + its index in {TASK_TOKENS})")
         super().__init__(tokenizer, release_template(system_message, num_visual), _special(tokenizer, "<s>"),
-                         _special(tokenizer, "</s>"))
+                         _special(tokenizer, "</s>"), max_context=max_context)
         self.system_message = system_message
 
 

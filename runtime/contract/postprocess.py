@@ -47,3 +47,46 @@ def spans_to_seconds(logits, spans, duration: float, round_to: float = 1.0) -> l
         end = np.minimum(np.maximum(np.round(end / round_to) * round_to, 0.0), d)
     order = np.argsort(-scores, kind="stable")
     return [(float(start[q]), float(end[q]), float(scores[q])) for q in order]
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` (the CLI's ``--box``, pixels of the video) -> four floats; ValueError naming the format."""
+    parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"--box takes four numbers x0,y0,x1,y1 in pixels of the video (e.g. --box 10,20,200,180), "
+                         f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def boxes_to_normalized(boxes, width: float, height: float, max_boxes: int | None = None) -> np.ndarray:
+    """Box prompts in pixels of the video -> normalized xyxy float32 ``[K, 4]`` (what ``loc_encoder`` takes).
+
+    ``boxes``: a list of ``(x0, y0, x1, y1)`` in pixels (the units of ``RegionResult.box``), each with
+    ``0 <= x0 < x1 <= width`` and ``0 <= y0 < y1 <= height``; ValueError naming the box and the rule otherwise.
+    """
+    if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__len__"):
+        raise ValueError(f"boxes must be a list of (x0, y0, x1, y1) boxes in pixels, got {type(boxes).__name__}")
+    if max_boxes is not None and len(boxes) > max_boxes:
+        raise ValueError(f"{len(boxes)} boxes given; this export takes at most {max_boxes} box prompts")
+    out = np.zeros((len(boxes), 4), np.float32)
+    for k, box in enumerate(boxes):
+        try:
+            b = np.asarray(box, np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            b = np.zeros(0)
+        if b.shape != (4,):
+            raise ValueError(f"box {k}: a box is four numbers (x0, y0, x1, y1) in pixels, got {box!r}")
+        if not np.isfinite(b).all():
+            raise ValueError(f"box {k}: {box!r} must hold finite numbers")
+        x0, y0, x1, y1 = b
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"box {k}: {tuple(b.tolist())} needs x0 < x1 and y0 < y1 (top-left, then bottom-right)")
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ValueError(f"box {k}: {tuple(b.tolist())} lies outside the {int(width)}x{int(height)} video; give "
+                             "pixels inside the frame")
+        out[k] = (x0 / width, y0 / height, x1 / width, y1 / height)
+    return out

@@ -112,6 +112,38 @@ class PromptIds:
         return len(self.pre) + self.num_visual + len(self.post)
 
 
+def capacity_error(prompt_len: int, max_new_tokens: int, capacity: int, cached: int = 0) -> str | None:
+    """The message refusing a prompt of ``prompt_len`` positions (+ ``max_new_tokens``, + ``cached`` positions) in a
+    KV cache of ``capacity``; None when it fits. One wording for the encoder, the KV cache and the reference."""
+    on_top = f" on top of {cached} cached" if cached else ""
+    need = cached + prompt_len
+    if need > capacity:
+        return (f"the prompt is {prompt_len} tokens (visual tokens included){on_top} but the KV cache holds {capacity} "
+                "(kv.max_context); shorten the question, or re-export with a larger llm.max_context")
+    if need + max_new_tokens > capacity:
+        return (f"the prompt is {prompt_len} tokens{on_top} and max_new_tokens={max_new_tokens}: "
+                f"{need + max_new_tokens} positions exceed the KV capacity {capacity} (kv.max_context); lower "
+                f"max_new_tokens to <= {capacity - need}, shorten the question, or re-export with a larger "
+                "llm.max_context")
+    return None
+
+
+def _utf8_problem(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (surrogate-escaped bytes from argv, or a lone surrogate); None if it
+    can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = ord(text[e.start])
+        if 0xDC80 <= ch <= 0xDCFF:  # os.fsdecode's escape of an undecodable byte
+            return (f"the prompt is not valid UTF-8 text: byte 0x{ch - 0xDC00:02x} at character {e.start} cannot be "
+                    "decoded (the shell passed raw bytes in another encoding); pass the question as UTF-8, e.g. "
+                    "convert it with `iconv -f latin1 -t utf-8`")
+        return (f"the prompt is not valid UTF-8 text: it holds a lone surrogate U+{ch:04X} at character {e.start}; "
+                "pass a well-formed str (decode bytes with .decode('utf-8'))")
+    return None
+
+
 class PromptEncoder:
     """Question (+ frame times, + a training answer) -> :class:`PromptIds`; generated ids -> text.
 
@@ -119,11 +151,26 @@ class PromptEncoder:
         tokenizer: a ``tokenizers.Tokenizer`` holding the task tokens.
         template: the prompt layout. bos_id / eos_id: the BOS each chunk starts with and the EOS ending an answer.
         bos_per_chunk: each chunk gets its own BOS (the release's quirk, kept for weight compatibility).
+        max_context: the KV capacity; when given, :meth:`build` refuses prompts (+ ``max_new_tokens``) that exceed it.
+
+    The prompt guard (:meth:`build`, the one place every entry point goes through): the question must be a
+    non-empty, valid UTF-8 ``str``; user text never produces a special or task token: a question that holds one
+    (``<s>``, ``</s>``, ``<unk>``, ``<boxes>``, ``<track_begin>``, ... -- every added token of the tokenizer) is
+    **refused** with a ValueError naming the token, except ``<track_box>``, the slot of a box prompt, accepted
+    only when as many boxes are given (``num_boxes``; with boxes and no slot in the text, the slots are appended
+    after the question).
     """
 
-    def __init__(self, tokenizer, template: PromptTemplate, bos_id: int, eos_id: int, bos_per_chunk: bool = True):
+    def __init__(self, tokenizer, template: PromptTemplate, bos_id: int, eos_id: int, bos_per_chunk: bool = True,
+                 max_context: int | None = None):
         self.tok, self.template = tokenizer, template
         self.bos_id, self.eos_id, self.bos_per_chunk = int(bos_id), int(eos_id), bool(bos_per_chunk)
+        self.max_context = None if max_context is None else int(max_context)
+        added = tokenizer.get_added_tokens_decoder()
+        self.control_ids = {int(i): t.content for i, t in added.items()}  # every special / task token
+        self.box_slot = next(iter(INPUT_TOKENS))
+        self.box_id = tokenizer.token_to_id(self.box_slot)
+        self._max_piece = max((len(p) for p in tokenizer.get_vocab()), default=1)
 
     @property
     def num_visual(self) -> int:
@@ -135,14 +182,57 @@ class PromptEncoder:
     def _chunk(self, text: str) -> list[int]:
         return ([self.bos_id] if self.bos_per_chunk else []) + self.encode_text(text)
 
-    def build(self, question: str, times_s=None, answer: str | None = None) -> PromptIds:
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"the prompt must be a non-empty string, got {question!r}")
+    def check_question(self, question, num_boxes: int = 0) -> str:
+        """The prompt guard (see the class docstring) -> the question with its box slots; ValueError otherwise."""
+        if not isinstance(question, str):
+            raise ValueError(f"the prompt must be a string, got {type(question).__name__}")
+        problem = _utf8_problem(question)
+        if problem:
+            raise ValueError(problem)
+        if not question.strip():
+            raise ValueError(f"the prompt is empty ({question!r}); it must be a non-empty string: pass a question, "
+                             "e.g. --prompt \"What happens?\"")
+        if not isinstance(num_boxes, int) or num_boxes < 0:
+            raise ValueError(f"num_boxes must be an int >= 0, got {num_boxes!r}")
+        if self.max_context is not None and len(question) > 4 * self._max_piece * self.max_context:
+            raise ValueError(f"the prompt is {len(question)} characters, far more tokens than the KV cache holds "
+                             f"{self.max_context} (kv.max_context); shorten the question")
+        self._refuse_control_tokens(question)
+        slots = question.count(self.box_slot)
+        if slots and not num_boxes:
+            raise ValueError(f"the prompt holds '{self.box_slot}', the slot of a box prompt, but no box was given; "
+                             "pass --box x0,y0,x1,y1 (Pipeline.ask(boxes=[...])) or remove it from the question")
+        if slots and slots != num_boxes:
+            raise ValueError(f"the prompt holds {slots} '{self.box_slot}' slots but {num_boxes} box(es) were given; "
+                             "give one box per slot")
+        if num_boxes and not slots:
+            question = question.rstrip() + " " + " ".join([self.box_slot] * num_boxes)
+        return question
+
+    def _refuse_control_tokens(self, question: str) -> None:
+        ids = self.encode_text(question)
+        bad = [self.control_ids[i] for i in ids if i in self.control_ids and i != self.box_id]
+        if bad:
+            raise ValueError(f"the prompt holds the control token '{bad[0]}' (special and task tokens typed in a "
+                             "question would end the answer or route to a head): it is refused; reword the question "
+                             "without it (for a box prompt, use --box)")
+
+    def build(self, question: str, times_s=None, answer: str | None = None, num_boxes: int = 0,
+              max_new_tokens: int = 0) -> PromptIds:
+        """Prompt ids of ``question`` (checked by the prompt guard); ``times_s``: sampled frame times (s);
+        ``answer``: a training answer (may hold task tokens); ``num_boxes``: boxes given for ``<track_box>`` slots;
+        ``max_new_tokens``: the decode budget checked with the prompt against ``max_context``."""
+        question = self.check_question(question, num_boxes)
         chunks = [self._chunk(c) for c in self.template.render(question, times_s)]
         k = self.template.visual_after_chunk + 1
         ans = self.encode_text(answer) + [self.eos_id] if answer is not None else []
-        return PromptIds(pre=[i for c in chunks[:k] for i in c], num_visual=self.num_visual,
-                         post=[i for c in chunks[k:] for i in c], answer=ans)
+        ids = PromptIds(pre=[i for c in chunks[:k] for i in c], num_visual=self.num_visual,
+                        post=[i for c in chunks[k:] for i in c], answer=ans)
+        if self.max_context is not None:
+            err = capacity_error(ids.prompt_len, int(max_new_tokens), self.max_context)
+            if err:
+                raise ValueError(err)
+        return ids
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True).strip()

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from runtime.contract.prompt import capacity_error
 from runtime.engines.ort import ONNX_ELEM, OPT_LEVELS, ORT_ERRORS
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
@@ -209,18 +210,11 @@ class OrtLLM:
             self._mask.fill(0)
 
     def check_fits(self, prompt_len: int, max_new: int = 0) -> None:
-        """Raise ValueError if ``prompt_len`` (+ ``max_new``) more positions exceed the capacity."""
-        cached = f" on top of {self.length} cached" if self.length else ""
-        need = self.length + prompt_len
-        if need > self.capacity:
-            raise ValueError(f"the prompt is {prompt_len} tokens (visual tokens included){cached} but the KV cache "
-                             f"holds {self.capacity} (kv.max_context); shorten the question, or re-export with a "
-                             "larger llm.max_context")
-        if need + max_new > self.capacity:
-            raise ValueError(f"the prompt is {prompt_len} tokens{cached} and max_new_tokens={max_new}: "
-                             f"{need + max_new} positions exceed the KV capacity {self.capacity} (kv.max_context); "
-                             f"lower max_new_tokens to <= {self.capacity - need}, shorten the question, or "
-                             "re-export with a larger llm.max_context")
+        """Raise ValueError if ``prompt_len`` (+ ``max_new``) more positions exceed the capacity (the contract's
+        wording: ``runtime.contract.prompt.capacity_error``)."""
+        err = capacity_error(prompt_len, max_new, self.capacity, self.length)
+        if err:
+            raise ValueError(err)
 
     def kv_view(self, layer: int, kind: str = "key") -> Any:
         """The cached keys/values of ``layer``: a view ``[1, KVH, length, Hd]`` of its buffer (RoPE applied)."""

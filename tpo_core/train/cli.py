@@ -80,15 +80,17 @@ def run_train(args) -> int:
 
 def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool, workers: int = 1) -> int:
     from ..data.synth_tasks import task_samples
-    from ..model import TPOModel
+    from ..checkpoint import EMBEDDED_DEFAULT
+    from ..model import load_model
     from .evaluate import evaluate, evaluate_parallel, format_report
 
-    if workers > 1:
-        summary, records = evaluate_parallel(checkpoint, task_samples(data), workers, limit=limit,
+    if workers > 1:  # each worker loads the checkpoint folder itself
+        folder = EMBEDDED_DEFAULT if str(checkpoint) == "embedded" else checkpoint
+        summary, records = evaluate_parallel(folder, task_samples(data), workers, limit=limit,
                                              per_task_limit=per_task)
-    else:
-        summary, records = evaluate(TPOModel.from_pretrained(checkpoint), task_samples(data), limit=limit,
-                                    per_task_limit=per_task, progress=not as_json)
+    else:  # a folder, "embedded" or "untrained-tiny" (as tpo ask / tpo export)
+        summary, records = evaluate(load_model(checkpoint), task_samples(data), limit=limit, per_task_limit=per_task,
+                                    progress=not as_json)
     summary.update(checkpoint=str(checkpoint), data=str(data))
     if out_file:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,8 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_train)
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: routing, region, temporal, mask, QA metrics",
                               description="Greedy generate per sample; metrics defined in docs/training.md.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. <out>/final)")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (e.g. <out>/final), 'embedded' (the shipped default) or 'untrained-tiny'")
     e.add_argument("--data", required=True, help="dataset folder (use a held-out split)")
     e.add_argument("--limit", type=int, help="evaluate at most N samples in total")
     e.add_argument("--per-task", type=int, help="evaluate at most N samples per task")
