@@ -79,8 +79,8 @@ def run_train(args) -> int:
 
 
 def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool, workers: int = 1) -> int:
-    from ..data.synth_tasks import task_samples
     from ..checkpoint import EMBEDDED_DEFAULT
+    from ..data.synth_tasks import task_samples
     from ..model import load_model
     from .evaluate import evaluate, evaluate_parallel, format_report
 
