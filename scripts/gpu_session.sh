@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_session.sh start    # versions; background: training (GPU 1), the full-size convert chain and the
 #                                        # 7B LLM builds (spare cores); foreground: the GPU test suite on GPU 0
-#   bash scripts/gpu_session.sh bench1   # device preprocessing benchmark; the tiny model's GQA export under tpo bench
+#   bash scripts/gpu_session.sh bench1   # device preprocessing benchmark; the tiny model's GQA export under tpo bench and
+#                                        # streamed at 1080p30 with re-asks
 #   bash scripts/gpu_session.sh bench2   # LLM peers at the 7B shape (one process)
 #   bash scripts/gpu_session.sh collect  # training (waits for it) and convert results
 #   bash scripts/gpu_session.sh bench3   # the 7B-shape pipeline end to end + the SAM2-L peer, on the converted export
@@ -52,6 +53,10 @@ bench1)
   gpu0 timeout 120 python3 -m runtime.cli bench $S/tiny_gqa --device cuda --size 1080x1920 --iters 30 --tokens 64 \
     --out $OUT/runtime_bench_tiny_gqa_cuda_H200.json > $OUT/tiny_bench.log 2>&1
   echo "tiny bench rc=$?"; tail -30 $OUT/tiny_bench.log; tail -3 $S/tiny_export.log
+  # streaming at 1080p30 with tracking on every frame: re-asks in the background vs none vs on the frame (issue 10)
+  gpu0 timeout 150 python3 benchmarks/stream_latency.py --export $S/tiny_gqa --device cuda --seconds 12 \
+    --out $OUT/stream_latency_H200.json > $OUT/stream_latency.log 2>&1
+  echo "stream latency rc=$?"; tail -15 $OUT/stream_latency.log
   tail -5 $S/llm_build.log; tail -4 $S/convert.log; tail -3 $S/train.log
   ;;
 bench2)
