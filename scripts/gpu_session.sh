@@ -39,13 +39,13 @@ print(torch.__version__, o.__version__, o.get_available_providers(), g.__version
   # the 7B LLM builds of benchmarks/llm_peers.py (CPU bound: the builder), ready for bench2
   bg bash -c "python3 benchmarks/llm_peers.py --phase weights build --jobs 4 --work $S/llm_peers; echo llm_build exit \$?" \
     > $S/llm_build.log 2>&1 &
-  gpu0 timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -m "gpu and not trt" -rA --timeout 150 \
+  gpu0 timeout ${TEST_S:-210} python3 -m pytest -q -p no:cacheprovider -m "gpu and not trt" -rA --timeout 150 \
     tests/test_runtime_gpu.py tests/test_engines.py tests/test_mask_decode.py tests/test_preprocess_triton.py \
     tests/test_video_gpu.py tests/test_llm_gqa_gpu.py > $OUT/gpu_tests.log 2>&1
   echo "gpu tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests.log | tail -15
   ;;
 bench1)
-  gpu0 timeout 150 python3 benchmarks/preprocess.py --decode --out $OUT/preprocess_H200.json > $OUT/preprocess.log 2>&1
+  gpu0 timeout 150 python3 benchmarks/preprocess.py --quick --decode --out $OUT/preprocess_H200.json > $OUT/preprocess.log 2>&1
   echo "preprocess rc=$?"; tail -25 $OUT/preprocess.log
   # the embedded tiny model with the GQA LLM graph (fp16, CUDA): tpo bench on CUDA (decode under CUDA graphs)
   gpu0 timeout 120 python3 -m runtime.cli export --checkpoint embedded --out $S/tiny_gqa --precision fp16 \
