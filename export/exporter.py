@@ -18,6 +18,7 @@ the export precision plus the largest graph's tracing overhead (see docs/export.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -33,6 +34,7 @@ import torch
 from export import DEFAULT_OPSET, EXPORTERS, LLM_GRAPHS
 from export.components import build_wrapper
 from export.llm_gqa import export_llm_gqa, float_precision
+from export.patchers import frame_patch_embed
 from export.specs import (
     DTYPE_NAMES,
     ONNX_DTYPES,
@@ -201,16 +203,18 @@ def export_component(model, cio: ComponentIO, out: Path, precision: str, opset: 
         p.unlink(missing_ok=True)
     # torch's ONNX registry logs one warning per torchvision op when torchvision is absent: not our ops, noise
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    if exporter == "torchscript":
-        _export_torchscript(wrapper, args, cio, path, opset, external)
-    else:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # shared Dim names
-            program = torch.onnx.export(wrapper, args, dynamo=True, input_names=cio.input_names(),
-                                        output_names=cio.output_names(), dynamic_shapes=dynamic_shapes(cio),
-                                        opset_version=opset, verbose=False, optimize=True)
-        program.save(str(path), external_data=external)
-        del program
+    patch = frame_patch_embed(model.vision) if cio.name == "vision" else contextlib.nullcontext()
+    with patch:  # export-only rewrites (export/patchers.py)
+        if exporter == "torchscript":
+            _export_torchscript(wrapper, args, cio, path, opset, external)
+        else:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # shared Dim names
+                program = torch.onnx.export(wrapper, args, dynamo=True, input_names=cio.input_names(),
+                                            output_names=cio.output_names(), dynamic_shapes=dynamic_shapes(cio),
+                                            opset_version=opset, verbose=False, optimize=True)
+            program.save(str(path), external_data=external)
+            del program
     proto = onnx.load(str(path), load_external_data=False)
     if exporter == "torchscript":
         _restore_spec_io(proto, cio, precision)

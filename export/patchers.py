@@ -11,6 +11,10 @@ variants or dynamic-cache objects).
   masked scores are *replaced* (``Where``), not added to, so a fully masked row (left padding) gives a
   uniform row instead of NaN, in fp16 too.
 - ``eval_mode``: a context manager that puts a module in eval mode and restores the training flags.
+- ``frame_patch_embed``: the video encoder's Conv3d patch embedding with a temporal kernel of 1 as one Conv2d over
+  the frames (same weights, same token order). Measured on an H200 (ONNX Runtime 1.31.1, cuDNN 9.19): the fp16
+  Conv3d of the 7B preset (3 -> 1024, kernel and stride (1, 16, 16), 16 frames of 224^2) fails in cuDNN
+  frontend's heuristic query (HEURISTIC_QUERY_FAILED), while the tiny preset's Conv3d runs.
 
 The SAM2 memory path needs no patch: ``MaskHead`` already uses transformers' real-valued 2D RoPE and a
 fixed-capacity memory with validity masks (see ``export/components.py``).
@@ -86,3 +90,27 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.train(flag)
 
 
+
+
+@contextlib.contextmanager
+def frame_patch_embed(vision: nn.Module) -> Iterator[nn.Module]:
+    """Within the context, ``vision.patch_embed`` (Conv3d, kernel = stride = ``(1, P, P)``) computes
+    ``[B, 3, T, S, S] -> [B, T * (S/P)^2, D]`` as a Conv2d over the ``B * T`` frames (no-op for tubelets > 1)."""
+    pe = vision.patch_embed
+    conv = pe.proj
+    if conv.kernel_size[0] != 1:
+        yield vision
+        return
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = torch.nn.functional.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), conv.weight[:, :, 0], conv.bias,
+                                       stride=conv.stride[1:])  # [B * T, D, h', w']
+        d = y.shape[1]
+        return y.reshape(b, t, d, -1).permute(0, 1, 3, 2).reshape(b, -1, d)  # t-major, as Conv3d's flatten
+
+    pe.forward = forward
+    try:
+        yield vision
+    finally:
+        del pe.forward  # the class's Conv3d forward again

@@ -38,6 +38,7 @@ from runtime.video_io import (
     Clip,
     VideoReadError,
     check_video_file,
+    codec_name,
     few_frames_note,
     first_line,
     presentation_times,
@@ -46,6 +47,7 @@ from runtime.video_io import (
 )
 
 DECODERS = ("auto", "nvdec", "decord", "pyav")
+NVDEC_CODECS = ("h264", "hevc", "av1", "vp9")  # what PyNvVideoCodec's SimpleDecoder is given (others fall back)
 STRATEGIES = ("auto", "sequential", "index", "gop")
 LAYOUTS = ("thwc", "tchw")
 SEQ_BATCH = 16  # frames per get_batch_frames call when decoding forward (16 x 6 MB surfaces at 1080p)
@@ -125,6 +127,9 @@ def read_clip_cuda(path: str | Path, num_frames: int, device: Any = "cuda", *, d
     notes: list[str] = []
     if decoder in ("auto", "nvdec") and dev.type == "cuda":
         ok, why = nvdec_available()
+        codec = codec_name(p)
+        if ok and codec not in NVDEC_CODECS:  # measured: SimpleDecoder segfaults on MPEG-4 Part 2 (H200, 2.2.4)
+            ok, why = False, f"codec {codec!r} is not one NVDEC decodes here ({', '.join(NVDEC_CODECS)})"
         if ok:
             try:
                 return _read_nvdec(p, num_frames, dev, strategy, layout, max_side)

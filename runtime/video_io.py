@@ -131,7 +131,7 @@ def first_line(e: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _codec_name(path: Path) -> str | None:
+def codec_name(path: Path) -> str | None:
     """The first video stream's codec as PyAV reports it ("" when the file has no video stream); None when PyAV is
     not installed or cannot open the file."""
     try:
@@ -153,7 +153,7 @@ def diagnose(path: Path, err: Exception) -> VideoReadError:
     """A decord failure -> a VideoReadError naming the problem: an unsupported codec (named through PyAV when it is
     installed) or a truncated / corrupt file, with the fix."""
     detail = first_line(err)
-    codec = _codec_name(path)
+    codec = codec_name(path)
     if codec == "":
         return VideoReadError(f"video {path} has no decodable video stream (audio only, or a video track with zero "
                               "frames); pass a file that holds video frames")

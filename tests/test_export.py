@@ -269,3 +269,22 @@ def test_tpo_build_tensorrt_rtx_on_the_tiny_export(tmp_path):
     m = Manifest.load(folder)
     assert all(c.engine is not None and c.engine.builder == "tensorrt-rtx" for c in m.components.values())
     assert m.components["llm"].engine.profiles == ("prefill", "decode")
+
+
+def test_frame_patch_embed_equals_the_conv3d():
+    """The export-only Conv2d form of the temporal-kernel-1 patch embedding gives the Conv3d's tokens, in order."""
+    from export.patchers import frame_patch_embed
+    from tpo_core.config import VisionConfig
+    from tpo_core.modeling.vision import PatchEmbed3D
+
+    torch.manual_seed(0)
+    pe = PatchEmbed3D(VisionConfig(img_size=64, patch_size=16, num_frames=4, embed_dim=32, depth=1,
+                                   num_blocks_built=1, num_heads=4)).double()
+    holder = torch.nn.Module()
+    holder.patch_embed = pe
+    x = torch.randn(2, 3, 4, 64, 64, dtype=torch.float64)
+    ref = pe(x)
+    with frame_patch_embed(holder):
+        got = pe(x)
+    assert torch.allclose(got, ref, atol=1e-12) and got.shape == (2, 4 * 16, 32)
+    assert torch.equal(pe(x), ref)  # restored
