@@ -157,8 +157,8 @@ class Pipeline:
         """
         if isinstance(video, (str, Path)):
             if self.device_pre is not None:
-                # NVDEC is opt-in (read_clip_cuda(decoder="nvdec")): PyNvVideoCodec 2.2.4 segfaulted on the 128x96
-                # H.264 test clips on the H200 (1080p decoded fine); decord + one upload is the default
+                # NVDEC is opt-in (read_clip_cuda(decoder="nvdec" | "auto")): PyNvVideoCodec 2.2.4's SimpleDecoder
+                # segfaulted on some H.264 test clips on the H200 (not diagnosed); decord + one upload is the default
                 return read_clip_cuda(video, self.num_frames, self.device, decoder="decord")
             return read_clip(video, self.num_frames, MAX_SIDE)
         if isinstance(video, (Clip, DeviceClip)):

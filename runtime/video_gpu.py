@@ -100,13 +100,15 @@ def nvdec_available() -> tuple[bool, str]:
     return True, str(getattr(nvc, "__version__", "?"))
 
 
-def read_clip_cuda(path: str | Path, num_frames: int, device: Any = "cuda", *, decoder: str = "auto",
+def read_clip_cuda(path: str | Path, num_frames: int, device: Any = "cuda", *, decoder: str = "decord",
                    strategy: str = "auto", layout: str = "thwc", max_side: int = MAX_SIDE) -> DeviceClip:
     """Read ``num_frames`` middle-of-segment frames of a video file into device memory (see the module docstring).
 
     Args:
         device: a CUDA device (``"cuda"``, ``"cuda:1"``, a ``torch.device``); ``"cpu"`` runs the CPU decoders only.
-        decoder: ``auto`` (NVDEC when available, else decord, else PyAV) or one of them explicitly (no fallback).
+        decoder: ``decord`` (default: CPU decode + one upload), ``auto`` (NVDEC when available, else decord, else
+            PyAV) or ``nvdec`` / ``pyav`` explicitly (no fallback). NVDEC is opt-in: PyNvVideoCodec 2.2.4's
+            SimpleDecoder segfaulted (killing the process) on some H.264 test clips on the H200, not diagnosed.
         strategy: NVDEC frame access, ``auto`` | ``sequential`` | ``index`` | ``gop``.
         layout: ``thwc`` (``[T, h, w, 3]``) or ``tchw`` (``[T, 3, h, w]``).
     Raises:
@@ -128,7 +130,7 @@ def read_clip_cuda(path: str | Path, num_frames: int, device: Any = "cuda", *, d
     if decoder in ("auto", "nvdec") and dev.type == "cuda":
         ok, why = nvdec_available()
         codec = codec_name(p)
-        if ok and codec not in NVDEC_CODECS:  # measured: SimpleDecoder segfaults on MPEG-4 Part 2 (H200, 2.2.4)
+        if ok and codec not in NVDEC_CODECS:  # the codecs NVDEC decodes on Hopper; others go to the CPU decoders
             ok, why = False, f"codec {codec!r} is not one NVDEC decodes here ({', '.join(NVDEC_CODECS)})"
         if ok:
             try:

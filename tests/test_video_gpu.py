@@ -155,7 +155,8 @@ def test_nvdec_matches_decord(hd_video, num_frames):
     first = None
     for strategy in ("auto", "sequential", "index", "gop"):
         for layout in ("thwc", "tchw"):
-            c = read_clip_cuda(hd_video, num_frames, device="cuda", strategy=strategy, layout=layout)
+            c = read_clip_cuda(hd_video, num_frames, device="cuda", decoder="nvdec", strategy=strategy,
+                               layout=layout)
             assert c.decoder == "nvdec" and c.notes == [], c.notes
             assert c.frames.is_cuda and c.frames.dtype == torch.uint8
             frames = c.frames if layout == "thwc" else c.frames.permute(0, 2, 3, 1)
@@ -187,7 +188,7 @@ def test_nvdec_then_device_preprocess_matches_cpu_chain(hd_video):
     pp = Preprocessor(size=224, mask_size=1024)
     ref = read_clip(hd_video, 8)
     for layout in ("thwc", "tchw"):
-        c = read_clip_cuda(hd_video, 8, device="cuda", layout=layout)
+        c = read_clip_cuda(hd_video, 8, device="cuda", decoder="nvdec", layout=layout)
         dev = DevicePreprocessor(pp, layout=layout)
         v, m = dev.vision(c.frames), dev.mask(c.frames)
         assert v.shape == (1, 8, 3, 224, 224) and m.shape == (8, 3, 1024, 1024) and v.dtype == torch.float32
