@@ -118,6 +118,12 @@ def preflight(s: Session) -> dict:
     if not s.args.cpu and len(info["gpus"]) < 2 and s.args.ablation_gpu != s.args.default_gpu:
         s.say(f"only {len(info['gpus'])} GPU visible: the ablation shares GPU {s.args.default_gpu} with the default")
         s.args.ablation_gpu = s.args.default_gpu
+    shm = shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir() else 0
+    info["dev_shm_gb"] = round(shm / 1e9, 1)
+    if s.args.loader_workers and shm < 4e9:  # DataLoader workers hand batches over in /dev/shm
+        s.say(f"/dev/shm holds {shm / 1e9:.1f} GB: collating on a thread instead of {s.args.loader_workers} "
+              "worker processes")
+        s.args.loader_workers = 0
     s.record["machine"] = info
     s.say(f"machine: {json.dumps(info)}")
     return info

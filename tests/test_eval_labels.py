@@ -156,3 +156,8 @@ def test_baselines_never_see_the_label_they_are_scored_against():
     # q1 red x3: the others' majority is red (2 vs 1) -> right; q1 blue: red -> wrong; q2 (asked once): the
     # overall majority of the others (red) -> wrong
     assert _qa(rows)["majority_baseline"] == pytest.approx(3 / 5)
+    from tpo_core.train.diagnostics import qa_type
+
+    assert [qa_type(q) for q in ("In which part of the frame is the red circle?", "What colour is the background?",
+                                 "What colour is the circle?", "Anything else?")] == [
+        "position", "background", "colour_of", "other"]

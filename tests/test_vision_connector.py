@@ -39,7 +39,12 @@ def test_encoder_shapes(tiny, encoder):
     assert tokens.shape == (2, v.num_tokens, v.embed_dim)
     feats = encoder.frame_features(tokens, v.num_frames)
     assert feats.shape == (2, v.num_frames, v.embed_dim)
-    assert torch.allclose(feats[:, 1], tokens[:, v.tokens_per_frame : 2 * v.tokens_per_frame].mean(1))
+    frame1 = tokens[:, v.tokens_per_frame : 2 * v.tokens_per_frame]
+    assert v.frame_pool == "mean_max"  # the tiny preset: mean + max over each frame's patches
+    assert torch.allclose(feats[:, 1], frame1.mean(1) + frame1.amax(1))
+    release = VideoEncoder(dataclasses.replace(v, frame_pool="mean"))  # the release: the mean
+    assert torch.allclose(release.frame_features(tokens, v.num_frames)[:, 1], frame1.mean(1))
+    assert get_preset("videochat-tpo-7b").vision.frame_pool == "mean"
 
 
 def test_encoder_accepts_fewer_frames(tiny, encoder):

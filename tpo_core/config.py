@@ -344,7 +344,7 @@ def tiny_config() -> TPOConfig:
     return TPOConfig(
         preset="tiny",
         vision=VisionConfig(img_size=64, patch_size=8, num_frames=8, embed_dim=128, depth=4, num_blocks_built=4,
-                            num_heads=4, pos_emb_frames=4),
+                            num_heads=4, pos_emb_frames=4, frame_pool="mean_max"),
         qformer=QFormerConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
                               num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0, spatial_pool=4),
         llm=LLMConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,

@@ -12,7 +12,8 @@ numbers catch it directly, from the per-sample records of ``evaluate.score_sampl
 - qa: distinct answers and the share of the most common answer, predicted vs labelled; the *majority
   baseline*: for each sample, the most common label answer among the *other* evaluated samples with the same
   question text (all other samples when none asks it), scored as if it were the model's answer (a tie for
-  the most common answer counts as wrong).
+  the most common answer counts as wrong); the accuracy per question type (``by_type``: position, count,
+  colour of, ...; the position questions need the same look-up as a region box).
 
 Flags (``diagnostics(records)["flags"]``): a head whose mean prediction std is below ``FLAT_RATIO`` (0.2) of
 its labels' mean std, or whose answers are one answer in more than 90 % of the samples while the labels are
@@ -62,10 +63,24 @@ def _spread(records: list[dict], task: str) -> dict:
     return out
 
 
+QA_TYPES = (("position", "In which part of the frame"), ("count", "How many"),
+            ("background", "What colour is the background"), ("colour_of", "What colour is"),
+            ("shape_of", "What shape is"), ("which_moves", "Which shape moves"), ("does_move", "Does the"),
+            ("which_appears", "Which shape appears"), ("which_disappears", "Which shape disappears"))
+
+
+def qa_type(question: str) -> str:
+    """The synthetic QA template a question comes from (``other`` for anything else)."""
+    return next((name for name, prefix in QA_TYPES if question.startswith(prefix)), "other")
+
+
 def _qa(records: list[dict]) -> dict:
     rows = [r for r in records if r["task"] == "qa"]
     if not rows:
         return {"n": 0}
+    by_type: dict[str, list[bool]] = {}
+    for r in rows:
+        by_type.setdefault(qa_type(r.get("question", "")), []).append(bool(r.get("correct")))
     preds = [normalize_answer(r["text"]) for r in rows]
     labels = [normalize_answer(r["answer"]) for r in rows]
     by_question: dict[str, Counter] = {}
@@ -85,7 +100,8 @@ def _qa(records: list[dict]) -> dict:
     return {"n": len(rows), "distinct_pred": len(set(preds)), "distinct_label": len(set(labels)),
             "top_share_pred": Counter(preds).most_common(1)[0][1] / len(rows),
             "top_share_label": Counter(labels).most_common(1)[0][1] / len(rows),
-            "majority_baseline": round(base, 4)}
+            "majority_baseline": round(base, 4),
+            "by_type": {k: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)} for k, v in sorted(by_type.items())}}
 
 
 def _flags(out: dict, records: list[dict]) -> list[str]:

@@ -255,6 +255,8 @@ def format_report(summary: dict) -> str:
         if qd.get("n"):
             lines.append(f"  qa       (n={qd['n']:4d}) distinct answers {qd['distinct_pred']} (labels "
                          f"{qd['distinct_label']}), most common answer {pct(qd['top_share_pred'])} of predictions")
+            lines.append("  qa by type: " + ", ".join(f"{k} {pct(v['accuracy'])} (n={v['n']})"
+                                                     for k, v in qd["by_type"].items()))
         for flag in diag.get("flags", []):
             lines.append(f"  FLAG: {flag}")
     return "\n".join(lines)

@@ -205,7 +205,7 @@ class StageRunner:
             end = self.total_steps * self.stage.grad_accum
             loader = torch.utils.data.DataLoader(
                 MicroBatches(self.collate, self.stream), batch_size=None, sampler=range(micro, max(end, micro + 1)),
-                num_workers=self.loader_workers, pin_memory=self.acc.device.type == "cuda", prefetch_factor=4,
+                num_workers=self.loader_workers, pin_memory=self.acc.device.type == "cuda", prefetch_factor=2,
                 worker_init_fn=_worker_init, multiprocessing_context="fork",
                 generator=torch.Generator().manual_seed(micro))  # its seed draw leaves the global RNG alone
             self._loader = (micro, iter(loader))
