@@ -77,7 +77,7 @@ def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers
     part in place on ``device`` (one copy of the weights). Each part has its own generator (``seed`` + crc32 of its
     name), so rebuilding a subset, or on another device, gives the same tensors. Normal(0, 0.02) tiles (finite,
     non-degenerate), norm weights 1, biases 0. Only ``parts`` are materialized; the rest stays on ``meta``."""
-    from export.exporter import restore_buffers
+    from export.exporter import fill_random, restore_buffers
     from export.specs import check_precision
     from tpo_core.config import get_preset
     from tpo_core.data.tokenizer_build import load_tokenizer
@@ -94,17 +94,7 @@ def build_random(preset: str, precision: str, seed: int = 0, parts=PARTS, layers
         module = getattr(model, part).to_empty(device=device)
         setattr(model, part, module)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(part.encode()))
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if p.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
-                    p.fill_(1.0)
-                elif name.endswith("bias"):
-                    p.zero_()
-                else:
-                    _fill_tiled(p, gen)
-            for b in module.buffers():
-                if b.is_floating_point():
-                    _fill_tiled(b, gen)  # restore_buffers recomputes the non-persistent ones
+        fill_random(module, gen, _fill_tiled)
     restore_buffers(model, force=True, allow_meta=set(parts) != set(PARTS))
     for part in parts:  # restore_buffers recomputes buffers on the CPU
         setattr(model, part, getattr(model, part).to(device))

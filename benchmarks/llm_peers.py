@@ -429,7 +429,7 @@ def bench(args) -> Path:
         print(f"[llm_peers] {peer}: " + ", ".join(f"P={p}: decode {np.median(t['decode']):.3f} ms, prefill "
                                                    f"{np.median(t['prefill']):.2f} ms"
                                                    for p, t in timings[peer].items()), flush=True)
-    part = Path(args.work) / f"partial_{int(time.time())}.json"
+    part = Path(args.work) / f"partial_{os.getpid()}.json"
     part.write_text(json.dumps({"bw": bw, "timings": timings, "info": info, "argv": sys.argv[1:]}) + "\n")
     return part
 

@@ -103,6 +103,23 @@ def restore_buffers(model, force: bool = False, allow_meta: bool = False) -> Non
                            "export/exporter.py:restore_buffers needs to learn how to rebuild them")
 
 
+def fill_random(module: torch.nn.Module, gen: torch.Generator, fill: Callable) -> None:
+    """Random weights for a module materialized from ``meta`` (``to_empty``), for measurements of random models:
+    norm weights 1, biases 0, every other parameter and floating buffer ``fill(tensor, gen)`` in place
+    (``restore_buffers`` then recomputes the non-persistent buffers)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                fill(p, gen)
+        for b in module.buffers():
+            if b.is_floating_point():
+                fill(b, gen)
+
+
 def load_for_export(path: str | Path, dtype: torch.dtype):
     """A checkpoint folder -> TPOModel in ``dtype``, LoRA merged, without random init or a second weight copy."""
     from safetensors.torch import load_file

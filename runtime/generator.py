@@ -24,11 +24,28 @@ from runtime.kv_cache import KVCache
 
 
 class _Embedding:
-    """Embedding rows for token ids (a task placeholder id gets its learnable embedding, as ``TaskLLM.embed``)."""
+    """Embedding rows for token ids (a task placeholder id gets its learnable embedding, as ``TaskLLM.embed``), and
+    the KV state of ``self.kv`` (a :class:`KVCache` or an ``OrtLLM``: both have ``capacity``, ``length``,
+    ``reset()`` and ``check_fits()``)."""
 
     table: Any
     ops: Any
     placeholders: dict[int, Any]
+    kv: Any
+
+    @property
+    def capacity(self) -> int:
+        return self.kv.capacity
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    def reset(self) -> None:
+        self.kv.reset()
+
+    def check_fits(self, prompt_len: int, max_new: int = 0) -> None:
+        self.kv.check_fits(prompt_len, max_new)
 
     def embed_ids(self, ids: list[int]) -> Any:
         """Token ids -> ``[1, len(ids), D]`` rows of the embedding table (placeholder ids: learnable embeddings)."""
@@ -53,21 +70,8 @@ class Generator(_Embedding):
 
     def __init__(self, engine, cache: KVCache, embed_table: Any, ops, placeholders: dict[int, Any]):
         self.engine, self.cache, self.table, self.ops = engine, cache, embed_table, ops
+        self.kv = cache
         self.placeholders = dict(placeholders)
-
-    @property
-    def capacity(self) -> int:
-        return self.cache.capacity
-
-    @property
-    def length(self) -> int:
-        return self.cache.length
-
-    def reset(self) -> None:
-        self.cache.reset()
-
-    def check_fits(self, prompt_len: int, max_new: int = 0) -> None:
-        self.cache.check_fits(prompt_len, max_new)
 
     def append(self, embeds: Any) -> tuple[np.ndarray, Any]:
         """Feed ``embeds [1, S, D]`` after the cached positions -> (host logits ``[V]`` float32, hidden ``[S, D]``)."""
@@ -112,21 +116,8 @@ class GQAGenerator(_Embedding):
 
     def __init__(self, llm, embed_table: Any, ops, placeholders: dict[int, Any]):
         self.llm, self.table, self.ops = llm, embed_table, ops
+        self.kv = llm
         self.placeholders = dict(placeholders)
-
-    @property
-    def capacity(self) -> int:
-        return self.llm.capacity
-
-    @property
-    def length(self) -> int:
-        return self.llm.length
-
-    def reset(self) -> None:
-        self.llm.reset()
-
-    def check_fits(self, prompt_len: int, max_new: int = 0) -> None:
-        self.llm.check_fits(prompt_len, max_new)
 
     def append(self, embeds: Any) -> tuple[DeviceLogits, Any]:
         """Feed ``embeds [1, S, D]`` -> (:class:`DeviceLogits`, hidden ``[S, D]``: a view the next step overwrites)."""

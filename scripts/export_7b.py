@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from export.exporter import export_component, peak_rss_mb, restore_buffers  # noqa: E402
+from export.exporter import export_component, fill_random, peak_rss_mb, restore_buffers  # noqa: E402
 from export.specs import check_precision  # noqa: E402
 from tpo_core.config import get_preset  # noqa: E402
 from tpo_core.export_specs import component_io  # noqa: E402
@@ -57,17 +57,7 @@ def build_random(preset: str, dtype: torch.dtype, layers: int | None, components
     for part in parts:
         module = getattr(model, part).to_empty(device="cpu")
         setattr(model, part, module)
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if p.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
-                    p.fill_(1.0)
-                elif name.endswith("bias"):
-                    p.zero_()
-                else:
-                    _fill_chunked(p, gen)
-            for b in module.buffers():
-                if b.is_floating_point():
-                    _fill_chunked(b, gen)  # persistent ones keep it; restore_buffers recomputes the others
+        fill_random(module, gen, _fill_chunked)
     restore_buffers(model, force=True, allow_meta=True)
     return model.eval(), parts
 
