@@ -48,3 +48,22 @@ def pipe(export_dir):
     from runtime.pipeline import Pipeline
 
     return Pipeline.from_manifest(export_dir, threads=2)
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch for launch-bound training tests on busy 2-core machines (opt in with usefixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def samples(synth_root):
+    """The synthetic task samples (one per task kind and clip) of the session's synthetic data root."""
+    from tpo_core.data.synth_tasks import task_samples
+
+    return task_samples(synth_root)

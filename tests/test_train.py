@@ -6,24 +6,11 @@ import math
 import pytest
 import torch
 
-from tpo_core.data.synth_tasks import task_samples
 from tpo_core.train.params import named_groups
 from tpo_core.train.stages import StageConfig, default_train_config, load_train_config
 from tpo_core.train.trainer import StageRunner, _accelerator, build_model, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded torch: these tests are launch-bound and run on busy 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def samples(synth_root):
-    return task_samples(synth_root)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: single-threaded torch
 
 
 @pytest.fixture(scope="module")

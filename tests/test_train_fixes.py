@@ -12,7 +12,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from tpo_core.data.clip_store import ClipStore, build_clip_store
-from tpo_core.data.synth_tasks import task_samples
 from tpo_core.data.video import read_video
 from tpo_core.modeling.heads.mask_track import TrackOutput
 from tpo_core.modeling.heads.temporal import TemporalOutput
@@ -22,18 +21,7 @@ from tpo_core.train.objective import batched_mask_terms, grad_scale
 from tpo_core.train.stages import StageConfig, default_train_config, load_train_config
 from tpo_core.train.trainer import StageRunner, _accelerator, build_model, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def samples(synth_root):
-    return task_samples(synth_root)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: single-threaded torch
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
