@@ -18,6 +18,12 @@ synthetic train split, then evaluate on a held-out split with ``tpo eval``'s cod
   0.05 vs eps 1e-8 at weight 1.
 - ``negative``: LM fine-tuning on all tasks without / with the negative questions (``off`` / ``on``); the
   false-"found" rate on negatives beside the routing accuracy of the positives.
+- ``lookup`` (arms ``queries`` / ``pooled``): the look-up the LLM has to learn, in isolation. One attention layer
+  whose query is the start model's hidden state at ``<boxes>`` (it names the asked colour and shape) reads
+  (a) the start model's 16 Q-Former tokens or (b) the 4 x 4 pooled patch tokens of all 8 frames (the new
+  connector's ``SpatialTokens``, fresh) or (c) all 512 ViT tokens (a ceiling: too many for the LLM's
+  context), then an MLP gives the box; trained on cached features (region samples of --train), scored on
+  --val: Acc@0.5 vs the mean box.
 - ``occupancy`` (arm ``probe``): no training; what a linear read-out of the visual tokens knows about where
   things are. Ridge regression from (a) the start model's Q-Former tokens (the old connector's output),
   (b) the 4 x 4 pooled patch tokens of the labelled frame (what the new connector projects linearly), (c) that
@@ -45,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ARMS = {"region": ("queries", "pooled"), "temporal": ("old", "new"), "temporal-head": ("old", "new"),
-        "negative": ("off", "on"), "occupancy": ("probe",)}
+        "negative": ("off", "on"), "occupancy": ("probe",),
+        "lookup": ("queries", "pooled", "vit")}
 
 
 def start_model(src: Path, out: Path, spatial_pool: int | None):
@@ -252,6 +259,88 @@ def occupancy_probe(args) -> dict:
     return {name: ridge_r2(tr[name], tr["target"], va[name], va["target"]) for name in ("queries", "pooled", "vit")}
 
 
+def lookup_features(model, root: str, batch: int = 32) -> dict[str, torch.Tensor]:
+    """Region samples: hidden state at ``<boxes>`` [N, D], Q-Former tokens [N, 16, D], ViT tokens [N, T*HW, Dv],
+    label boxes [N, 4] (frozen start model)."""
+    from tpo_core.data.clip_store import ClipStore
+    from tpo_core.data.collate import ClipCache, TPOCollator
+    from tpo_core.data.synth_tasks import task_samples
+    from tpo_core.train.objective import TPOObjective, causal_padding_mask
+
+    samples = [s for s in task_samples(root) if s.task == "region"]
+    t = model.config.vision.num_frames
+    collate = TPOCollator(model.config, model.prompts, 1, 0, ClipCache(t, store=ClipStore.open(root, t)))
+    objective, out = TPOObjective(model, {}), {"h": [], "queries": [], "vit": [], "box": []}
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(samples), batch):
+            b = collate(samples[i:i + batch])
+            tokens = model.vision(b.frames)
+            visual = model.connector(tokens)
+            _, hidden, _ = model.llm(objective._embeddings(b, visual), attention_mask=causal_padding_mask(
+                b.attention_mask))
+            out["h"].append(hidden[torch.arange(hidden.shape[0]), b.placeholder_pos])
+            out["queries"].append(visual[:, : model.config.qformer.num_queries])
+            out["vit"].append(tokens)
+            out["box"].append(b.region_boxes)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+class LookupHead(torch.nn.Module):
+    """query = h [B, D]; tokens [B, N, Dk] -> one multi-head attention read -> MLP -> box [B, 4]."""
+
+    def __init__(self, d: int, dk: int, spatial=None):
+        super().__init__()
+        self.spatial = spatial  # SpatialTokens for the pooled arm (ViT tokens -> pooled tokens in LLM width)
+        self.q = torch.nn.Linear(d, d)
+        self.kv = torch.nn.Linear(dk if spatial is None else d, 2 * d)
+        self.attn = torch.nn.MultiheadAttention(d, 4, batch_first=True)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(2 * d, d), torch.nn.ReLU(), torch.nn.Linear(d, 4))
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.spatial(tokens) if self.spatial is not None else tokens
+        k, v = self.kv(x).chunk(2, dim=-1)
+        read, _ = self.attn(self.q(h)[:, None], k, v)
+        return self.mlp(torch.cat([h, read[:, 0]], dim=-1))
+
+
+def lookup_probe(args) -> dict:
+    from tpo_core.model import TPOModel
+    from tpo_core.modeling.connector import SpatialTokens
+    from tpo_core.modeling.losses import region_loss
+    from tpo_core.train.metrics import box_iou
+    from tpo_core.train.schedule import lr_factor
+
+    model = TPOModel.from_pretrained(args.start)
+    tr, va = lookup_features(model, args.train), lookup_features(model, args.val)
+    cfg, key = model.config, "queries" if args.arm == "queries" else "vit"
+    torch.manual_seed(0)
+    d = cfg.llm.hidden_size
+    spatial = (SpatialTokens(4, cfg.vision.embed_dim, d, cfg.vision.tokens_per_frame, cfg.vision.num_frames)
+               if args.arm == "pooled" else None)
+    head = LookupHead(d, tr[key].shape[-1], spatial)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.02)
+    gen, n = torch.Generator().manual_seed(0), len(tr["h"])
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * lr_factor(step, args.steps, 50, 0.05)
+        idx = torch.randint(n, (args.batch_size,), generator=gen)
+        loss = region_loss(head(tr["h"][idx], tr[key][idx]), tr["box"][idx])["total"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+    with torch.no_grad():
+        pred = head.eval()(va["h"], va[key])
+    ious = [box_iou(p.tolist(), b.tolist()) for p, b in zip(pred, va["box"])]
+    mean = tr["box"].mean(0).tolist()
+    base = [box_iou(mean, b.tolist()) for b in va["box"]]
+    return {"arm": args.arm, "train": n, "val": len(ious), "steps": args.steps, "batch": args.batch_size,
+            "acc@0.5": round(float(np.mean(np.asarray(ious) >= 0.5)), 4), "mean_iou": round(float(np.mean(ious)), 4),
+            "mean_box_acc@0.5": round(float(np.mean(np.asarray(base) >= 0.5)), 4),
+            "mean_box_iou": round(float(np.mean(base)), 4), "pred_std": pred.std(0).tolist()}
+
+
 def main(argv: list[str] | None = None) -> int:
     from tpo_core.data.synth_tasks import task_samples
     from tpo_core.model import TPOModel
@@ -278,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--arm for {args.experiment} is one of {ARMS[args.experiment]}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.experiment == "lookup":
+        result = {"experiment": "lookup", "start": str(args.start), "train_data": str(args.train),
+                  "val_data": str(args.val), **lookup_probe(args)}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"lookup_{args.arm}.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
     if args.experiment == "occupancy":
         result = {"experiment": "occupancy", "start": str(args.start), "train": str(args.train), "val": str(args.val),
                   "probes": occupancy_probe(args)}
