@@ -22,8 +22,10 @@ synthetic train split, then evaluate on a held-out split with ``tpo eval``'s cod
   whose query is the start model's hidden state at ``<boxes>`` (it names the asked colour and shape) reads
   (a) the start model's 16 Q-Former tokens or (b) the 4 x 4 pooled patch tokens of all 8 frames (the new
   connector's ``SpatialTokens``, fresh) or (c) all 512 ViT tokens (a ceiling: too many for the LLM's
-  context), then an MLP gives the box; trained on cached features (region samples of --train), scored on
-  --val: Acc@0.5 vs the mean box.
+  context), then an MLP gives the box; or (d, arm ``pointer``) the pointer head
+  (``tpo_core.modeling.heads.pointer``, the tiny preset's region head) over the same ViT tokens as
+  ``[T, 64, Dv]``; trained on cached features (region samples of --train), scored on --val: Acc@0.5 vs the
+  mean box.
 - ``occupancy`` (arm ``probe``): no training; what a linear read-out of the visual tokens knows about where
   things are. Ridge regression from (a) the start model's Q-Former tokens (the old connector's output),
   (b) the 4 x 4 pooled patch tokens of the labelled frame (what the new connector projects linearly), (c) that
@@ -52,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 ARMS = {"region": ("queries", "pooled"), "temporal": ("old", "new"), "temporal-head": ("old", "new"),
         "negative": ("off", "on"), "occupancy": ("probe",),
-        "lookup": ("queries", "pooled", "vit")}
+        "lookup": ("queries", "pooled", "vit", "pointer")}
 
 
 def start_model(src: Path, out: Path, spatial_pool: int | None):
@@ -304,6 +306,39 @@ class LookupHead(torch.nn.Module):
         return self.mlp(torch.cat([h, read[:, 0]], dim=-1))
 
 
+class PointerArm(torch.nn.Module):
+    """The pointer head (tiny preset settings) on ViT tokens ``[B, T * P, Dv]`` split per frame slot."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        from tpo_core.config import PointerConfig, get_preset
+        from tpo_core.modeling.heads.pointer import PointerHead
+
+        pc = get_preset("tiny").pointer if cfg.pointer.enabled is False else cfg.pointer
+        pc = PointerConfig(enabled=True, dim=pc.dim, num_heads=pc.num_heads, num_layers=pc.num_layers)
+        v = cfg.vision
+        self.slots = v.num_frames // v.tubelet_size
+        self.head = PointerHead(pc, cfg.llm.hidden_size, v.embed_dim, self.slots, v.img_size // v.patch_size)
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        from tpo_core.modeling.heads.pointer import split_patches
+
+        return self.head(h, split_patches(tokens, self.slots))
+
+
+def cached_lookup_features(model, root: str, out: str) -> dict[str, torch.Tensor]:
+    """``lookup_features`` cached as ``OUT/features_<split name>.safetensors``."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(out) / f"features_{Path(root).name}.safetensors"
+    if path.is_file():
+        return load_file(path)
+    feats = {k: v.contiguous() for k, v in lookup_features(model, root).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(feats, path)
+    return feats
+
+
 def lookup_probe(args) -> dict:
     from tpo_core.model import TPOModel
     from tpo_core.modeling.connector import SpatialTokens
@@ -312,13 +347,14 @@ def lookup_probe(args) -> dict:
     from tpo_core.train.schedule import lr_factor
 
     model = TPOModel.from_pretrained(args.start)
-    tr, va = lookup_features(model, args.train), lookup_features(model, args.val)
+    tr, va = cached_lookup_features(model, args.train, args.out), cached_lookup_features(model, args.val, args.out)
     cfg, key = model.config, "queries" if args.arm == "queries" else "vit"
     torch.manual_seed(0)
     d = cfg.llm.hidden_size
     spatial = (SpatialTokens(4, cfg.vision.embed_dim, d, cfg.vision.tokens_per_frame, cfg.vision.num_frames)
                if args.arm == "pooled" else None)
-    head = LookupHead(d, tr[key].shape[-1], spatial)
+    head = PointerArm(cfg) if args.arm == "pointer" else LookupHead(d, tr[key].shape[-1], spatial)
+    t0 = time.time()
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.02)
     gen, n = torch.Generator().manual_seed(0), len(tr["h"])
     for step in range(args.steps):
@@ -330,12 +366,14 @@ def lookup_probe(args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
+    seconds = time.time() - t0
     with torch.no_grad():
         pred = head.eval()(va["h"], va[key])
     ious = [box_iou(p.tolist(), b.tolist()) for p, b in zip(pred, va["box"])]
     mean = tr["box"].mean(0).tolist()
     base = [box_iou(mean, b.tolist()) for b in va["box"]]
     return {"arm": args.arm, "train": n, "val": len(ious), "steps": args.steps, "batch": args.batch_size,
+            "train_seconds": round(seconds, 1),
             "acc@0.5": round(float(np.mean(np.asarray(ious) >= 0.5)), 4), "mean_iou": round(float(np.mean(ious)), 4),
             "mean_box_acc@0.5": round(float(np.mean(np.asarray(base) >= 0.5)), 4),
             "mean_box_iou": round(float(np.mean(base)), 4), "pred_std": pred.std(0).tolist()}

@@ -195,6 +195,27 @@ class RegionHeadConfig:
 
 
 @dataclass
+class PointerConfig:
+    """The pointer head (``modeling/heads/pointer.py``): the region box and the mask head's SAM2 box prompt from
+    an attention read of the task embedding over the ViT patch tokens ``[B, T, P, Dv]``. Off (the release and
+    every checkpoint saved before it existed): the region MLP and the mask prompt MLP on the task embedding alone.
+    """
+
+    enabled: bool = False
+    dim: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"PointerConfig.enabled must be true or false, got {self.enabled!r}")
+        _positive(self, "dim", "num_heads", "num_layers")
+        _divisible(self, "dim", "num_heads")
+        if self.dim % 2:
+            raise ValueError(f"PointerConfig.dim must be even (2D sinusoid init), got {self.dim}")
+
+
+@dataclass
 class TemporalHeadConfig:
     """DETR-style span decoder (CG-DETR sized) over per-frame features + the task embedding."""
 
@@ -271,13 +292,15 @@ class TPOConfig:
     region: RegionHeadConfig = field(default_factory=RegionHeadConfig)
     temporal: TemporalHeadConfig = field(default_factory=TemporalHeadConfig)
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    pointer: PointerConfig = field(default_factory=PointerConfig)  # off: the release's heads
     loc_encoder_hidden: int = 2048  # <track_box> input encoder: MLP 4 -> hidden -> D_llm
     max_new_tokens: int = 200
     system_message: str = ""
     version: int = CONFIG_VERSION
 
     _SUBS = {"vision": VisionConfig, "qformer": QFormerConfig, "llm": LLMConfig, "region": RegionHeadConfig,
-             "temporal": TemporalHeadConfig, "mask": MaskHeadConfig}
+             "temporal": TemporalHeadConfig, "mask": MaskHeadConfig,
+             "pointer": PointerConfig}
 
     def __post_init__(self) -> None:
         for name, cls in self._SUBS.items():
@@ -358,6 +381,7 @@ def tiny_config() -> TPOConfig:
                             hiera_global_attn_blocks=(3,), hiera_window_spec=(4, 4, 4, 4),
                             backbone_channel_list=(128, 64, 32, 16), hidden_dim=64, mem_dim=16, num_maskmem=7,
                             memory_attention_layers=1, prompt_mlp_dim=256, box_mlp_dim=128),
+        pointer=PointerConfig(enabled=True, dim=128, num_heads=4, num_layers=2),
         loc_encoder_hidden=256,
         max_new_tokens=32,
     )

@@ -70,7 +70,7 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
     t0 = time.perf_counter()
     pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
                                mode=cfg.vision.resize).to(dev, model.dtype)
-    visual, frame_feats = model.encode_video(pixels[None])
+    visual, frame_feats, patches = model.encode_video_patches(pixels[None])
     timings["vision_ms"] = (time.perf_counter() - t0) * 1e3
     embeds = model.sequence_embeds(ids, visual, boxes)
 
@@ -87,7 +87,7 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
 
     def on_task(head: str, hidden: torch.Tensor) -> None:
         refuse_untrained(model, head)  # e.g. the temporal head of a converted VideoChat-TPO checkpoint
-        _run_head(model, head, hidden, clip, frame_feats, result, mask_frames, mask_timestamps)
+        _run_head(model, head, hidden, clip, (frame_feats, patches), result, mask_frames, mask_timestamps)
 
     out = router.decode(logits[0, -1].float().cpu().numpy(), max_new,
                         feed_token=lambda tok: step(model.llm.embed(torch.tensor([[tok]], device=dev)))[0],
@@ -98,11 +98,15 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
     return result
 
 
-def _run_head(model, head: str, h: torch.Tensor, clip: Clip, frame_feats, result: TPOResult, mask_frames,
+def _run_head(model, head: str, h: torch.Tensor, clip: Clip, features, result: TPOResult, mask_frames,
               mask_timestamps) -> None:
-    """Run one head on the task embedding h [1, D] and store its post-processed output in ``result``."""
+    """Run one head on the task embedding h [1, D] and store its post-processed output in ``result``.
+
+    features: (frame features [1, T', Dv], patch tokens [1, T', P, Dv]) from ``encode_video_patches``."""
+    frame_feats, patches = features
+    patches = patches if model.uses_patches else None
     if head == "region":
-        norm = model.run_region(h)[0].float().cpu().numpy()
+        norm = model.run_region(h, patches)[0].float().cpu().numpy()
         result.region = RegionResult(box=box_to_pixels(norm, clip.width, clip.height),
                                      box_normalized=tuple(float(v) for v in norm))
     elif head == "temporal":
@@ -117,7 +121,7 @@ def _run_head(model, head: str, h: torch.Tensor, clip: Clip, frame_feats, result
         frames = clip.frames if mask_frames is None else mask_frames
         stamps = clip.timestamps if mask_frames is None else mask_timestamps
         pixels = model.mask_head.preprocess(torch.from_numpy(np.ascontiguousarray(frames))).to(h.device, h.dtype)
-        track = model.run_mask(h, pixels)
+        track = model.run_mask(h, pixels, patches)
         masks = model.mask_head.masks_at_resolution(track.low_res_logits, frames.shape[1], frames.shape[2])
         result.mask = MaskResult.from_masks(masks.cpu().numpy(), stamps,
                                             track.object_score_logits.reshape(-1).float().cpu().numpy())

@@ -20,6 +20,7 @@ from .config import TPOConfig, get_preset
 from .modeling.connector import QFormerConnector
 from .modeling.heads.mask import MaskHead
 from .modeling.heads.mask_track import track
+from .modeling.heads.pointer import split_patches
 from .modeling.heads.region import RegionHead
 from .modeling.heads.temporal import TemporalHead
 from .modeling.llm import TaskLLM
@@ -38,9 +39,9 @@ class TPOModel(nn.Module):
         self.connector = QFormerConnector(config.qformer, config.vision.embed_dim, d, config.vision.tokens_per_frame,
                                           config.vision.num_frames // config.vision.tubelet_size)
         self.llm = TaskLLM(config.llm, config.loc_encoder_hidden)
-        self.region_head = RegionHead(config.region, d)
+        self.region_head = RegionHead(config.region, d, config.pointer, config.vision)
         self.temporal_head = TemporalHead(config.temporal, d, config.vision.embed_dim)
-        self.mask_head = MaskHead(config.mask, d)
+        self.mask_head = MaskHead(config.mask, d, pointer=config.pointer, vision=config.vision)
         self.task_ids = TaskTokenIds.after_vocab(config.llm.vocab_size)
         self.tokenizer = tokenizer
         self._prompts: PromptBuilder | None = None
@@ -95,11 +96,23 @@ class TPOModel(nn.Module):
     # ------------------------------------------------------------------ forward pieces
     def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [B, T, 3, S, S] normalized -> (visual tokens [B, Nv, D], per-frame features [B, T, Dv])."""
+        visual, frame_feats, _ = self.encode_video_patches(frames)
+        return visual, frame_feats
+
+    def encode_video_patches(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """frames [B, T, 3, S, S] normalized -> (visual [B, Nv, D], frame features [B, T', Dv], patch tokens
+        [B, T', P, Dv]: the video encoder's output per frame slot, what the pointer heads read)."""
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, S, S], got shape {tuple(frames.shape)}")
         tokens = self.vision(frames)
         num_steps = frames.shape[1] // self.config.vision.tubelet_size
-        return self.connector(tokens), self.vision.frame_features(tokens, num_steps)
+        patches = split_patches(tokens, num_steps)
+        return self.connector(tokens), self.vision.frame_features(tokens, num_steps), patches
+
+    @property
+    def uses_patches(self) -> bool:
+        """True when the region / mask-prompt heads read the patch tokens (``config.pointer.enabled``)."""
+        return self.region_head.uses_patches
 
     def sequence_embeds(self, prompt: PromptIds, visual: torch.Tensor, track_boxes: torch.Tensor | None = None,
                         with_answer: bool = False) -> torch.Tensor:
@@ -114,18 +127,19 @@ class TPOModel(nn.Module):
         n_pre = len(prompt.pre)
         return torch.cat([emb[:, :n_pre], visual.to(emb.dtype), emb[:, n_pre:]], dim=1)
 
-    def run_region(self, h: torch.Tensor) -> torch.Tensor:
-        """h [B, D] -> normalized xyxy [B, 4]."""
-        return self.region_head(h)
+    def run_region(self, h: torch.Tensor, patch_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B, D] (, patch_tokens [B, T', P, Dv] with the pointer) -> normalized xyxy [B, 4]."""
+        return self.region_head(h, patch_tokens)
 
     def run_temporal(self, h: torch.Tensor, frame_feats: torch.Tensor, frame_times: torch.Tensor,
                      frame_mask: torch.Tensor | None = None):
         """h [B, D], frame_feats [B, L, Dv], frame_times [B, L] in [0, 1] -> TemporalOutput."""
         return self.temporal_head(h, frame_feats, frame_times, frame_mask)
 
-    def run_mask(self, h: torch.Tensor, mask_pixels: torch.Tensor):
-        """h [1, D], mask_pixels [T, 3, Sm, Sm] normalized -> TrackOutput (low-res logits [T, 1, s, s], ...)."""
-        prompt = self.mask_head.sparse_prompt(h)
+    def run_mask(self, h: torch.Tensor, mask_pixels: torch.Tensor, patch_tokens: torch.Tensor | None = None):
+        """h [1, D], mask_pixels [T, 3, Sm, Sm] normalized (, patch_tokens [1, T', P, Dv] with the pointer)
+        -> TrackOutput (low-res logits [T, 1, s, s], ...)."""
+        prompt = self.mask_head.sparse_prompt(h, patch_tokens)
         return track(self.mask_head, mask_pixels, prompt)
 
     # ------------------------------------------------------------------ inference

@@ -20,7 +20,11 @@ One call on a ``Batch`` (B samples, L tokens, T frames):
      frames), both as means over samples of ``mask_head_losses``' per-sample values (computed batched);
      ``mask_distill`` = L1 between the sparse prompt [3, C] and SAM2's own prompt embedding of the first-frame
      box (the release's distillation), ``mask_box`` = L1 of the auxiliary box MLP vs that box, over the
-     samples whose object is visible on mask frame 0.
+     samples whose object is visible on mask frame 0. With the pointer (``config.pointer.enabled``) the
+     prompt is SAM2's box prompt of the pointer head's box (no gradient; ``mask_distill`` is then only a
+     readout) and ``mask_box`` = 2 L1 + (1 - GIoU) / 5 of that box: the term that trains the pointer.
+   - region / mask: with the pointer, the heads also read the patch tokens [B, T', P, Dv]
+     (``encode_video_patches``), scaled into the trunk by the head's ``head_grad_scale`` like the task embedding.
 
 ``loss = sum(weight[term] * term)``; every term is returned (detached) for logging. Terms whose weight is 0
 are not computed (stage 1 runs no tracking). Nothing here reads a value back to the host (no
@@ -37,7 +41,7 @@ from torch import nn
 
 from ..data.collate import IGNORE_INDEX, Batch
 from ..modeling.heads.mask_track import track_batch
-from ..modeling.losses import region_loss, temporal_loss
+from ..modeling.losses import box_giou, region_loss, temporal_loss
 from ..modeling.mask_losses import dice_loss
 
 
@@ -108,7 +112,8 @@ class TPOObjective(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """-> ``{"loss": weighted total (grad), "<term>": detached value, ...}``."""
         model = self.model
-        visual, frame_feats = model.encode_video(batch.frames)
+        visual, frame_feats, patches = model.encode_video_patches(batch.frames)
+        patches = patches if model.uses_patches else None
         emb = self._embeddings(batch, visual)
         logits, hidden, _ = model.llm(emb, attention_mask=causal_padding_mask(batch.attention_mask))
         labels = batch.labels[:, 1:]
@@ -121,7 +126,8 @@ class TPOObjective(nn.Module):
         items, index = batch.head_items, batch.head_index
         if items["region"] and self._w("region"):
             h = grad_scale(task_emb[index["region"]], self._g("region"))
-            out = region_loss(model.region_head(h).float(), batch.region_boxes)
+            p = None if patches is None else grad_scale(patches[index["region"]], self._g("region"))
+            out = region_loss(model.region_head(h, p).float(), batch.region_boxes)
             terms.update(region=out["total"], region_l1=out["l1"], region_giou=out["giou"])
             total = total + self._w("region") * out["total"]
         if items["temporal"] and self._w("temporal"):
@@ -135,7 +141,8 @@ class TPOObjective(nn.Module):
             terms.update({f"temporal_{k}": v for k, v in parts.items() if k != "total"})
             total = total + self._w("temporal") * parts["total"]
         if items["mask"] and any(self._w(k) for k in ("mask_pixel", "mask_object", "mask_distill", "mask_box")):
-            parts = self._mask_terms(grad_scale(task_emb[index["mask"]], self._g("mask")), batch)
+            p = None if patches is None else grad_scale(patches[index["mask"]], self._g("mask"))
+            parts = self._mask_terms(grad_scale(task_emb[index["mask"]], self._g("mask")), batch, p)
             for k, v in parts.items():
                 terms[k] = v
                 total = total + self._w(k) * v
@@ -143,7 +150,8 @@ class TPOObjective(nn.Module):
         out["loss"] = total
         return out
 
-    def _mask_terms(self, task_emb: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    def _mask_terms(self, task_emb: torch.Tensor, batch: Batch, patches: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
         """task_emb [Bm, D] for the batch's mask samples -> mask terms, means over samples.
 
         All Bm samples are tracked together (``track_batch``: one image-encoder call over Bm * Tm frames, one
@@ -153,7 +161,9 @@ class TPOObjective(nn.Module):
         """
         head = self.model.mask_head
         run_track = bool(self._w("mask_pixel") or self._w("mask_object"))  # distillation alone needs no track
-        prompts = head.sparse_prompt(task_emb)  # [Bm, 3, C]
+        pred_box = head.box(task_emb, patches) if head.uses_patches else None  # [Bm, 4]
+        # with the pointer the prompt is SAM2's box prompt of the pointer's box (no gradient: the box term trains it)
+        prompts = head.sparse_prompt(task_emb) if pred_box is None else head.box_prompt_embedding(pred_box)
         out = {}
         if self._w("mask_distill") or self._w("mask_box"):
             boxes = batch.mask_boxes  # [Bm, 4]
@@ -161,14 +171,19 @@ class TPOObjective(nn.Module):
             count = valid.sum().clamp(min=1.0)
             teacher = head.box_prompt_embedding(boxes).float()
             distill = (prompts.float() - teacher).abs().flatten(1).mean(1)  # [Bm]
-            box = (head.box(task_emb).float() - boxes).abs().mean(1)
+            if pred_box is None:
+                box = (head.box(task_emb).float() - boxes).abs().mean(1)
+            else:  # the pointer's box is the prompt: 2 L1 + (1 - GIoU) / 5 per sample (as region_loss)
+                safe = torch.where(valid[:, None] > 0, boxes, torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device))
+                pb = pred_box.float()
+                box = 2.0 * (pb - boxes).abs().mean(1) + 0.2 * (1.0 - box_giou(pb, safe.to(pb.dtype)))
             out["mask_distill"] = (distill * valid).sum() / count
             out["mask_box"] = (box * valid).sum() / count
         if run_track:
             pixels = batch.mask_pixels  # [Bm, Tm, 3, S, S], preprocessed by the collator
             if pixels is None:
                 pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])
-            track = track_batch(head, pixels.to(task_emb.dtype), prompts)
+            track = track_batch(head, pixels.to(task_emb.dtype), prompts.to(task_emb.dtype))
             out["mask_pixel"], out["mask_object"] = batched_mask_terms(
                 track.raw_low_res_logits.float(), track.object_score_logits.float(), batch.mask_targets)
         return out

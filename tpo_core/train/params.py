@@ -23,7 +23,8 @@ def named_groups(model) -> dict[str, list[tuple[str, nn.Parameter]]]:
     groups: dict[str, list] = {g: [] for g in PARAM_GROUPS}
     prefixes = [("vision.", "vision"), ("connector.", "connector"), ("region_head.", "region_head"),
                 ("temporal_head.", "temporal_head"), ("mask_head.prompt_mlp.", "mask_prompt"),
-                ("mask_head.box_mlp.", "mask_prompt"), ("mask_head.", "mask_sam"),
+                ("mask_head.box_mlp.", "mask_prompt"),
+                ("mask_head.pointer.", "mask_prompt"), ("mask_head.", "mask_sam"),
                 ("llm.box_token", "task_tokens"), ("llm.temporal_token", "task_tokens"),
                 ("llm.track_token", "task_tokens"), ("llm.loc_encoder.", "task_tokens")]
     for name, p in model.named_parameters():

@@ -39,7 +39,15 @@ from transformers.models.sam2_video.modeling_sam2_video import (
     get_1d_sine_pe,
 )
 
-from tpo_core.config import IMAGENET_MEAN, IMAGENET_STD, MAX_OBJECT_POINTERS, NO_OBJ_SCORE, MaskHeadConfig
+from tpo_core.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_OBJECT_POINTERS,
+    NO_OBJ_SCORE,
+    MaskHeadConfig,
+    PointerConfig,
+    VisionConfig,
+)
 
 SAM_VARIANTS = ("sam2", "sam2.1")  # the release ships SAM2 (2.0) weights: no obj_ptr_tpos_proj, no_obj_embed_spatial
 MASK_THRESHOLD = 0.0
@@ -236,7 +244,8 @@ class MaskHead(nn.Module):
     xyxy (the release's ``track_embed_decode2``), used only by the distillation loss.
     """
 
-    def __init__(self, cfg: MaskHeadConfig, llm_dim: int, variant: str = "sam2"):
+    def __init__(self, cfg: MaskHeadConfig, llm_dim: int, variant: str = "sam2", pointer: PointerConfig | None = None,
+                 vision: VisionConfig | None = None):
         super().__init__()
         if not isinstance(llm_dim, int) or llm_dim <= 0:
             raise ValueError(f"MaskHead llm_dim must be a positive int, got {llm_dim!r}")
@@ -248,8 +257,16 @@ class MaskHead(nn.Module):
                 layer.cross_attn_image = Sam2VideoRoPEAttention(self.sam_config, kv_in_dim=cfg.mem_dim,
                                                                 rope_k_repeat=True)
         c = cfg.hidden_dim
-        self.prompt_mlp = MLP(llm_dim, cfg.prompt_mlp_dim, 3 * c)
-        self.box_mlp = MLP(llm_dim, cfg.box_mlp_dim, 4)
+        self.uses_patches = bool(pointer is not None and pointer.enabled)
+        if self.uses_patches:  # the box prompt comes from the pointer head over the ViT patch tokens
+            if vision is None:
+                raise ValueError("MaskHead with the pointer needs the VisionConfig (patch grid, frames, width)")
+            from .region import build_pointer
+
+            self.pointer = build_pointer(pointer, llm_dim, vision)
+        else:
+            self.prompt_mlp = MLP(llm_dim, cfg.prompt_mlp_dim, 3 * c)
+            self.box_mlp = MLP(llm_dim, cfg.box_mlp_dim, 4)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -269,13 +286,24 @@ class MaskHead(nn.Module):
         return self.cfg.hidden_dim // self.cfg.mem_dim
 
     # ---------------------------------------------------------------- TPO additions
-    def sparse_prompt(self, task_embedding: Tensor) -> Tensor:
-        """Task embedding [B, D_llm] -> sparse prompt [B, 3, C]."""
-        return self.prompt_mlp(task_embedding).view(task_embedding.shape[0], 3, self.cfg.hidden_dim)
+    def sparse_prompt(self, task_embedding: Tensor, patch_tokens: Tensor | None = None) -> Tensor:
+        """Task embedding [B, D_llm] (, patch tokens [B, T, P, Dv] with the pointer) -> sparse prompt [B, 3, C].
 
-    def box(self, task_embedding: Tensor) -> Tensor:
-        """Task embedding [B, D_llm] -> auxiliary normalized xyxy box [B, 4] (no sigmoid, as released)."""
-        return self.box_mlp(task_embedding)
+        With the pointer: SAM2's own box prompt (``box_prompt_embedding``) of the pointer's box, no gradient
+        (the pointer learns from the box loss); without: the release's prompt MLP."""
+        if not self.uses_patches:
+            return self.prompt_mlp(task_embedding).view(task_embedding.shape[0], 3, self.cfg.hidden_dim)
+        return self.box_prompt_embedding(self.box(task_embedding, patch_tokens)).to(task_embedding.dtype)
+
+    def box(self, task_embedding: Tensor, patch_tokens: Tensor | None = None) -> Tensor:
+        """Task embedding [B, D_llm] (, patch tokens [B, T, P, Dv]) -> normalized xyxy box [B, 4]: the release's
+        auxiliary box MLP (no sigmoid), or the pointer head's box, which prompts SAM2."""
+        if not self.uses_patches:
+            return self.box_mlp(task_embedding)
+        if patch_tokens is None:
+            raise ValueError("this MaskHead prompts SAM2 from the pointer head (config pointer.enabled): pass "
+                             "patch_tokens [B, T, P, Dv] from TPOModel.encode_video_patches")
+        return self.pointer(task_embedding, patch_tokens)
 
     @torch.no_grad()
     def box_prompt_embedding(self, boxes: Tensor) -> Tensor:
