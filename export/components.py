@@ -3,14 +3,18 @@ model's weights (no copies) and take/return exactly the tensors of ``tpo_core.ex
 
 ONNX IO (``F`` = export precision's float type; ``D`` LLM width, ``Dv`` vision width, ``S``/``Sm`` vision and
 mask image sizes, ``C`` mask width, ``Cm`` memory width, ``M`` memory slots, ``P`` = 16 pointer slots,
-``HW`` = (Sm/16)^2, ``s`` = Sm/4, ``Q`` span queries, ``Nv`` visual tokens (``TPOConfig.num_visual_tokens``)):
+``HW`` = (Sm/16)^2, ``s`` = Sm/4, ``Q`` span queries, ``Nv`` visual tokens (``TPOConfig.num_visual_tokens``);
+with ``config.pointer.enabled`` (the tiny preset), ``P`` in ``patch_tokens`` is (S/patch)^2 and T is T // tubelet)):
 
 =====================  =====================================================  ==========================================
 graph                  inputs                                                 outputs
 =====================  =====================================================  ==========================================
 vision                 frames float32 [batch, T, 3, S, S] RGB 0..255          visual_tokens F [batch, Nv, D],
                        (resized by the runtime; clamped + normalized here)    frame_features F [batch, T, Dv]
-head_region            task_embedding F [batch, D]                            box F [batch, 4] normalized xyxy
+                                                                              (+ patch_tokens F [batch, T, P, Dv]
+                                                                              with the pointer)
+head_region            task_embedding F [batch, D] (+ patch_tokens F          box F [batch, 4] normalized xyxy
+                       [batch, T, P, Dv] with the pointer)
 head_temporal          task_embedding F [batch, D], frame_features F          pred_logits F [batch, Q, 2],
                        [batch, clips, Dv], frame_times float32 [batch,        pred_spans F [batch, Q, 2] (cx, w),
                        clips] (t / duration), frame_mask bool [batch, clips]  saliency F [batch, clips]
@@ -18,7 +22,8 @@ loc_encoder            boxes float32 [boxes, 4] normalized xyxy               em
 mask_image_encoder     pixels float32 [images, 3, Sm, Sm] RGB 0..255          feat_s0 F [images, C/8, s, s], feat_s1 F
                        (resized, bilinear + antialias, by the runtime)        [images, C/4, Sm/8, Sm/8], embedding F
                                                                               [images, HW, C], embedding_pos F (same)
-mask_prompt            task_embedding F [objects, D]                          sparse_prompt F [objects, 3, C]
+mask_prompt            task_embedding F [objects, D] (+ patch_tokens F        sparse_prompt F [objects, 3, C]
+                       [objects, T, P, Dv] with the pointer)
 mask_decoder           feat_s0, feat_s1, conditioned F [objects, HW, C],      low_res_logits F [objects, 1, s, s],
                        sparse_prompt F [objects, prompt_tokens, C]            iou F [objects, 1], object_score_logits
                                                                               F [objects, 1], object_pointer F [.., C]
@@ -44,6 +49,7 @@ import torch
 from torch import nn
 
 from tpo_core.modeling.heads.mask import ImageFeatures, MemoryState
+from tpo_core.modeling.heads.pointer import split_patches
 
 
 def same_batch(*tensors: torch.Tensor) -> None:
@@ -81,18 +87,25 @@ class VisionGraph(nn.Module):
         self.norm = Normalize(v.mean, v.std, channel_dim=2, rank=5, dtype=dtype)
         self.slots = v.num_frames // v.tubelet_size
 
+        self.patches = model.config.pointer.enabled  # also return patch_tokens [B, T', P, Dv]
+
     def forward(self, frames: torch.Tensor):
         tokens = self.vision(self.norm(frames))
-        return self.connector(tokens), self.vision.frame_features(tokens, self.slots)
+        out = (self.connector(tokens), self.vision.frame_features(tokens, self.slots))
+        return out + (split_patches(tokens, self.slots),) if self.patches else out
 
 
 class RegionGraph(nn.Module):
+    """task_embedding [B, D] (, patch_tokens [B, T', P, Dv] with the pointer) -> box [B, 4]."""
+
     def __init__(self, model, dtype: torch.dtype):
         super().__init__()
         self.head = model.region_head
 
-    def forward(self, task_embedding: torch.Tensor):
-        return self.head(task_embedding)
+    def forward(self, task_embedding: torch.Tensor, patch_tokens: torch.Tensor | None = None):
+        if patch_tokens is not None:
+            same_batch(task_embedding, patch_tokens)
+        return self.head(task_embedding, patch_tokens)
 
 
 class TemporalGraph(nn.Module):
@@ -133,8 +146,10 @@ class MaskPromptGraph(nn.Module):
         super().__init__()
         self.head = model.mask_head
 
-    def forward(self, task_embedding: torch.Tensor):
-        return self.head.sparse_prompt(task_embedding)
+    def forward(self, task_embedding: torch.Tensor, patch_tokens: torch.Tensor | None = None):
+        if patch_tokens is not None:
+            same_batch(task_embedding, patch_tokens)
+        return self.head.sparse_prompt(task_embedding, patch_tokens)
 
 
 class MaskDecoderGraph(nn.Module):

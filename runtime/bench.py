@@ -132,10 +132,11 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
     stages["decode_token"] = decode
     h = ops.cast(ops.asarray(np.random.default_rng(1).standard_normal(embeds.shape[-1]).astype(np.float32)),
                  pipe._input_dtype("head_region", "task_embedding"))[None]
-    stages["head_region"] = _time(lambda: pipe.engines["head_region"].run({"task_embedding": h}), sync, iters, warmup)
+    feeds = pipe.head_feeds("head_region", h, vis.get("patch_tokens"))
+    stages["head_region"] = _time(lambda: pipe.engines["head_region"].run(feeds), sync, iters, warmup)
     stages["head_temporal"] = _time(lambda: pipe._temporal(h, clip, vis["frame_features"]), sync, iters, warmup)
     if pipe.tracker is not None:
-        _bench_mask(pipe, clip, h, stages, iters, warmup)
+        _bench_mask(pipe, clip, h, stages, iters, warmup, vis.get("patch_tokens"))
     stages["ask"] = _time(lambda: pipe.ask(clip, "What is in the video?", max_new_tokens=tokens), sync,
                           max(1, iters // 4), min(warmup, 1))
     report = {"export": str(export_dir), "backend": backend, **_device_info(device), "versions": _versions(),
@@ -150,9 +151,9 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
     return report
 
 
-def _bench_mask(pipe, clip, h, stages: dict, iters: int, warmup: int) -> None:
+def _bench_mask(pipe, clip, h, stages: dict, iters: int, warmup: int, patches=None) -> None:
     tracker, ops, sync = pipe.new_tracker(), pipe.ops, pipe.ops.sync
-    tracker.start(tracker.sparse_prompt(h[0]))
+    tracker.start(tracker.sparse_prompt(h[0], patches))
     frame = clip.frames[:1]
     dtype = pipe._input_dtype("mask_image_encoder", "pixels")
 

@@ -6,7 +6,7 @@ width, ``HW = (S/16)^2``, ``s = S/4``, ``M`` = memory slots, ``P`` = pointer slo
 =========================  ===========================================================================
 ``mask_image_encoder``     pixels ``[n, 3, S, S]`` (0..255) -> feat_s0, feat_s1, embedding ``[n, HW, C]``,
                            embedding_pos
-``mask_prompt``            task_embedding ``[1, D]`` -> sparse_prompt ``[1, 3, C]``
+``mask_prompt``            task_embedding ``[1, D]`` (+ patch_tokens ``[1, T, P, Dv]``) -> sparse_prompt ``[1, 3, C]``
 ``mask_memory_attention``  embedding, embedding_pos, memory ``[1, M, HW, Cm]``, memory_pos, memory_offsets
                            ``[1, M]``, memory_valid, pointers ``[1, P, C]``, pointer_offsets, pointer_valid
                            -> conditioned ``[1, HW, C]`` (no valid slot: embedding + no-memory embedding)
@@ -103,13 +103,20 @@ class MaskTracker:
         self._prompt: Any = None
         self._frame = 0
 
-    def sparse_prompt(self, task_embedding: Any) -> Any:
-        """task embedding ``[D]`` -> sparse prompt ``[1, 3, C]``."""
+    def sparse_prompt(self, task_embedding: Any, patch_tokens: Any = None) -> Any:
+        """task embedding ``[D]`` (+ the vision graph's ``patch_tokens [1, T, P, Dv]`` when ``mask_prompt`` takes
+        them: a pointer-head export) -> sparse prompt ``[1, 3, C]``."""
         eng = self.engines["mask_prompt"] if "mask_prompt" in self.engines else None
         if eng is None:
             raise ValueError("the manifest has no mask_prompt component, so a <track_begin> cannot become a SAM2 "
                              "prompt; re-export with `tpo export` (it writes mask_prompt)")
-        return eng.run({"task_embedding": self.ops.cast(task_embedding, self.dtype)[None]})["sparse_prompt"]
+        feeds = {"task_embedding": self.ops.cast(task_embedding, self.dtype)[None]}
+        if any(t.name == "patch_tokens" for t in eng.spec.inputs):
+            if patch_tokens is None:
+                raise ValueError("this export's mask_prompt reads the vision patch tokens (a pointer-head model): "
+                                 "pass patch_tokens [1, T, P, Dv], the vision engine's patch_tokens output")
+            feeds["patch_tokens"] = self.ops.cast(patch_tokens, self.dtype)
+        return eng.run(feeds)["sparse_prompt"]
 
     def start(self, sparse_prompt: Any) -> None:
         """Begin a new track: the next :meth:`step` is the conditioning frame, prompted with ``[1, N, C]``."""

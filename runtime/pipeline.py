@@ -8,7 +8,9 @@ Stages of ``ask`` (timed in ``timings_ms``; on CUDA each clock is read after a d
 
 1. ``read``: frames -- a video file is sampled (middle-of-segment, ``preprocess.num_frames``) with decord.
 2. ``preprocess``: numpy bicubic resize to the vision size (0..255, the graph normalizes).
-3. ``vision``: ``vision`` engine -> visual tokens ``[1, Nq, D]`` + frame features ``[1, T, Dv]``.
+3. ``vision``: ``vision`` engine -> visual tokens ``[1, Nq, D]`` + frame features ``[1, T, Dv]`` (+ patch tokens
+   ``[1, T, P, Dv]`` for a pointer-head export: ``head_region`` and ``mask_prompt`` then take them as an input;
+   they stay where the engine wrote them, on the device on CUDA).
 4. ``prefill``: prompt ids (BOS per chunk) -> embedding rows gathered from ``embed_tokens.npy`` with the visual
    tokens spliced after the first chunk -> ``llm`` engine over a preallocated :class:`KVCache`.
 5. ``decode``: greedy / top-p with stop tokens; a ``*_begin`` token routes to its head (see
@@ -209,7 +211,7 @@ class Pipeline:
         self.generator.check_fits(ids.prompt_len, max_new)
         router = Router(self.routes, self.stop_ids, self.banned_ids, Sampler(do_sample, top_p, temperature, seed),
                         logits_processor)
-        visual, frame_feats = self._vision(clip, timings)
+        visual, frame_feats, patches = self._vision(clip, timings)
         t0 = time.perf_counter()
         pre, post = self._embed_prompt(ids.pre, ids.post, box_norm)
         embeds = self.ops.concat([pre, self.ops.cast(visual, self.dtype), post], axis=1)
@@ -221,7 +223,7 @@ class Pipeline:
                                   "fps": clip.fps, "timestamps": np.asarray(clip.timestamps).tolist()})
 
         def on_task(head: str, hidden: Any) -> None:
-            self._run_head(head, hidden, clip, frame_feats, result, timings, track_mask)
+            self._run_head(head, hidden, clip, (frame_feats, patches), result, timings, track_mask)
 
         out = router.decode(logits, max_new, self.generator.feed_token, self.generator.feed_embedding, on_task,
                             sync=self.ops.sync)
@@ -259,7 +261,8 @@ class Pipeline:
         assert k == len(box_norm), f"{k} <track_box> slots for {len(box_norm)} boxes (the encoder checks this)"
         return pre_e, post_e
 
-    def _vision(self, clip: Clip, timings: dict) -> tuple[Any, Any]:
+    def _vision(self, clip: Clip, timings: dict) -> tuple[Any, Any, Any]:
+        """-> (visual_tokens [1, Nv, D], frame_features [1, T, Dv], patch_tokens [1, T, P, Dv] or None)."""
         t0 = time.perf_counter()
         frames = self.ops.asarray(self._vision_input(clip.frames), self._input_dtype("vision", "frames"))
         self.ops.sync()
@@ -268,7 +271,7 @@ class Pipeline:
         out = self.engines["vision"].run({"frames": frames})
         self.ops.sync()
         timings["vision_ms"] = (time.perf_counter() - t0) * 1e3
-        return out["visual_tokens"], out["frame_features"]
+        return out["visual_tokens"], out["frame_features"], out.get("patch_tokens")
 
     def _vision_input(self, frames: Any) -> Any:
         """uint8 ``[T, H, W, 3]`` -> ``[1, T, 3, S, S]`` resized, clamped, 0..255 (the graph normalizes): the fused
@@ -291,24 +294,39 @@ class Pipeline:
         return frames
 
     # ------------------------------------------------------------------------------------------- heads
-    def _run_head(self, head: str, hidden: Any, clip: Clip, frame_feats: Any, result: TPOResult,
+    def head_feeds(self, component: str, h: Any, patch_tokens: Any = None) -> dict[str, Any]:
+        """Feeds of ``head_region``: ``task_embedding [1, D]``, plus ``patch_tokens [1, T, P, Dv]`` (the vision
+        engine's output) when the graph takes them (a pointer-head export)."""
+        feeds = {"task_embedding": h}
+        if any(t.name == "patch_tokens" for t in self.manifest.components[component].inputs):
+            if patch_tokens is None:
+                raise ValueError(f"this export's {component} reads the vision patch tokens (a pointer-head model) "
+                                 "but the vision engine gave none; re-export the model with `tpo export`")
+            feeds["patch_tokens"] = self.ops.cast(patch_tokens, self._input_dtype(component, "patch_tokens"))
+        return feeds
+
+    def _run_head(self, head: str, hidden: Any, clip: Clip, features: tuple, result: TPOResult,
                   timings: dict, track_mask: bool = True) -> None:
-        """hidden ``[D]``: the final-layer hidden state at the placeholder -> post-processed head output."""
+        """hidden ``[D]``: the final-layer hidden state at the placeholder -> post-processed head output.
+
+        features: (frame_features ``[1, T, Dv]``, patch_tokens ``[1, T, P, Dv]`` or None) from the vision engine."""
+        frame_feats, patches = features
         if head in self.manifest.heads.untrained:
             raise ValueError(f"the model routed this request to the {head} head, which this export has no trained "
                              f"weights for (manifest heads.untrained); train that head on the checkpoint and "
                              "re-export (docs/convert.md, 'Temporal task'), or ask a question that does not need it")
         h = self.ops.cast(hidden, self._input_dtype("head_region", "task_embedding"))[None]
         if head == "region":
-            norm = self.ops.to_host(self.engines["head_region"].run({"task_embedding": h})["box"])[0]
+            out = self.engines["head_region"].run(self.head_feeds("head_region", h, patches))
+            norm = self.ops.to_host(out["box"])[0]
             result.region = RegionResult(box=box_to_pixels(norm, clip.width, clip.height),
                                          box_normalized=tuple(float(v) for v in norm))
         elif head == "temporal":
             result.temporal = self._temporal(h, clip, frame_feats)
         elif head == "mask" and not track_mask:
-            result.mask_prompt = self._tracker().sparse_prompt(hidden)
+            result.mask_prompt = self._tracker().sparse_prompt(hidden, patches)
         elif head == "mask":
-            result.mask = self._mask(hidden, clip, timings)
+            result.mask = self._mask(hidden, clip, timings, patches)
         else:
             raise ValueError(f"the manifest routes to head {head!r}; this runtime knows region, temporal, mask")
 
@@ -336,11 +354,11 @@ class Pipeline:
         return MaskTracker(self.engines, self.manifest.mask, self.tensors["mask_no_prompt"], self.ops,
                            self._input_dtype("mask_decoder", "conditioned"))
 
-    def _mask(self, hidden: Any, clip: Clip, timings: dict) -> MaskResult:
+    def _mask(self, hidden: Any, clip: Clip, timings: dict, patches: Any = None) -> MaskResult:
         tracker = self._tracker()
         t0 = time.perf_counter()
         pixels = self.ops.asarray(self.mask_pixels(clip.frames), self._input_dtype("mask_image_encoder", "pixels"))
-        tracked = tracker.track(pixels, tracker.sparse_prompt(hidden))
+        tracked = tracker.track(pixels, tracker.sparse_prompt(hidden, patches))
         self.ops.sync()
         timings["mask_track_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()

@@ -94,16 +94,27 @@ def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
     return past, [n.replace("past_", "present_", 1) for n in past]
 
 
+def patch_tokens_spec(cfg: TPOConfig, batch: str = "batch") -> IOSpec:
+    """``patch_tokens [batch, T', P, Dv]``: the video encoder's tokens per frame slot (``T' = T // tubelet``,
+    ``P = (S / patch)^2``), an output of ``vision`` and an input of the pointer heads (``config.pointer``)."""
+    v = cfg.vision
+    return IOSpec("patch_tokens", FLOAT, (batch, v.num_frames // v.tubelet_size, v.tokens_per_frame, v.embed_dim),
+                  "video encoder tokens per frame slot, row-major patches (pointer heads' input)")
+
+
 def _vision(cfg: TPOConfig, lim: ExportLimits) -> ComponentIO:
     v, d = cfg.vision, cfg.llm.hidden_size
     t = v.num_frames
+    outputs = (IOSpec("visual_tokens", FLOAT, ("batch", cfg.num_visual_tokens, d), "visual tokens in LLM space"),
+               IOSpec("frame_features", FLOAT, ("batch", t // v.tubelet_size, v.embed_dim),
+                      "per-frame encoder features (temporal head input)"))
+    if cfg.pointer.enabled:
+        outputs += (patch_tokens_spec(cfg),)
     return ComponentIO(
         "vision",
         (IOSpec("frames", "float32", ("batch", t, 3, v.img_size, v.img_size),
                 "RGB frames resized to the model size, values 0..255 (not normalized: the graph normalizes)"),),
-        (IOSpec("visual_tokens", FLOAT, ("batch", cfg.num_visual_tokens, d), "visual tokens in LLM space"),
-         IOSpec("frame_features", FLOAT, ("batch", t // v.tubelet_size, v.embed_dim),
-                "per-frame encoder features (temporal head input)")),
+        outputs,
         {"default": {"batch": _rng(1, 1, lim.max_batch)}},
         "video encoder + Q-Former connector, input normalization inside",
     )
@@ -137,9 +148,11 @@ def _heads(cfg: TPOConfig, lim: ExportLimits) -> list[ComponentIO]:
     d, dv, tc = cfg.llm.hidden_size, cfg.vision.embed_dim, cfg.temporal
     frames = cfg.vision.num_frames // cfg.vision.tubelet_size
     task = IOSpec("task_embedding", FLOAT, ("batch", d), "LLM hidden state at the task placeholder")
-    region = ComponentIO("head_region", (task,),
+    pointer = cfg.pointer.enabled
+    region = ComponentIO("head_region", (task, patch_tokens_spec(cfg)) if pointer else (task,),
                          (IOSpec("box", FLOAT, ("batch", 4), "normalized xyxy (no sigmoid; clamp after x W,H)"),),
-                         {"default": {"batch": _rng(1, 1, lim.max_batch)}}, "region MLP")
+                         {"default": {"batch": _rng(1, 1, lim.max_batch)}},
+                         "pointer head (attention over the patch tokens)" if pointer else "region MLP")
     temporal = ComponentIO(
         "head_temporal",
         (task, IOSpec("frame_features", FLOAT, ("batch", "clips", dv), "vision graph's frame_features"),
@@ -173,10 +186,14 @@ def _mask(cfg: TPOConfig, lim: ExportLimits) -> list[ComponentIO]:
          IOSpec("embedding", FLOAT, ("images", hw, c), emb.doc),
          IOSpec("embedding_pos", FLOAT, ("images", hw, c), emb_pos.doc)),
         {"default": {"images": _rng(1, 1, lim.max_images)}}, "SAM2 Hiera image encoder + FPN, normalization inside")
+    prompt_in = (IOSpec("task_embedding", FLOAT, ("objects", d), "LLM hidden state at <tracking>"),)
+    if cfg.pointer.enabled:
+        prompt_in += (patch_tokens_spec(cfg, "objects"),)
     prompt = ComponentIO(
-        "mask_prompt", (IOSpec("task_embedding", FLOAT, ("objects", d), "LLM hidden state at <tracking>"),),
+        "mask_prompt", prompt_in,
         (IOSpec("sparse_prompt", FLOAT, ("objects", 3, c), "SAM2 sparse prompt (replaces a box prompt)"),),
-        {"default": obj}, "TPO prompt MLP", optional=True)
+        {"default": obj}, "SAM2 box prompt of the pointer head's box" if cfg.pointer.enabled else "TPO prompt MLP",
+        optional=True)
     decoder = ComponentIO(
         "mask_decoder",
         (IOSpec("feat_s0", FLOAT, ("objects", c // 8, lo, lo)),
