@@ -90,12 +90,12 @@ def test_head_reads_the_hidden_state_at_the_placeholder(tiny, clip):
 
         cfg = tiny.config.vision
         pixels = preprocess_frames(clip.frames, cfg.img_size, cfg.mean, cfg.std, mode=cfg.resize)[None]
-        visual, _ = tiny.encode_video(pixels)
+        visual, _, patches = tiny.encode_video_patches(pixels)
         prompt = tiny.prompts.build("Where is the red circle?", clip.timestamps)
         prompt.answer = [ids.box_begin, ids.boxes]
         emb = tiny.sequence_embeds(prompt, visual, with_answer=True)
         _, hidden, _ = tiny.llm(emb)
-        expected = tiny.run_region(hidden[:, -1])[0].numpy()
+        expected = tiny.run_region(hidden[:, -1], patches)[0].numpy()  # the tiny preset's pointer head
     np.testing.assert_allclose(res.region.box_normalized, expected, atol=1e-5)
 
 
@@ -125,7 +125,7 @@ def test_checkpoint_round_trip_and_strict_errors(tiny, clip, tmp_path):
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(tmp_path / "ck" / "model.safetensors"))
-    assert state.pop("region_head.mlp.0.weight") is not None
+    assert state.pop("region_head.pointer.key_in.weight") is not None
     state["surprise.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "ck" / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing keys: region_head.*unexpected keys: surprise"):

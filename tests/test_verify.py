@@ -31,8 +31,8 @@ def test_verify_cli_prints_json_and_exits_zero(capsys):
 def test_a_different_model_fails_with_every_failure_gathered(tmp_path, capsys):
     model, _ = load_source("untrained-tiny")
     with torch.no_grad():
-        model.region_head.mlp[2].weight.mul_(1.5)
-        model.mask_head.prompt_mlp.layers[0].bias.add_(0.5)
+        model.region_head.pointer.out[3].weight.mul_(1.5)  # the tiny preset's pointer heads
+        model.mask_head.pointer.out[3].bias.add_(0.5)
     model.save_pretrained(tmp_path / "other")
     code = tpo_main(["verify", str(tiny_export()), "--checkpoint", str(tmp_path / "other"), "--videos", "0",
                      "--no-e2e", "--json"])
@@ -50,7 +50,7 @@ def test_a_changed_checkpoint_is_refused(tmp_path):
     m = export_model(tmp_path / "ckpt", tmp_path / "exp", "fp32", components=["head_region"], log=lambda _m: None)
     assert m.source.sha256 and reference_model(m) is not None
     with torch.no_grad():
-        model.region_head.mlp[0].bias.add_(1.0)
+        model.region_head.pointer.out[1].bias.add_(1.0)
     model.save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="sha256"):
         reference_model(Manifest.load(tmp_path / "exp", require_all=False))
