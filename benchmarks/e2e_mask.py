@@ -90,7 +90,12 @@ def our_mask_frames(pipe, frames: list, fill: int, reps: int, seed: int = 0) -> 
     tracker = pipe.new_tracker()
     rng = np.random.default_rng(seed)
     task = ops.asarray(rng.standard_normal(pipe.manifest.kv.hidden_size).astype(np.float32) * 0.5)
-    tracker.start(tracker.sparse_prompt(task))
+    prompt_in = pipe.manifest.components["mask_prompt"].inputs
+    patches = None  # a pointer-head export's mask_prompt also reads the vision patch tokens: random ones here
+    if any(t.name == "patch_tokens" for t in prompt_in):
+        dims = next(t.dims for t in prompt_in if t.name == "patch_tokens")[1:]
+        patches = ops.asarray(rng.standard_normal((1, *dims)).astype(np.float32))
+    tracker.start(tracker.sparse_prompt(task, patches))
     px_dtype = pipe._input_dtype("mask_image_encoder", "pixels")
     h, w = int(frames[0].shape[0]), int(frames[0].shape[1])
     on_device = pipe.device_pre is not None

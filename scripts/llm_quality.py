@@ -72,7 +72,7 @@ def prompts(model, data: Path, per_video: int) -> list[dict]:
         pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
                                    mode=cfg.vision.resize)
         with torch.no_grad():
-            visual, feats = model.encode_video(pixels[None].float())
+            visual, feats, patches = model.encode_video_patches(pixels[None].float())
         qs = [t["value"].replace("<video>\n", "") for t in conv["conversations"] if t["from"] == "human"][:per_video]
         phrase = region[conv["id"]]["query"] if conv["id"] in region else "the shape"
         qs += [REGION_TEMPLATES[0].format(p=phrase), TEMPORAL_TEMPLATES[0].format(p=phrase)]
@@ -81,7 +81,8 @@ def prompts(model, data: Path, per_video: int) -> list[dict]:
             with torch.no_grad():
                 emb = model.sequence_embeds(ids, visual).numpy()
             kind = "region" if i == len(qs) - 2 else "temporal" if i == len(qs) - 1 else "qa"
-            out.append({"embeds": emb, "kind": kind, "clip": clip, "feats": feats, "question": q})
+            out.append({"embeds": emb, "kind": kind, "clip": clip, "feats": feats, "question": q,
+                        "patches": patches if model.uses_patches else None})
     return out
 
 
@@ -113,7 +114,7 @@ def head_outputs(model, llm, embed, p: dict) -> dict:
     h = torch.from_numpy(host(hidden)[-1:])
     with torch.no_grad():
         if p["kind"] == "region":
-            return {"box": model.run_region(h)[0].numpy()}
+            return {"box": model.run_region(h, p["patches"])[0].numpy()}
         clip = p["clip"]
         times = torch.as_tensor(clip.timestamps, dtype=torch.float32)[None] / max(clip.duration, 1e-6)
         out = model.run_temporal(h, p["feats"], times)
