@@ -21,8 +21,9 @@ One call on a ``Batch`` (B samples, L tokens, T frames):
      ``mask_distill`` = L1 between the sparse prompt [3, C] and SAM2's own prompt embedding of the first-frame
      box (the release's distillation), ``mask_box`` = L1 of the auxiliary box MLP vs that box, over the
      samples whose object is visible on mask frame 0. With the pointer (``config.pointer.enabled``) the
-     prompt is SAM2's box prompt of the pointer head's box (no gradient; ``mask_distill`` is then only a
-     readout) and ``mask_box`` = 2 L1 + (1 - GIoU) / 5 of that box: the term that trains the pointer.
+     prompt is SAM2's box prompt of the pointer head's box (``MaskHead.embed_boxes``, differentiable: the
+     pixel loss reaches the box), ``mask_distill`` is only a readout (no gradient) and ``mask_box`` = 2 L1 +
+     (1 - GIoU) / 5 of that box.
    - region / mask: with the pointer, the heads also read the patch tokens [B, T', P, Dv]
      (``encode_video_patches``), scaled into the trunk by the head's ``head_grad_scale`` like the task embedding.
 
@@ -162,15 +163,17 @@ class TPOObjective(nn.Module):
         head = self.model.mask_head
         run_track = bool(self._w("mask_pixel") or self._w("mask_object"))  # distillation alone needs no track
         pred_box = head.box(task_emb, patches) if head.uses_patches else None  # [Bm, 4]
-        # with the pointer the prompt is SAM2's box prompt of the pointer's box (no gradient: the box term trains it)
-        prompts = head.sparse_prompt(task_emb) if pred_box is None else head.box_prompt_embedding(pred_box)
+        # with the pointer the prompt is SAM2's box prompt of the pointer's box; the pixel loss reaches the box
+        prompts = head.sparse_prompt(task_emb) if pred_box is None else head.embed_boxes(pred_box)
         out = {}
         if self._w("mask_distill") or self._w("mask_box"):
             boxes = batch.mask_boxes  # [Bm, 4]
             valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).float()  # [Bm]
             count = valid.sum().clamp(min=1.0)
             teacher = head.box_prompt_embedding(boxes).float()
-            distill = (prompts.float() - teacher).abs().flatten(1).mean(1)  # [Bm]
+            # with the pointer a readout only: a gradient would pull SAM2's prompt encoder towards collapse
+            student = prompts.float() if pred_box is None else prompts.detach().float()
+            distill = (student - teacher).abs().flatten(1).mean(1)  # [Bm]
             if pred_box is None:
                 box = (head.box(task_emb).float() - boxes).abs().mean(1)
             else:  # the pointer's box is the prompt: 2 L1 + (1 - GIoU) / 5 per sample (as region_loss)

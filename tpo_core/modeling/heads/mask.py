@@ -289,11 +289,11 @@ class MaskHead(nn.Module):
     def sparse_prompt(self, task_embedding: Tensor, patch_tokens: Tensor | None = None) -> Tensor:
         """Task embedding [B, D_llm] (, patch tokens [B, T, P, Dv] with the pointer) -> sparse prompt [B, 3, C].
 
-        With the pointer: SAM2's own box prompt (``box_prompt_embedding``) of the pointer's box, no gradient
-        (the pointer learns from the box loss); without: the release's prompt MLP."""
+        With the pointer: SAM2's own box prompt (``embed_boxes``) of the pointer's box, differentiable (the
+        mask losses reach the pointer through it); without: the release's prompt MLP."""
         if not self.uses_patches:
             return self.prompt_mlp(task_embedding).view(task_embedding.shape[0], 3, self.cfg.hidden_dim)
-        return self.box_prompt_embedding(self.box(task_embedding, patch_tokens)).to(task_embedding.dtype)
+        return self.embed_boxes(self.box(task_embedding, patch_tokens)).to(task_embedding.dtype)
 
     def box(self, task_embedding: Tensor, patch_tokens: Tensor | None = None) -> Tensor:
         """Task embedding [B, D_llm] (, patch tokens [B, T, P, Dv]) -> normalized xyxy box [B, 4]: the release's
@@ -310,7 +310,12 @@ class MaskHead(nn.Module):
         """SAM2's own sparse embedding of boxes (the distillation target): normalized xyxy [B, 4] -> [B, 3, C].
 
         2 corner points (labels 2, 3) + 1 padding point, in the S x S input frame, as SAM2's prompt encoder does.
+        No gradient; ``embed_boxes`` is the same with one.
         """
+        return self.embed_boxes(boxes)
+
+    def embed_boxes(self, boxes: Tensor) -> Tensor:
+        """``box_prompt_embedding`` with gradients (to the boxes and the prompt encoder): [B, 4] -> [B, 3, C]."""
         if boxes.ndim != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"boxes must be normalized xyxy [B, 4], got shape {tuple(boxes.shape)}")
         pix = (boxes.float() * self.image_size).view(-1, 1, 4)
