@@ -61,6 +61,7 @@ from tpo_core.export_specs import (
     tensor_files,
     tokenizer_section,
 )
+from tpo_core.modeling.heads.pointer import patch_centres
 
 # graphs with more weight bytes than this use ONNX external data (required over 2 GB). Measured on the 7B vision
 # graph (0.79 GB fp16): inline, the exporter serializes the weights in memory (peak RSS +2.4 GB); external data
@@ -97,6 +98,10 @@ def restore_buffers(model, force: bool = False, allow_meta: bool = False) -> Non
             mattn.position_ids = mattn.precompute_positions(mh.sam_config)
     if force and not model.vision.pos_embed.is_meta:
         model.vision.reset_pos_embed()
+    for head in (model.region_head, mh):  # the pointer heads' patch-centre table (config.pointer)
+        pointer = getattr(head, "pointer", None)
+        if pointer is not None and (force or pointer.centres.is_meta):
+            pointer.centres = patch_centres(pointer.side)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left and not allow_meta:
         raise RuntimeError(f"tensors still on the meta device after loading: {left[:8]}; "

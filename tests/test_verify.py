@@ -64,3 +64,25 @@ def test_export_cli_partial_embedded(tmp_path, capsys):
     assert json.loads(line)["components"] == ["head_region", "loc_encoder"]
     m = Manifest.load(tmp_path, require_all=False)
     assert (tmp_path / "tokenizer.json").is_file() and set(m.components) == {"head_region", "loc_encoder"}
+
+
+def test_pointer_export_passes_patch_tokens_and_refuses_without_them():
+    """The tiny preset's pointer heads: vision gives patch_tokens, head_region / mask_prompt take them (the
+    end-to-end verify above runs them against TPOModel.generate); without them the runtime says so."""
+    import numpy as np
+
+    from runtime.pipeline import Pipeline
+
+    m = Manifest.load(tiny_export())
+    patch = m.components["vision"].outputs[-1]
+    assert patch.name == "patch_tokens" and tuple(patch.dims) == ("batch", 8, 64, 128)
+    assert [t.name for t in m.components["head_region"].inputs] == ["task_embedding", "patch_tokens"]
+    assert [t.name for t in m.components["mask_prompt"].inputs] == ["task_embedding", "patch_tokens"]
+    pipe = Pipeline.from_manifest(tiny_export(), threads=1)
+    h = np.zeros(m.kv.hidden_size, np.float32)
+    with pytest.raises(ValueError, match="patch tokens"):
+        pipe.head_feeds("head_region", h[None])
+    with pytest.raises(ValueError, match="patch tokens"):
+        pipe.tracker.sparse_prompt(h)
+    prompt = pipe.tracker.sparse_prompt(h, np.zeros((1, 8, 64, 128), np.float32))
+    assert tuple(prompt.shape) == (1, 3, m.mask.hidden_dim)

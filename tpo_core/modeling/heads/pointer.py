@@ -43,6 +43,12 @@ def sincos_2d(side: int, d: int) -> torch.Tensor:
     return torch.cat([y, x], dim=-1).reshape(side * side, d)
 
 
+def patch_centres(side: int) -> torch.Tensor:
+    """Normalized ``(x, y)`` centres of a ``side x side`` patch grid, row-major ``[side * side, 2]`` (on CPU)."""
+    c = (torch.arange(side, dtype=torch.float32, device="cpu") + 0.5) / side
+    return torch.stack([c[None].expand(side, side), c[:, None].expand(side, side)], -1).reshape(-1, 2)
+
+
 class PointerLayer(nn.Module):
     """Pre-norm cross-attention of one query token over keys, then an MLP: ``q [B, 1, d], kv [B, N, d]``
     -> ``(q [B, 1, d], attention [B, N])`` (attention averaged over heads)."""
@@ -82,9 +88,12 @@ class PointerHead(nn.Module):
         self.frame = nn.Parameter(_sincos(num_frames, d))  # [T, d]
         self.layers = nn.ModuleList(PointerLayer(d, cfg.num_heads) for _ in range(cfg.num_layers))
         self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 4))
-        c = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-        centres = torch.stack([c[None].expand(side, side), c[:, None].expand(side, side)], -1).reshape(-1, 2)
-        self.register_buffer("centres", centres, persistent=False)  # [P, 2] (x, y), row-major like the patches
+        # [P, 2] (x, y), row-major like the patches; built on CPU even under meta (like the ViT's pos_embed)
+        self.register_buffer("centres", patch_centres(side), persistent=False)
+
+    def reset_centres(self) -> None:
+        """Recompute the ``centres`` buffer (e.g. after ``to_empty``) on the module's device."""
+        self.centres = patch_centres(self.side).to(self.key_in.weight.device)
 
     def check(self, query: torch.Tensor, patches: torch.Tensor) -> None:
         p = self.side * self.side
