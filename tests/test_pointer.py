@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpo_core.config import PointerConfig, TPOConfig, get_preset
+from tpo_core.config import PointerConfig, get_preset
 from tpo_core.export_specs import component_io
 from tpo_core.model import TPOModel
 from tpo_core.modeling.heads.pointer import PointerHead
@@ -22,10 +22,22 @@ def _names(specs) -> list[str]:
     return [s.name for s in specs]
 
 
-def test_flag_off_is_the_release_heads_and_graphs():
+def test_shipped_default_loads_strictly_with_the_flag_its_config_says():
     data = json.loads((DEFAULT / "config.json").read_text())
-    assert "pointer" not in data  # saved before the pointer existed: it must load with the flag off
     model = TPOModel.from_pretrained(DEFAULT)  # strict: any missing / unexpected key raises
+    assert model.uses_patches == bool(data.get("pointer", {}).get("enabled", False))
+
+
+def test_flag_off_is_the_release_heads_and_graphs(tmp_path):
+    """A checkpoint saved before the pointer existed (no ``pointer`` key in its config) loads with the flag off:
+    the release's region MLP and mask prompt MLP, the release graphs' IO."""
+    cfg = get_preset("tiny")
+    cfg.pointer = PointerConfig(enabled=False)
+    TPOModel.from_config(cfg, seed=0).save_pretrained(tmp_path / "old")
+    data = json.loads((tmp_path / "old" / "config.json").read_text())
+    del data["pointer"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(data))
+    model = TPOModel.from_pretrained(tmp_path / "old")  # strict
     assert not model.uses_patches and not model.mask_head.uses_patches
     assert not any(k.startswith(("region_head.pointer.", "mask_head.pointer.")) for k in model.state_dict())
     assert hasattr(model.region_head, "mlp") and hasattr(model.mask_head, "prompt_mlp")
@@ -36,9 +48,8 @@ def test_flag_off_is_the_release_heads_and_graphs():
     h = torch.randn(2, model.config.llm.hidden_size)
     with torch.no_grad():  # the release region head: the MLP on the task embedding alone
         torch.testing.assert_close(model.run_region(h), model.region_head.mlp(h))
+        torch.testing.assert_close(model.mask_head.sparse_prompt(h).flatten(1), model.mask_head.prompt_mlp(h))
     assert get_preset("videochat-tpo-7b").pointer.enabled is False  # the 7B keeps the release architecture
-    assert TPOConfig.from_dict({k: v for k, v in get_preset("tiny").to_dict().items() if k != "pointer"}
-                               ).pointer.enabled is False
 
 
 def test_flag_on_shapes_at_the_boundaries():
