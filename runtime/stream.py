@@ -22,6 +22,13 @@ Model (docs/runtime.md, "Streaming"):
   released inside them), per-frame tracking goes on, and the answer is attached to the first frame processed after
   it completed. At most one re-ask is in flight: one that falls due meanwhile starts when it is done (on the
   then-current window). An answer that completes after the last frame is :attr:`Stream.last_answer`.
+- Isolation of background re-asks (``isolate=True``, the default): on CUDA the frames run on a high-priority CUDA
+  stream and the re-ask on a low-priority one (torch work; ONNX Runtime runs on its own streams), and the pipeline
+  waits for its own stream only (``TorchOps.sync``), never for the whole device; while a re-ask is in flight the
+  interpreter's GIL switch interval is ``REASK_SWITCH_INTERVAL_S`` instead of 5 ms, so the frame loop, which
+  releases the GIL at every engine run and sync, gets it back within 0.2 ms instead of waiting out the worker's
+  Python (the decode loop). ``isolate=False`` keeps the interpreter's setting and torch's default stream (for
+  comparison: ``benchmarks/stream_latency.py`` measures both).
 - When an answer routes to the mask head, its SAM2 prompt (re)starts a :class:`MaskTracker` on the frame the
   answer is attached to; every following frame is tracked through the ring-buffer memory bank (constant memory)
   and decoded with the fused ``decode_masks`` at frame resolution.
@@ -29,7 +36,9 @@ Model (docs/runtime.md, "Streaming"):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +55,7 @@ from runtime.sources import open_source
 from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_note
 
 REASK_NICE = 10  # the re-ask worker's niceness above the frame loop's (Linux): frames get a busy CPU first
+REASK_SWITCH_INTERVAL_S = 2e-4  # the GIL switch interval while a background re-ask is in flight (Python's: 5e-3)
 
 
 def _lower_priority() -> None:
@@ -73,6 +83,8 @@ class Stream:
             tracked frames (a slower effective frame rate for SAM2), for sources faster than the device.
         max_frames: stop after this many source frames (None: until the source ends).
         background: run re-asks on a worker thread (frames never wait for the LLM); False: on the frame itself.
+        isolate: with ``background``: separate CUDA streams (frames high priority) and a short GIL switch interval
+            while a re-ask is in flight (module docstring); False: neither.
         stall_timeout: network streams: seconds without data before the stream counts as stalled (SourceError).
         reconnect: network streams: reopen a stalled URL up to this many times before giving up.
         ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, boxes, ...).
@@ -81,7 +93,7 @@ class Stream:
     def __init__(self, pipeline, source: Any, prompt: str, cadence: int | None = 30, window: int = 32,
                  fps: float = 30.0, track: bool = True, max_frames: int | None = None, track_every: int = 1,
                  background: bool = False, stall_timeout: float = STREAM_STALL_TIMEOUT_S, reconnect: int = 0,
-                 **ask_kwargs):
+                 isolate: bool = True, **ask_kwargs):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
         if cadence is not None and (not isinstance(cadence, int) or cadence < 0):
@@ -106,6 +118,9 @@ class Stream:
         self._pool = (ThreadPoolExecutor(1, thread_name_prefix="tpo-reask", initializer=_lower_priority)
                       if background else None)
         self._pending: tuple[Future, int] | None = None  # the re-ask in flight and the frame it was asked on
+        self._isolate = bool(background and isolate)
+        self._streams = _cuda_streams(pipeline) if self._isolate else None  # (frame stream, re-ask stream) or None
+        self._saved_switch: float | None = None
         self._due = False  # a re-ask fell due while one was in flight
         self.last_answer: TPOResult | None = None
 
@@ -138,6 +153,7 @@ class Stream:
                 self._take(*self._pending, None)
                 self._pending = None
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._reask_in_flight(False)
 
     def __enter__(self) -> Stream:
         return self
@@ -168,7 +184,8 @@ class Stream:
                 if self._ring is None and self.ask_kwargs.get("boxes") is not None:  # box prompts vs the frame size
                     boxes_to_normalized(self.ask_kwargs["boxes"], sf.frame.shape[1], sf.frame.shape[0])
                 try:
-                    result = self._process(sf.index, sf.timestamp, sf.frame)
+                    with self._frame_stream():
+                        result = self._process(sf.index, sf.timestamp, sf.frame)
                 except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
                     result = FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
                 result.latency_ms = (time.perf_counter() - t0) * 1e3
@@ -214,15 +231,34 @@ class Stream:
             self._since_start += 1
         return out
 
+    def _frame_stream(self):
+        """The frame loop's CUDA stream (high priority) as torch's current stream, when isolated on CUDA."""
+        if self._streams is None:
+            return contextlib.nullcontext()
+        return self._streams[0].torch.cuda.stream(self._streams[0])
+
+    def _reask_in_flight(self, busy: bool) -> None:
+        """The short GIL switch interval while a background re-ask runs (isolated streams only); restored after."""
+        if not self._isolate:
+            return
+        if busy and self._saved_switch is None:
+            self._saved_switch = sys.getswitchinterval()
+            sys.setswitchinterval(REASK_SWITCH_INTERVAL_S)
+        elif not busy and self._saved_switch is not None:
+            sys.setswitchinterval(self._saved_switch)
+            self._saved_switch = None
+
     def _background(self, due: bool, index: int, out: FrameResult) -> None:
         """Attach a re-ask that completed; start one that is due (never waits for the LLM)."""
         if self._pending is not None and self._pending[0].done():
             self._take(*self._pending, out)
             self._pending = None
+            self._reask_in_flight(False)
         self._due = self._due or due
         if self._due and self._pending is None:
             self._due = False
-            self._pending = (self._pool.submit(self._ask, self._window_clip()), index)  # the window is copied here
+            self._reask_in_flight(True)
+            self._pending = (self._pool.submit(self._ask_isolated, self._window_clip()), index)  # window copied here
 
     def _take(self, future: Future, asked_at: int, out: FrameResult | None) -> None:
         """A finished background re-ask -> ``out`` (or only :attr:`last_answer` when no frame is left)."""
@@ -262,6 +298,17 @@ class Stream:
         self.last_answer = res
         return res
 
+    def _ask_isolated(self, clip: Clip) -> TPOResult:
+        """The worker's re-ask, on the low-priority CUDA stream when isolated; its work is finished on return (the
+        frame loop then reads the answer's device tensors, the mask prompt, from its own stream)."""
+        if self._streams is None:
+            return self._ask(clip)
+        stream = self._streams[1]
+        with stream.torch.cuda.stream(stream):
+            res = self._ask(clip)
+        stream.synchronize()
+        return res
+
     def _track(self, frame: np.ndarray, out: FrameResult) -> None:
         t0 = time.perf_counter()
         pipe, tracker = self.pipe, self._tracker
@@ -278,3 +325,17 @@ class Stream:
         out.mask = MaskResult(bits=dec.bits, height=h, width=w, timestamps=np.asarray([out.timestamp], np.float32),
                               object_scores=np.asarray([fm.object_score], np.float32), boxes=boxes, areas=dec.areas)
         out.box, out.object_score = boxes[0], fm.object_score
+
+
+def _cuda_streams(pipeline) -> tuple[Any, Any] | None:
+    """(frame stream, re-ask stream) on the pipeline's CUDA device: the frames' at the highest priority, the
+    re-ask's at the lowest (CUDA schedules the blocks of a high-priority stream first); None off CUDA. Each has a
+    ``torch`` attribute (this module does not import torch)."""
+    torch = getattr(pipeline.ops, "torch", None)
+    if torch is None or not str(pipeline.device).startswith("cuda"):
+        return None
+    dev = torch.device(pipeline.device)
+    # torch maps a priority outside the device's range to the nearest valid one; 0 is CUDA's lowest
+    frame, reask = torch.cuda.Stream(dev, priority=-100), torch.cuda.Stream(dev, priority=0)
+    frame.torch = reask.torch = torch
+    return frame, reask
