@@ -63,10 +63,39 @@ def _compare(pipe, reference, videos, questions):
 QUESTIONS = ("What is in the video?", "When does the red circle appear?")
 
 
-def test_ort_cuda_matches_reference(export_dir, reference, sample_videos):
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["cuda-graphs", "plain"])
+def test_ort_cuda_matches_reference(export_dir, reference, sample_videos, cuda_graphs):
     from runtime.pipeline import Pipeline
 
-    _compare(Pipeline.from_manifest(export_dir, backend="ort", device="cuda"), reference, sample_videos, QUESTIONS)
+    pipe = Pipeline.from_manifest(export_dir, backend="ort", device="cuda", cuda_graphs=cuda_graphs)
+    _compare(pipe, reference, sample_videos, QUESTIONS)
+    print(json.dumps(pipe.graph_status, indent=1))
+
+
+def test_cuda_graphs_capture_the_fixed_shape_engines_and_track_like_plain(export_dir):
+    """The SAM2 tracking step and the heads run from CUDA graphs (ORT accepted them: all nodes on the GPU), and a
+    tracked stream gives the plain engines' masks, frame by frame."""
+    from runtime.contract.routing import force_token
+    from runtime.pipeline import Pipeline
+
+    frames = np.random.default_rng(3).integers(0, 256, (24, 240, 320, 3), dtype=np.uint8)
+    frames[:, 80:160, 100:200] = (230, 30, 30)
+    boxes = {}
+    for graphs in (True, False):
+        pipe = Pipeline.from_manifest(export_dir, backend="ort", device="cuda", cuda_graphs=graphs)
+        lp = force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
+        res = list(pipe.stream(iter(frames), "Track the red box.", cadence=0, window=8, max_new_tokens=3,
+                               logits_processor=lp))
+        assert all(r.ok for r in res)
+        boxes[graphs] = [(r.box, r.object_score) for r in res]
+        if graphs:
+            status = pipe.graph_status
+            print(json.dumps(status, indent=1))
+            for name in ("mask_memory_attention", "mask_decoder", "mask_memory_encoder", "mask_image_encoder"):
+                assert "cuda graph" in status[name].values(), (name, status[name])
+    for (b1, s1), (b0, s0) in zip(boxes[True], boxes[False]):
+        assert abs(s1 - s0) <= 1e-3 * max(1.0, abs(s0))
+        assert (b1 is None) == (b0 is None) and (b1 is None or np.abs(np.subtract(b1, b0)).max() <= 1)
 
 
 @pytest.mark.trt
