@@ -6,8 +6,9 @@
 #
 #   bash scripts/gpu_session.sh start    # versions; background: training (GPU 1, its own), the full-size convert
 #                                        # chain and the 7B LLM builds (spare cores); foreground: the GPU tests on
-#                                        # GPU 0, one pytest process per file (a CUDA error or a decoder crash in one
-#                                        # file cannot hide the others)
+#                                        # GPU 0 (three files), one pytest process per file (a CUDA error or a
+#                                        # decoder crash in one file cannot hide the others); TRAIN=0: no training
+#   bash scripts/gpu_session.sh tests    # the other GPU test files, the same way
 #   bash scripts/gpu_session.sh bench1   # the tiny model's GQA export under tpo bench, and streamed at 1080p30 with
 #                                        # re-asks (isolated, shared, on the frame) against none
 #   bash scripts/gpu_session.sh profile  # kernel time per class per decoded token at the 7B shape, ours vs ORT GenAI
@@ -27,6 +28,17 @@ phase=${1:?phase}
 # GPU 0 and cores 0-7 for what is timed; GPU 1 and cores 8-31 for the background jobs (training, conversion)
 gpu0() { CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 "$@"; }
 bg() { taskset -c 8-31 setsid nohup "$@"; }
+# the GPU tests, one pytest process per file (a sticky CUDA error or a decoder crash cannot hide the other files)
+gpu_tests() {
+  mkdir -p $S/gpu_tests
+  for f in "$@"; do
+    gpu0 timeout ${TEST_S:-170} python3 -m pytest -q -p no:cacheprovider -m "gpu and not trt" -rA --timeout 150 \
+      tests/$f.py > $S/gpu_tests/$f.log 2>&1
+    echo "$f rc=$? $(tail -1 $S/gpu_tests/$f.log)"
+    grep -E "^(FAILED|ERROR)" $S/gpu_tests/$f.log | head -8
+  done
+  tar czf $OUT/gpu_tests.tgz -C $S gpu_tests
+}
 
 case $phase in
 start)
@@ -36,7 +48,7 @@ print(torch.__version__, o.__version__, o.get_available_providers(), g.__version
     nproc; free -g | head -2; df -h /tmp | tail -1; } > $OUT/versions.txt 2>&1
   cat $OUT/versions.txt
   # training: issue 12 (GPU 1 for the default alone; the 3-seed ablation ran in the earlier session)
-  bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train --default-gpu 1 --skip-ablation \
+  [ "${TRAIN:-1}" = 1 ] && bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train --default-gpu 1 --skip-ablation \
     --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
   # issue 11 full size: synth -> convert -> export (GQA fp16) -> verify (cuda) -> run (cuda), low CPU priority
   CUDA_VISIBLE_DEVICES=0 OUT=$S/convert_out bg nice -n 10 python3 scripts/convert_fullsize.py all \
@@ -45,14 +57,10 @@ print(torch.__version__, o.__version__, o.get_available_providers(), g.__version
   peers="tpo_fp16 ort_genai_fp16"; [ -n "${BUILD_ALL:-}" ] && peers="$peers tpo_int4 ort_genai_int4"
   bg bash -c "python3 benchmarks/llm_peers.py --phase weights build --peers $peers --jobs 2 --work $S/llm_peers; \
     echo llm_build exit \$?" > $S/llm_build.log 2>&1 &
-  mkdir -p $S/gpu_tests
-  for f in test_llm_gqa_gpu test_runtime_gpu test_engines test_mask_decode test_preprocess_triton test_video_gpu; do
-    gpu0 timeout ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider -m "gpu and not trt" -rA --timeout 120 \
-      tests/$f.py > $S/gpu_tests/$f.log 2>&1
-    echo "$f rc=$? $(tail -1 $S/gpu_tests/$f.log)"
-    grep -E "^(FAILED|ERROR)" $S/gpu_tests/$f.log | head -5
-  done
-  tar czf $OUT/gpu_tests.tgz -C $S gpu_tests
+  gpu_tests ${TEST_FILES:-test_llm_gqa_gpu test_runtime_gpu test_engines}
+  ;;
+tests)
+  gpu_tests ${TEST_FILES:-test_mask_decode test_preprocess_triton test_video_gpu}
   ;;
 bench1)
   # the embedded tiny model with the GQA LLM graph (fp16, CUDA): tpo bench on CUDA (decode under CUDA graphs)
