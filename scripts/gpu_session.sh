@@ -16,6 +16,9 @@
 #   bash scripts/gpu_session.sh bench3   # the 7B-shape pipeline end to end + the SAM2-L peer, on the converted export
 #   bash scripts/gpu_session.sh collect  # training (waits for it) and convert results
 #
+# Knobs (environment): TRAIN=0 / LLM=0 skip training / the LLM builds at start; TRAIN_BUDGET_S, TRAIN_SHARES,
+# TRAIN_GPU; LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
+# full-size convert chain and three 32-layer LLM folders at once); TEST_FILES; WAIT_S; STREAM_REPEAT.
 # Everything a phase measures is written under $OUT (at most 8 files; logs are tarred).
 set -u
 cd "$(dirname "$0")/.."
@@ -25,9 +28,13 @@ S=/tmp/session
 mkdir -p $S $OUT
 phase=${1:?phase}
 
-# GPU 0 and cores 0-7 for what is timed; GPU 1 and cores 8-31 for the background jobs (training, conversion)
-gpu0() { CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 "$@"; }
-bg() { taskset -c 8-31 setsid nohup "$@"; }
+# GPU 0 and the first cores for what is timed (8 of 32, 6 of 16); the other cores for the background jobs; training
+# on GPU 1 where there are two (on a one-GPU machine it shares GPU 0: do not time anything while it runs)
+NCPU=$(nproc); NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); FG=$(( NCPU >= 32 ? 8 : 6 ))
+TRAIN_GPU=${TRAIN_GPU:-$(( NGPU > 1 ? 1 : 0 ))}
+LAYERS=${LLM_LAYERS:+--layers $LLM_LAYERS}  # the 7B LLM's layers for the builds and the profile (default: all 32)
+gpu0() { CUDA_VISIBLE_DEVICES=0 taskset -c 0-$((FG - 1)) "$@"; }
+bg() { taskset -c $FG-$((NCPU - 1)) setsid nohup "$@"; }
 # the GPU tests, one pytest process per file (a sticky CUDA error or a decoder crash cannot hide the other files)
 gpu_tests() {
   mkdir -p $S/gpu_tests
@@ -48,14 +55,15 @@ print(torch.__version__, o.__version__, o.get_available_providers(), g.__version
     nproc; free -g | head -2; df -h /tmp | tail -1; } > $OUT/versions.txt 2>&1
   cat $OUT/versions.txt
   # training: issue 12 (GPU 1 for the default alone; the 3-seed ablation ran in the earlier session)
-  [ "${TRAIN:-1}" = 1 ] && bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train --default-gpu 1 --skip-ablation \
-    --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
+  [ "${TRAIN:-1}" = 1 ] && bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train \
+    --default-gpu $TRAIN_GPU --skip-ablation --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
   # issue 11 full size: synth -> convert -> export (GQA fp16) -> verify (cuda) -> run (cuda), low CPU priority
   CUDA_VISIBLE_DEVICES=0 OUT=$S/convert_out bg nice -n 10 python3 scripts/convert_fullsize.py all \
     --llm-graph gqa --device cuda --state $S/fullsize > $S/convert.log 2>&1 &
   # the 7B LLM builds of benchmarks/llm_peers.py (CPU bound: the builder), for the profile (all four for bench2)
   peers="tpo_fp16 ort_genai_fp16"; [ -n "${BUILD_ALL:-}" ] && peers="$peers tpo_int4 ort_genai_int4"
-  bg bash -c "python3 benchmarks/llm_peers.py --phase weights build --peers $peers --jobs 2 --work $S/llm_peers; \
+  [ "${LLM:-1}" = 1 ] && bg bash -c "python3 benchmarks/llm_peers.py --phase weights build --peers $peers $LAYERS \
+    --jobs 2 --work $S/llm_peers; \
     echo llm_build exit \$?" > $S/llm_build.log 2>&1 &
   gpu_tests ${TEST_FILES:-test_llm_gqa_gpu test_runtime_gpu test_engines}
   ;;
@@ -78,14 +86,15 @@ bench1)
 profile)
   for i in $(seq ${WAIT_S:-300}); do grep -q "llm_build exit" $S/llm_build.log 2>/dev/null && break; sleep 1; done
   tail -4 $S/llm_build.log
-  gpu0 timeout 300 python3 benchmarks/llm_profile.py --work $S/llm_peers --out $OUT > $OUT/llm_profile.log 2>&1
+  gpu0 timeout 300 python3 benchmarks/llm_profile.py --work $S/llm_peers $LAYERS --out $OUT > $OUT/llm_profile.log 2>&1
   echo "llm profile rc=$?"; tail -12 $OUT/llm_profile.log
   tail -4 $S/convert.log; tail -3 $S/train.log
   ;;
 bench2)
   for i in $(seq 240); do grep -q "llm_build exit" $S/llm_build.log 2>/dev/null && break; sleep 1; done
   cp $S/llm_build.log $OUT/
-  gpu0 timeout 420 python3 benchmarks/llm_peers.py --phase bench --work $S/llm_peers --out $OUT > $OUT/llm_bench.log 2>&1
+  gpu0 timeout 420 python3 benchmarks/llm_peers.py --phase bench --work $S/llm_peers $LAYERS --out $OUT \
+    > $OUT/llm_bench.log 2>&1
   echo "llm peers rc=$?"; tail -30 $OUT/llm_bench.log
   ;;
 bench3)
