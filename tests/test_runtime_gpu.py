@@ -73,8 +73,9 @@ def test_ort_cuda_matches_reference(export_dir, reference, sample_videos, cuda_g
 
 
 def test_cuda_graphs_capture_the_fixed_shape_engines_and_track_like_plain(export_dir):
-    """The SAM2 tracking step and the heads run from CUDA graphs (ORT accepted them: all nodes on the GPU), and a
-    tracked stream gives the plain engines' masks, frame by frame."""
+    """A tracked stream with CUDA graphs gives the plain engines' masks, frame by frame; the vision and head engines
+    run from graphs, and every mask engine either does or says why not (a capture that fails falls back to a plain
+    session, recorded in graph_status: the status is printed for the log)."""
     from runtime.contract.routing import force_token
     from runtime.pipeline import Pipeline
 
@@ -91,8 +92,11 @@ def test_cuda_graphs_capture_the_fixed_shape_engines_and_track_like_plain(export
         if graphs:
             status = pipe.graph_status
             print(json.dumps(status, indent=1))
-            for name in ("mask_memory_attention", "mask_decoder", "mask_memory_encoder", "mask_image_encoder"):
+            for name in ("vision", "mask_prompt"):
                 assert "cuda graph" in status[name].values(), (name, status[name])
+            for name in ("mask_memory_attention", "mask_decoder", "mask_memory_encoder", "mask_image_encoder"):
+                assert status[name] and all(v == "cuda graph" or v.startswith("plain: ") for v in
+                                            status[name].values()), (name, status[name])
     for (b1, s1), (b0, s0) in zip(boxes[True], boxes[False]):
         assert abs(s1 - s0) <= 1e-3 * max(1.0, abs(s0))
         assert (b1 is None) == (b0 is None) and (b1 is None or np.abs(np.subtract(b1, b0)).max() <= 1)

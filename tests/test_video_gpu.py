@@ -143,6 +143,7 @@ def hd_video(tmp_path_factory) -> Path:
 
 
 @pytest.mark.gpu
+@pytest.mark.nvdec
 @pytest.mark.parametrize("num_frames", [8, 2 * N_FRAMES])
 def test_nvdec_matches_decord(hd_video, num_frames):
     """Every strategy and layout: NVDEC frames = decord's frames (index patches exactly, pixels within a few levels)."""
@@ -178,6 +179,7 @@ def test_nvdec_matches_decord(hd_video, num_frames):
 
 
 @pytest.mark.gpu
+@pytest.mark.nvdec
 def test_nvdec_then_device_preprocess_matches_cpu_chain(hd_video):
     """read_clip_cuda -> fused kernels vs read_clip -> numpy: apart only by NVDEC's colour conversion."""
     import torch

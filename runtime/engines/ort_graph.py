@@ -107,12 +107,17 @@ class GraphedOrtEngine(Engine):
             return self._plain_engine().run(inputs, profile=profile, stream=stream, outputs=outputs)
         try:
             return graph.run(inputs, stream)
-        except ORT_ERRORS as e:
+        except (RuntimeError, *ORT_ERRORS) as e:  # ORT's IO-binding run raises a plain RuntimeError
+            if graph.runs == 0:  # ORT captures in the first run: this graph cannot be captured; run it plainly
+                self._graphs[sig] = None
+                graph.close()
+                self.status[_key(sig)] = f"plain: the CUDA graph capture failed: {_first_line(e)}"
+                return self._plain_engine().run(inputs, profile=profile, stream=stream)
             shapes = {k: tuple(v.shape) for k, v in inputs.items()}
             raise RuntimeError(f"{self.name}: ONNX Runtime failed on inputs {shapes} (CUDA graph): {e}") from e
 
     def _capture(self, sig: Signature, inputs: dict[str, Array], bindings: dict[str, int]) -> _Captured | None:
-        key = ", ".join(f"{n}{list(s)}" for n, s in sig)
+        key = _key(sig)
         if self.captured >= self.max_graphs:
             self.status[key] = f"plain: max_graphs={self.max_graphs} signatures already captured"
             return None
@@ -126,7 +131,7 @@ class GraphedOrtEngine(Engine):
                             **self.ort_options)
             graph = _Captured(eng, inputs, shapes)
         except (RuntimeError, ValueError, *ORT_ERRORS) as e:
-            self.status[key] = f"plain: ONNX Runtime refused a CUDA graph: {str(e).splitlines()[0][:200]}"
+            self.status[key] = f"plain: ONNX Runtime refused a CUDA graph: {_first_line(e)}"
             return None
         self.status[key] = "cuda graph"
         return graph
@@ -144,3 +149,17 @@ class GraphedOrtEngine(Engine):
             self._plain.close()
         self._graphs, self._plain = {}, None
         super().close()
+
+
+def _key(sig: Signature) -> str:
+    return ", ".join(f"{n}{list(s)}" for n, s in sig)
+
+
+def _first_line(e: Exception) -> str:
+    """The informative part of an ORT error (its C++ prefix is a long template signature)."""
+    text = " ".join(str(e).split())
+    for marker in ("CUDA failure", "Error in execution"):
+        if marker in text:
+            text = text[text.index(marker):]
+            break
+    return text[:240]
