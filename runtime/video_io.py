@@ -33,6 +33,9 @@ MAX_SIDE = 8192
 STREAM_OPEN_TIMEOUT_S = 10.0
 STREAM_STALL_TIMEOUT_S = 10.0  # a network stream with no data for this long has stalled
 CFR_TOLERANCE_S = 1e-3  # presentation times within this of index / fps: a constant frame rate
+# decord's decoder threads per reader (0: FFmpeg's choice). 1: data loaders run many readers at once, and on 2 cores
+# more threads made a 16-frame 1080p read slower (1.35 s at 1 thread, 1.63 s at 2 or auto; benchmarks/preprocess.py)
+DECODE_THREADS = 1
 _IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                 b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
@@ -124,12 +127,13 @@ def _check_mp4_atoms(path: Path, size: int) -> None:
         raise VideoReadError(f"video {path} is truncated or corrupt: no 'moov' atom; fetch it again or {_FIX}")
 
 
-def _decord_open(path: Path, width: int = -1, height: int = -1):
+def _decord_open(path: Path, width: int = -1, height: int = -1, threads: int | None = None):
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height,
+                                num_threads=DECODE_THREADS if threads is None else int(threads))
     except (decord.DECORDError, RuntimeError) as e:
         raise diagnose(path, e) from e
     if len(vr) == 0:
@@ -232,22 +236,24 @@ def few_frames_note(total: int, num_frames: int) -> str | None:
             "copies")
 
 
-def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
+def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE, threads: int | None = None) -> Clip:
     """Read ``num_frames`` middle-of-segment frames (the reference's rule) of a video file; timestamps are the
-    frames' presentation times (:func:`frame_times`)."""
+    frames' presentation times (:func:`frame_times`). ``threads``: decord's decoder threads (None:
+    ``DECODE_THREADS``; 0: FFmpeg's choice)."""
     p = Path(path)
     if not decord_available():
         clip = read_clip_pyav(p, num_frames, max_side)
         clip.notes.append(PYAV_NOTE)
         return clip
-    vr, fps = open_video(p)
+    check_video_file(p)
+    vr, fps = _checked_fps(p, _decord_open(p, threads=threads))
     height, width = (int(v) for v in _batch(vr, p, [0]).shape[1:3])
     notes = []
     if max(height, width) > max_side:
         h2, w2 = scaled_size(height, width, max_side)
         notes.append(f"video is {width}x{height}, above the {max_side} px limit per side; decoded at {w2}x{h2}: "
                      "boxes are in source pixels, masks at the decoded size")
-        vr = _decord_open(p, width=w2, height=h2)
+        vr = _decord_open(p, width=w2, height=h2, threads=threads)
     n = len(vr)
     times, duration = frame_times(vr, fps)
     idx = sample_indices(n, num_frames)
@@ -299,7 +305,10 @@ def open_video(path: str | Path):
     """A video file -> (decord VideoReader, fps); every failure is a VideoReadError naming the fix."""
     p = Path(path)
     check_video_file(p)
-    vr = _decord_open(p)
+    return _checked_fps(p, _decord_open(p))
+
+
+def _checked_fps(p: Path, vr):
     fps = float(vr.get_avg_fps())
     if not np.isfinite(fps) or fps <= 0:
         raise VideoReadError(f"video {p} reports fps={fps}; remux it with a frame rate: `ffmpeg -i IN -r 30 OUT.mp4`")
