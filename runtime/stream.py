@@ -13,7 +13,10 @@ Model (docs/runtime.md, "Streaming"):
   wrong shape/dtype/size, a decode error) yields a :class:`FrameResult` with ``error`` set and is skipped; the
   end of the source ends the iteration; a network stream that stalls raises :class:`SourceError`.
 - The last ``window`` good frames live in a preallocated ring ``[window, H, W, 3]`` (H, W fixed by the first
-  good frame; a frame of another size is reported as an error, not resized).
+  good frame; a frame of another size is reported as an error, not resized). On CUDA the ring is on the device:
+  each frame is uploaded once (the tracker reads the same copy), and a re-ask's window is a device gather instead
+  of a host copy of ``num_frames`` full frames (50 MB at 1080p: that copy on the frame loop was what a re-ask cost
+  the frame it was started on).
 - The LLM is re-asked over the window (``preprocess.num_frames`` frames sampled from it, middle of segment)
   every ``cadence`` good frames (first on the first frame), or on the next frame after :meth:`Stream.ask_now`.
   ``background=False``: the re-ask runs synchronously on that frame (its latency shows in that frame's
@@ -209,10 +212,15 @@ class Stream:
         return None
 
     def _process(self, index: int, ts: float, frame: np.ndarray) -> FrameResult:
+        torch = getattr(self.pipe.ops, "torch", None)
         if self._ring is None:
-            self._ring = np.zeros((self.window, *frame.shape), np.uint8)
+            self._ring = (np.zeros((self.window, *frame.shape), np.uint8) if torch is None else
+                          torch.empty((self.window, *frame.shape), dtype=torch.uint8, device=self.pipe.device))
         slot = self._count % self.window
-        self._ring[slot] = frame
+        if torch is None:
+            self._ring[slot] = frame
+        else:  # one upload per frame (on the frame stream when isolated); the tracker reads this copy too
+            self._ring[slot].copy_(torch.from_numpy(np.ascontiguousarray(frame)))
         self._ring_time[slot] = ts
         self._count += 1
         out = FrameResult(index=index, timestamp=ts)
@@ -227,7 +235,7 @@ class Stream:
             self._background(due, index, out)
         if self._tracking:
             if self._since_start % self.track_every == 0:
-                self._track(frame, out)
+                self._track(frame if torch is None else self._ring[slot], out)
             self._since_start += 1
         return out
 
@@ -279,7 +287,9 @@ class Stream:
             self._tracker.start(answer.mask_prompt)
             self._tracking, self._since_start = True, 0
 
-    def _window_clip(self) -> Clip:
+    def _window_clip(self) -> Any:
+        """The sampled frames of the window: a host :class:`Clip` (a copy), or on CUDA a ``DeviceClip`` gathered on
+        the device (the frames are copied on the frame loop's stream, so later ring writes cannot reach them)."""
         n = min(self._count, self.window)
         order = [(self._count - n + i) % self.window for i in range(n)]  # chronological ring slots
         idx = sample_indices(n, self.pipe.num_frames)
@@ -288,10 +298,19 @@ class Stream:
         t_first = self._ring_time[order[0]]
         dt = 1.0 / self.fps if self.fps > 0 else 0.0
         duration = max(float(self._ring_time[order[-1]] - t_first) + dt, 1e-3)
-        h, w = self._ring.shape[1:3]
+        h, w = (int(v) for v in self._ring.shape[1:3])
         few = few_frames_note(n, self.pipe.num_frames)
-        return Clip(frames=self._ring[slots], timestamps=times - t_first, duration=duration, width=w, height=h,
-                    fps=self.fps, notes=[few.replace("the video has", "the window holds")] if few else [])
+        notes = [few.replace("the video has", "the window holds")] if few else []
+        if isinstance(self._ring, np.ndarray):
+            return Clip(frames=self._ring[slots], timestamps=times - t_first, duration=duration, width=w, height=h,
+                        fps=self.fps, notes=notes)
+        from runtime.video_gpu import DeviceClip
+
+        torch = self.pipe.ops.torch
+        frames = self._ring[torch.as_tensor(slots, device=self._ring.device)]
+        return DeviceClip(frames=frames, indices=np.asarray(slots, np.int64), timestamps=times - t_first,
+                          duration=duration, width=w, height=h, fps=self.fps, path="", decoder="stream",
+                          notes=notes)
 
     def _ask(self, clip: Clip) -> TPOResult:
         res = self.pipe.ask(clip, self.prompt, track_mask=False, **self.ask_kwargs)
@@ -303,13 +322,17 @@ class Stream:
         frame loop then reads the answer's device tensors, the mask prompt, from its own stream)."""
         if self._streams is None:
             return self._ask(clip)
-        stream = self._streams[1]
+        frame_stream, stream = self._streams
+        stream.wait_stream(frame_stream)  # the window's gather (enqueued on the frame stream) comes first
+        if hasattr(clip.frames, "record_stream"):
+            clip.frames.record_stream(stream)  # allocated on the frame stream, read on this one
         with stream.torch.cuda.stream(stream):
             res = self._ask(clip)
         stream.synchronize()
         return res
 
-    def _track(self, frame: np.ndarray, out: FrameResult) -> None:
+    def _track(self, frame: Any, out: FrameResult) -> None:
+        """``frame`` uint8 ``[H, W, 3]``: the host frame, or its device copy in the ring (CUDA)."""
         t0 = time.perf_counter()
         pipe, tracker = self.pipe, self._tracker
         pixels = pipe.ops.asarray(pipe.mask_pixels(frame[None]), pipe._input_dtype("mask_image_encoder", "pixels"))

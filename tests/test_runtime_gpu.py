@@ -144,3 +144,33 @@ def test_bench_cuda_writes_json(export_dir, request, backend):
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / f"runtime_bench_{backend}_cuda.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def test_cuda_background_stream_answers_its_window_and_tracks_from_the_device_ring(export_dir):
+    """On CUDA the window ring lives on the device and a re-ask gets a device gather of it on the low-priority
+    stream: each answer equals a plain ask of the frames it was asked on; tracking reads the ring from the answer on."""
+    import time
+
+    from runtime.contract.routing import force_token
+    from runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_manifest(export_dir, backend="ort", device="cuda")
+    frames = np.random.default_rng(5).integers(0, 256, (40, 120, 160, 3), dtype=np.uint8)
+
+    def paced():
+        for f in frames:
+            time.sleep(0.01)
+            yield f
+
+    res = list(pipe.stream(paced(), "What is it?", cadence=10, window=8, max_new_tokens=4, background=True))
+    answered = [r for r in res if r.answer is not None]
+    assert len(res) == 40 and all(r.ok for r in res) and len(answered) >= 3
+    for r in answered:
+        lo = max(0, r.asked_at - 7)
+        want = pipe.ask(frames[lo:r.asked_at + 1], "What is it?", max_new_tokens=4, fps=30.0)
+        assert r.answer.token_ids == want.token_ids
+    lp = force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
+    tracked = list(pipe.stream(paced(), "Track it.", cadence=0, window=8, max_new_tokens=3, logits_processor=lp,
+                               background=True))
+    first = next(i for i, r in enumerate(tracked) if r.answer is not None)
+    assert all(r.ok for r in tracked) and all(r.mask is not None for r in tracked[first:])
