@@ -62,7 +62,7 @@ print(torch.__version__, o.__version__, o.get_available_providers(), g.__version
   [ "${TRAIN:-1}" = 1 ] && bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train \
     --default-gpu $TRAIN_GPU --skip-ablation --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
   # issue 11 full size: synth -> convert -> export (GQA fp16) -> verify (cuda) -> run (cuda), low CPU priority
-  CUDA_VISIBLE_DEVICES=0 OUT=$S/convert_out bg nice -n 10 python3 scripts/convert_fullsize.py all \
+  [ "${CONVERT:-1}" = 1 ] && CUDA_VISIBLE_DEVICES=0 OUT=$S/convert_out bg nice -n 10 python3 scripts/convert_fullsize.py all \
     --llm-graph gqa --device cuda --state $S/fullsize > $S/convert.log 2>&1 &
   # the 7B LLM builds of benchmarks/llm_peers.py (CPU bound: the builder), for the profile (all four for bench2)
   peers="tpo_fp16 ort_genai_fp16"; [ -n "${BUILD_ALL:-}" ] && peers="$peers tpo_int4 ort_genai_int4"
@@ -81,10 +81,18 @@ bench1)
   gpu0 timeout 120 python3 -m runtime.cli bench $S/tiny_gqa --device cuda --size 1080x1920 --iters 30 --tokens 64 \
     --out $OUT/runtime_bench_tiny_gqa_cuda_H200.json > $OUT/tiny_bench.log 2>&1
   echo "tiny bench rc=$?"; tail -30 $OUT/tiny_bench.log; tail -3 $S/tiny_export.log
+  # the same without CUDA graphs for the fixed-shape engines (the ratio in one session)
+  gpu0 timeout 120 python3 -m runtime.cli bench $S/tiny_gqa --device cuda --size 1080x1920 --iters 30 --tokens 64 \
+    --no-cuda-graphs --out $OUT/runtime_bench_tiny_gqa_cuda_nographs_H200.json > $OUT/tiny_bench_nographs.log 2>&1
+  echo "tiny bench (no cuda graphs) rc=$?"; grep -A 12 "^stage" $OUT/tiny_bench_nographs.log
   # streaming at 1080p30 with tracking on every frame: re-asks isolated / shared / on the frame vs none (issue 10)
   gpu0 timeout 300 python3 benchmarks/stream_latency.py --export $S/tiny_gqa --device cuda --seconds 12 \
     --repeat ${STREAM_REPEAT:-2} --out $OUT/stream_latency_H200.json > $OUT/stream_latency.log 2>&1
   echo "stream latency rc=$?"; tail -15 $OUT/stream_latency.log
+  # decord's decoder threads on this host: 16 of 240 frames of an 8 s 1080p30 clip, GOP 30 (host only)
+  [ "${DECODE_THREADS_BENCH:-1}" = 1 ] && gpu0 timeout 120 python3 -c "import sys, json; sys.path.insert(0, 'benchmarks'); \
+import numpy as np, preprocess as pp; from pathlib import Path; p = pp.write_video(np, Path('$S/g30.mp4'), 8, 30); \
+print(json.dumps(pp.decord_threads(p, 30, 8, 16)))" > $OUT/decode_threads.json 2> $S/decode_threads.err; cat $OUT/decode_threads.json
   tail -5 $S/llm_build.log; tail -4 $S/convert.log; tail -3 $S/train.log
   ;;
 profile)
