@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -204,6 +205,23 @@ def write_video(np, path: Path, seconds: int, gop: int) -> Path:
     return path
 
 
+def decord_threads(path: Path, gop: int, seconds: int, num_frames: int) -> list[dict]:
+    """``read_clip`` on the host (decord) at 1, 4, 8 and FFmpeg's own number of decoder threads (median of 3)."""
+    from runtime.video_io import read_clip
+
+    rows = []
+    for threads in (1, 4, 8, 0):
+        read_clip(path, num_frames, threads=threads)
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            read_clip(path, num_frames, threads=threads)
+            ts.append((time.perf_counter() - t0) * 1e3)
+        rows.append({"gop": gop, "frames_in_file": 30 * seconds, "num_frames": num_frames, "decoder": "decord-host",
+                     "threads": threads, "ms": statistics.median(ts), "cpus": os.cpu_count()})
+    return rows
+
+
 def bench_decode(np, seconds: int = 10) -> list[dict]:
     from runtime.video_gpu import nvdec_available, read_clip_cuda
 
@@ -227,6 +245,7 @@ def bench_decode(np, seconds: int = 10) -> list[dict]:
                                  "decoder": clip.decoder, "strategy": clip.strategy,
                                  "ms": statistics.median(ts),
                                  "frames_decoded": clip.frames_decoded, "notes": clip.notes})
+                rows += decord_threads(path, gop, seconds, num_frames)
     if not ok:
         rows.append({"nvdec": False, "why": why})
     return rows

@@ -9,7 +9,11 @@ mask head (``<track_begin>`` at step 0), so every frame after the first answer i
 attention, decoder, memory encoder, fused mask decode at frame resolution). Runs, each on a fresh stream:
 
 - ``no_reask``: one ask at the start (background), then tracking only (the reference latency);
-- ``reask_background``: a re-ask every ``--cadence`` frames on the worker thread (``background=True``);
+- ``reask_background``: a re-ask every ``--cadence`` frames on the worker thread (``background=True``, isolated:
+  frames on a high-priority CUDA stream, the re-ask on a low-priority one, a 0.2 ms GIL switch interval while it
+  is in flight; ``runtime.stream``);
+- ``reask_background_shared``: the same without the isolation (``isolate=False``: torch's default stream, Python's
+  5 ms switch interval), to show what the isolation buys;
 - ``reask_sync``: the same re-asks run on the frame itself (``background=False``: the old behaviour), for contrast.
 
 Per-frame latency = ``FrameResult.latency_ms`` (wall time from the frame's arrival to its result, device synced).
@@ -75,13 +79,14 @@ def _stats(ms: list[float]) -> dict:
 
 
 def run_case(pipe, frames: np.ndarray, fps: float, cadence: int, background: bool, warmup_s: float,
-             max_new_tokens: int) -> dict:
+             max_new_tokens: int, isolate: bool = True) -> dict:
     from runtime.contract.routing import force_token
 
     late = [0]
     track = force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
     stream = pipe.stream(paced(frames, fps, late), "Track the red square.", cadence=cadence, window=32, fps=fps,
-                         max_new_tokens=max_new_tokens, background=background, logits_processor=track)
+                         max_new_tokens=max_new_tokens, background=background, logits_processor=track,
+                         isolate=isolate)
     lat, asks, tracked = [], [], 0
     t_start = time.perf_counter()
     for r in stream:
@@ -93,7 +98,7 @@ def run_case(pipe, frames: np.ndarray, fps: float, cadence: int, background: boo
             if r.timestamp >= warmup_s:
                 lat.append(r.latency_ms)
     wall = time.perf_counter() - t_start
-    return {"cadence": cadence, "background": background, "frames": len(frames), "tracked": tracked,
+    return {"cadence": cadence, "background": background, "isolate": isolate, "frames": len(frames), "tracked": tracked,
             "answers": len(asks), "ask_ms": _stats(asks), "frame_ms": _stats(lat), "late_frames": late[0],
             "wall_s": round(wall, 2)}
 
@@ -126,22 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     frames = synthetic_frames(int(args.seconds * args.fps), h, w)
     pipe = Pipeline.from_manifest(export, backend=args.backend, device=args.device, threads=args.threads)
     run_case(pipe, frames[: int(args.fps)], args.fps, 0, True, 0.0, args.max_new_tokens)  # warm the engines
-    cases = (("no_reask", 0, True), ("reask_background", args.cadence, True), ("reask_sync", args.cadence, False))
-    runs: dict[str, list] = {name: [] for name, _, _ in cases}
+    cases = (("no_reask", 0, True, True), ("reask_background", args.cadence, True, True),
+             ("reask_background_shared", args.cadence, True, False), ("reask_sync", args.cadence, False, True))
+    runs: dict[str, list] = {name: [] for name, *_ in cases}
     for rep in range(args.repeat):  # interleaved: a busy spell of a shared machine hits every case alike
-        for name, cadence, background in cases:
-            r = run_case(pipe, frames, args.fps, cadence, background, args.warmup, args.max_new_tokens)
+        for name, cadence, background, isolate in cases:
+            r = run_case(pipe, frames, args.fps, cadence, background, args.warmup, args.max_new_tokens, isolate)
             runs[name].append(r)
             f = r["frame_ms"]
-            print(f"[{rep + 1}/{args.repeat}] {name:17s} p50 {f.get('p50', 0):7.1f}  p99 {f.get('p99', 0):7.1f}  "
+            print(f"[{rep + 1}/{args.repeat}] {name:24s} p50 {f.get('p50', 0):7.1f}  p99 {f.get('p99', 0):7.1f}  "
                   f"max {f.get('max', 0):7.1f} ms  answers {r['answers']:3d}  late frames {r['late_frames']}",
                   flush=True)
     p99 = {name: float(np.median([r["frame_ms"]["p99"] for r in rs])) for name, rs in runs.items()}
     p50 = {name: float(np.median([r["frame_ms"]["p50"] for r in rs])) for name, rs in runs.items()}
     ratio = p99["reask_background"] / p99["no_reask"]
     for name in runs:
-        print(f"median over {args.repeat} run(s): {name:17s} p50 {p50[name]:7.1f}  p99 {p99[name]:7.1f} ms")
-    print(f"p99 with background re-asks / without: {ratio:.2f} (sync: {p99['reask_sync'] / p99['no_reask']:.2f})")
+        print(f"median over {args.repeat} run(s): {name:24s} p50 {p50[name]:7.1f}  p99 {p99[name]:7.1f} ms")
+    print(f"p99 with background re-asks / without: {ratio:.2f} (not isolated: "
+          f"{p99['reask_background_shared'] / p99['no_reask']:.2f}; sync: {p99['reask_sync'] / p99['no_reask']:.2f})")
     dev = args.device
     if dev.startswith("cuda"):
         import torch

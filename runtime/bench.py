@@ -84,13 +84,13 @@ def _device_info(device: str) -> dict:
 
 def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu", threads: int | None = None,
               video: str | None = None, size: tuple[int, int] = (480, 640), iters: int = 20, warmup: int = 3,
-              tokens: int = 32) -> dict:
+              tokens: int = 32, cuda_graphs: bool = True) -> dict:
     """Benchmark an export; returns the JSON-ready report (see the module docstring)."""
     from runtime.pipeline import Pipeline
 
     if iters < 1 or warmup < 0 or tokens < 1:
         raise ValueError(f"iters >= 1, warmup >= 0 and tokens >= 1 are required, got {iters}, {warmup}, {tokens}")
-    pipe = Pipeline.from_manifest(export_dir, backend=backend, device=device, threads=threads)
+    pipe = Pipeline.from_manifest(export_dir, backend=backend, device=device, threads=threads, cuda_graphs=cuda_graphs)
     ops, sync = pipe.ops, pipe.ops.sync
     if device.startswith("cuda"):
         import torch
@@ -143,6 +143,7 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
               "frames": list(clip.frames.shape), "video_hw": [clip.height, clip.width], "prompt_tokens": ids.prompt_len,
               "decode_steps": steps, "stages_ms": {k: _percentiles(v) for k, v in stages.items()}}
     report["decode_tokens_per_s"] = 1e3 / report["stages_ms"]["decode_token"]["p50"]
+    report["cuda_graphs"] = pipe.graph_status if pipe.cuda_graphs else "off"
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if device.startswith("cuda"):
         import torch
@@ -181,5 +182,9 @@ def print_report(report: dict, file=None) -> None:
     print(f"{'stage':15s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'mean':>9s}  (ms)", file=file)
     for name, s in report["stages_ms"].items():
         print(f"{name:15s} {s['p50']:9.3f} {s['p90']:9.3f} {s['p99']:9.3f} {s['mean']:9.3f}", file=file)
+    graphs = report.get("cuda_graphs")
+    if isinstance(graphs, dict):
+        for name, sigs in graphs.items():
+            print(f"cuda graphs {name:22s} " + "; ".join(f"{v} ({k})" for k, v in sigs.items()), file=file)
     print(f"decode: {report['decode_tokens_per_s']:.1f} tokens/s; peak RSS {report['peak_rss_mb']:.0f} MB"
           + (f"; peak CUDA {report['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in report else ""), file=file)

@@ -150,6 +150,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--tokens", type=int, default=32, help="decode steps timed per iteration")
     p.add_argument("--json", action="store_true", help="print the JSON report only")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="ORT CUDA: plain engines (default: fixed-shape components replayed from CUDA graphs)")
     p.set_defaults(func=run_bench_cli)
 
 
@@ -158,7 +160,8 @@ def run_bench_cli(args) -> int:
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     report = run_bench(args.export_dir, backend=args.backend, device=args.device, threads=args.threads,
-                       video=args.video, size=(h, w), iters=args.iters, warmup=args.warmup, tokens=args.tokens)
+                       video=args.video, size=(h, w), iters=args.iters, warmup=args.warmup, tokens=args.tokens,
+                       cuda_graphs=args.cuda_graphs)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

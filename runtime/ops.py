@@ -92,4 +92,7 @@ class TorchOps(NumpyOps):
         return int(x.numel() * x.element_size())
 
     def sync(self) -> None:
-        self.torch.cuda.synchronize(self.device)
+        """Wait for this thread's current CUDA stream: the pipeline's own torch work (ONNX Runtime and TensorRT runs
+        are synchronized when ``run`` returns). Not the whole device: a stream's background re-ask runs on another
+        stream, and a device-wide sync made every tracked frame wait for it (``runtime.stream``)."""
+        self.torch.cuda.current_stream(self.device).synchronize()

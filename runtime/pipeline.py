@@ -58,7 +58,8 @@ class Pipeline:
     Use :meth:`from_manifest`. ``engines`` maps component name -> opened engine.
     """
 
-    def __init__(self, manifest: Manifest, backend: str = "ort", device: str = "cpu", threads: int | None = None):
+    def __init__(self, manifest: Manifest, backend: str = "ort", device: str = "cpu", threads: int | None = None,
+                 cuda_graphs: bool = True):
         if backend not in ("ort", "tensorrt"):
             raise ValueError(f"backend {backend!r} is not allowed; choose 'ort' or 'tensorrt'")
         if backend == "tensorrt" and not device.startswith("cuda"):
@@ -71,7 +72,8 @@ class Pipeline:
             opts["synchronize"] = True
         names = [n for n in CORE_COMPONENTS + MASK_COMPONENTS + OPTIONAL_COMPONENTS if n in manifest.components
                  and not (n == "llm" and manifest.kv.graph == "gqa")]  # the GQA graph is driven by OrtLLM
-        self.engines = {n: open_engine(manifest, n, backend=backend, device=device, **opts) for n in names}
+        self.cuda_graphs = bool(cuda_graphs and backend == "ort" and device.startswith("cuda"))
+        self.engines = {n: self._open(n, opts) for n in names}
         self.dtype = self._input_dtype("llm", "inputs_embeds")
         self._load_tensors()
         self.tokenizer = open_tokenizer(manifest)
@@ -97,11 +99,25 @@ class Pipeline:
 
     @classmethod
     def from_manifest(cls, folder: str | Path, backend: str = "ort", device: str = "cpu", threads: int | None = None,
-                      verify_hashes: bool = True) -> Pipeline:
+                      verify_hashes: bool = True, cuda_graphs: bool = True) -> Pipeline:
         """Load ``folder/manifest.json`` (validated, hashes checked) and open every engine."""
-        return cls(Manifest.load(folder, verify_hashes=verify_hashes), backend, device, threads)
+        return cls(Manifest.load(folder, verify_hashes=verify_hashes), backend, device, threads, cuda_graphs)
 
     # ------------------------------------------------------------------------------------------- setup
+    def _open(self, name: str, opts: dict):
+        """One engine; on ORT CUDA with ``cuda_graphs`` the fixed-shape components (all but a plain LLM graph) run
+        from CUDA graphs where ORT allows (:mod:`runtime.engines.ort_graph`; ``graph_status`` says which)."""
+        if self.cuda_graphs and name != "llm":
+            from runtime.engines.ort_graph import GraphedOrtEngine
+
+            return GraphedOrtEngine(name, self.manifest.components[name], self.manifest.root, self.device, **opts)
+        return open_engine(self.manifest, name, backend=self.backend, device=self.device, **opts)
+
+    @property
+    def graph_status(self) -> dict[str, dict[str, str]]:
+        """Per engine run under CUDA graphs: ``{input shapes: "cuda graph" | "plain: <reason>"}`` (empty until run)."""
+        return {n: dict(e.status) for n, e in self.engines.items() if hasattr(e, "status")}
+
     def _device_preprocessor(self):
         """The fused Triton preprocessing on this CUDA device (``runtime.kernels.preprocess_triton``)."""
         from runtime.kernels.preprocess_triton import DevicePreprocessor

@@ -25,8 +25,7 @@ from runtime.video_io import (
     SourceError,
     SourceFrame,
     file_frames,
-    frame_times,
-    open_video,
+    video_duration,
 )
 
 
@@ -140,8 +139,7 @@ class LoopedFile:
         if not isinstance(loops, int) or loops < 0:
             raise ValueError(f"loops must be an int >= 0 (0: forever), got {loops!r}")
         self.path, self.loops = Path(path), loops
-        vr, fps = open_video(self.path)
-        self.duration = frame_times(vr, fps)[1]
+        self.duration = video_duration(self.path)
 
     def __iter__(self) -> Iterator[SourceFrame]:
         index, offset, done = 0, 0.0, 0

@@ -13,7 +13,10 @@ Model (docs/runtime.md, "Streaming"):
   wrong shape/dtype/size, a decode error) yields a :class:`FrameResult` with ``error`` set and is skipped; the
   end of the source ends the iteration; a network stream that stalls raises :class:`SourceError`.
 - The last ``window`` good frames live in a preallocated ring ``[window, H, W, 3]`` (H, W fixed by the first
-  good frame; a frame of another size is reported as an error, not resized).
+  good frame; a frame of another size is reported as an error, not resized). On CUDA the ring is on the device:
+  each frame is uploaded once (the tracker reads the same copy), and a re-ask's window is a device gather instead
+  of a host copy of ``num_frames`` full frames (50 MB at 1080p: that copy on the frame loop was what a re-ask cost
+  the frame it was started on).
 - The LLM is re-asked over the window (``preprocess.num_frames`` frames sampled from it, middle of segment)
   every ``cadence`` good frames (first on the first frame), or on the next frame after :meth:`Stream.ask_now`.
   ``background=False``: the re-ask runs synchronously on that frame (its latency shows in that frame's
@@ -22,6 +25,13 @@ Model (docs/runtime.md, "Streaming"):
   released inside them), per-frame tracking goes on, and the answer is attached to the first frame processed after
   it completed. At most one re-ask is in flight: one that falls due meanwhile starts when it is done (on the
   then-current window). An answer that completes after the last frame is :attr:`Stream.last_answer`.
+- Isolation of background re-asks (``isolate=True``, the default): on CUDA the frames run on a high-priority CUDA
+  stream and the re-ask on a low-priority one (torch work; ONNX Runtime runs on its own streams), and the pipeline
+  waits for its own stream only (``TorchOps.sync``), never for the whole device; while a re-ask is in flight the
+  interpreter's GIL switch interval is ``REASK_SWITCH_INTERVAL_S`` instead of 5 ms, so the frame loop, which
+  releases the GIL at every engine run and sync, gets it back within 0.2 ms instead of waiting out the worker's
+  Python (the decode loop). ``isolate=False`` keeps the interpreter's setting and torch's default stream (for
+  comparison: ``benchmarks/stream_latency.py`` measures both).
 - When an answer routes to the mask head, its SAM2 prompt (re)starts a :class:`MaskTracker` on the frame the
   answer is attached to; every following frame is tracked through the ring-buffer memory bank (constant memory)
   and decoded with the fused ``decode_masks`` at frame resolution.
@@ -29,7 +39,9 @@ Model (docs/runtime.md, "Streaming"):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +58,7 @@ from runtime.sources import open_source
 from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_note
 
 REASK_NICE = 10  # the re-ask worker's niceness above the frame loop's (Linux): frames get a busy CPU first
+REASK_SWITCH_INTERVAL_S = 2e-4  # the GIL switch interval while a background re-ask is in flight (Python's: 5e-3)
 
 
 def _lower_priority() -> None:
@@ -73,6 +86,8 @@ class Stream:
             tracked frames (a slower effective frame rate for SAM2), for sources faster than the device.
         max_frames: stop after this many source frames (None: until the source ends).
         background: run re-asks on a worker thread (frames never wait for the LLM); False: on the frame itself.
+        isolate: with ``background``: separate CUDA streams (frames high priority) and a short GIL switch interval
+            while a re-ask is in flight (module docstring); False: neither.
         stall_timeout: network streams: seconds without data before the stream counts as stalled (SourceError).
         reconnect: network streams: reopen a stalled URL up to this many times before giving up.
         ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, boxes, ...).
@@ -81,7 +96,7 @@ class Stream:
     def __init__(self, pipeline, source: Any, prompt: str, cadence: int | None = 30, window: int = 32,
                  fps: float = 30.0, track: bool = True, max_frames: int | None = None, track_every: int = 1,
                  background: bool = False, stall_timeout: float = STREAM_STALL_TIMEOUT_S, reconnect: int = 0,
-                 **ask_kwargs):
+                 isolate: bool = True, **ask_kwargs):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
         if cadence is not None and (not isinstance(cadence, int) or cadence < 0):
@@ -106,6 +121,9 @@ class Stream:
         self._pool = (ThreadPoolExecutor(1, thread_name_prefix="tpo-reask", initializer=_lower_priority)
                       if background else None)
         self._pending: tuple[Future, int] | None = None  # the re-ask in flight and the frame it was asked on
+        self._isolate = bool(background and isolate)
+        self._streams = _cuda_streams(pipeline) if self._isolate else None  # (frame stream, re-ask stream) or None
+        self._saved_switch: float | None = None
         self._due = False  # a re-ask fell due while one was in flight
         self.last_answer: TPOResult | None = None
 
@@ -138,6 +156,7 @@ class Stream:
                 self._take(*self._pending, None)
                 self._pending = None
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._reask_in_flight(False)
 
     def __enter__(self) -> Stream:
         return self
@@ -168,7 +187,8 @@ class Stream:
                 if self._ring is None and self.ask_kwargs.get("boxes") is not None:  # box prompts vs the frame size
                     boxes_to_normalized(self.ask_kwargs["boxes"], sf.frame.shape[1], sf.frame.shape[0])
                 try:
-                    result = self._process(sf.index, sf.timestamp, sf.frame)
+                    with self._frame_stream():
+                        result = self._process(sf.index, sf.timestamp, sf.frame)
                 except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
                     result = FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
                 result.latency_ms = (time.perf_counter() - t0) * 1e3
@@ -192,10 +212,15 @@ class Stream:
         return None
 
     def _process(self, index: int, ts: float, frame: np.ndarray) -> FrameResult:
+        torch = getattr(self.pipe.ops, "torch", None)
         if self._ring is None:
-            self._ring = np.zeros((self.window, *frame.shape), np.uint8)
+            self._ring = (np.zeros((self.window, *frame.shape), np.uint8) if torch is None else
+                          torch.empty((self.window, *frame.shape), dtype=torch.uint8, device=self.pipe.device))
         slot = self._count % self.window
-        self._ring[slot] = frame
+        if torch is None:
+            self._ring[slot] = frame
+        else:  # one upload per frame (on the frame stream when isolated); the tracker reads this copy too
+            self._ring[slot].copy_(torch.from_numpy(np.ascontiguousarray(frame)))
         self._ring_time[slot] = ts
         self._count += 1
         out = FrameResult(index=index, timestamp=ts)
@@ -210,19 +235,38 @@ class Stream:
             self._background(due, index, out)
         if self._tracking:
             if self._since_start % self.track_every == 0:
-                self._track(frame, out)
+                self._track(frame if torch is None else self._ring[slot], out)
             self._since_start += 1
         return out
+
+    def _frame_stream(self):
+        """The frame loop's CUDA stream (high priority) as torch's current stream, when isolated on CUDA."""
+        if self._streams is None:
+            return contextlib.nullcontext()
+        return self._streams[0].torch.cuda.stream(self._streams[0])
+
+    def _reask_in_flight(self, busy: bool) -> None:
+        """The short GIL switch interval while a background re-ask runs (isolated streams only); restored after."""
+        if not self._isolate:
+            return
+        if busy and self._saved_switch is None:
+            self._saved_switch = sys.getswitchinterval()
+            sys.setswitchinterval(REASK_SWITCH_INTERVAL_S)
+        elif not busy and self._saved_switch is not None:
+            sys.setswitchinterval(self._saved_switch)
+            self._saved_switch = None
 
     def _background(self, due: bool, index: int, out: FrameResult) -> None:
         """Attach a re-ask that completed; start one that is due (never waits for the LLM)."""
         if self._pending is not None and self._pending[0].done():
             self._take(*self._pending, out)
             self._pending = None
+            self._reask_in_flight(False)
         self._due = self._due or due
         if self._due and self._pending is None:
             self._due = False
-            self._pending = (self._pool.submit(self._ask, self._window_clip()), index)  # the window is copied here
+            self._reask_in_flight(True)
+            self._pending = (self._pool.submit(self._ask_isolated, self._window_clip()), index)  # window copied here
 
     def _take(self, future: Future, asked_at: int, out: FrameResult | None) -> None:
         """A finished background re-ask -> ``out`` (or only :attr:`last_answer` when no frame is left)."""
@@ -243,7 +287,9 @@ class Stream:
             self._tracker.start(answer.mask_prompt)
             self._tracking, self._since_start = True, 0
 
-    def _window_clip(self) -> Clip:
+    def _window_clip(self) -> Any:
+        """The sampled frames of the window: a host :class:`Clip` (a copy), or on CUDA a ``DeviceClip`` gathered on
+        the device (the frames are copied on the frame loop's stream, so later ring writes cannot reach them)."""
         n = min(self._count, self.window)
         order = [(self._count - n + i) % self.window for i in range(n)]  # chronological ring slots
         idx = sample_indices(n, self.pipe.num_frames)
@@ -252,17 +298,41 @@ class Stream:
         t_first = self._ring_time[order[0]]
         dt = 1.0 / self.fps if self.fps > 0 else 0.0
         duration = max(float(self._ring_time[order[-1]] - t_first) + dt, 1e-3)
-        h, w = self._ring.shape[1:3]
+        h, w = (int(v) for v in self._ring.shape[1:3])
         few = few_frames_note(n, self.pipe.num_frames)
-        return Clip(frames=self._ring[slots], timestamps=times - t_first, duration=duration, width=w, height=h,
-                    fps=self.fps, notes=[few.replace("the video has", "the window holds")] if few else [])
+        notes = [few.replace("the video has", "the window holds")] if few else []
+        if isinstance(self._ring, np.ndarray):
+            return Clip(frames=self._ring[slots], timestamps=times - t_first, duration=duration, width=w, height=h,
+                        fps=self.fps, notes=notes)
+        from runtime.video_gpu import DeviceClip
+
+        torch = self.pipe.ops.torch
+        frames = self._ring[torch.as_tensor(slots, device=self._ring.device)]
+        return DeviceClip(frames=frames, indices=np.asarray(slots, np.int64), timestamps=times - t_first,
+                          duration=duration, width=w, height=h, fps=self.fps, path="", decoder="stream",
+                          notes=notes)
 
     def _ask(self, clip: Clip) -> TPOResult:
         res = self.pipe.ask(clip, self.prompt, track_mask=False, **self.ask_kwargs)
         self.last_answer = res
         return res
 
-    def _track(self, frame: np.ndarray, out: FrameResult) -> None:
+    def _ask_isolated(self, clip: Clip) -> TPOResult:
+        """The worker's re-ask, on the low-priority CUDA stream when isolated; its work is finished on return (the
+        frame loop then reads the answer's device tensors, the mask prompt, from its own stream)."""
+        if self._streams is None:
+            return self._ask(clip)
+        frame_stream, stream = self._streams
+        stream.wait_stream(frame_stream)  # the window's gather (enqueued on the frame stream) comes first
+        if hasattr(clip.frames, "record_stream"):
+            clip.frames.record_stream(stream)  # allocated on the frame stream, read on this one
+        with stream.torch.cuda.stream(stream):
+            res = self._ask(clip)
+        stream.synchronize()
+        return res
+
+    def _track(self, frame: Any, out: FrameResult) -> None:
+        """``frame`` uint8 ``[H, W, 3]``: the host frame, or its device copy in the ring (CUDA)."""
         t0 = time.perf_counter()
         pipe, tracker = self.pipe, self._tracker
         pixels = pipe.ops.asarray(pipe.mask_pixels(frame[None]), pipe._input_dtype("mask_image_encoder", "pixels"))
@@ -278,3 +348,17 @@ class Stream:
         out.mask = MaskResult(bits=dec.bits, height=h, width=w, timestamps=np.asarray([out.timestamp], np.float32),
                               object_scores=np.asarray([fm.object_score], np.float32), boxes=boxes, areas=dec.areas)
         out.box, out.object_score = boxes[0], fm.object_score
+
+
+def _cuda_streams(pipeline) -> tuple[Any, Any] | None:
+    """(frame stream, re-ask stream) on the pipeline's CUDA device: the frames' at the highest priority, the
+    re-ask's at the lowest (CUDA schedules the blocks of a high-priority stream first); None off CUDA. Each has a
+    ``torch`` attribute (this module does not import torch)."""
+    torch = getattr(pipeline.ops, "torch", None)
+    if torch is None or not str(pipeline.device).startswith("cuda"):
+        return None
+    dev = torch.device(pipeline.device)
+    # torch maps a priority outside the device's range to the nearest valid one; 0 is CUDA's lowest
+    frame, reask = torch.cuda.Stream(dev, priority=-100), torch.cuda.Stream(dev, priority=0)
+    frame.torch = reask.torch = torch
+    return frame, reask

@@ -39,11 +39,9 @@ from runtime.video_io import (
     VideoReadError,
     check_video_file,
     codec_name,
-    few_frames_note,
     first_line,
-    presentation_times,
     read_clip,
-    scaled_size,
+    read_clip_pyav,
 )
 
 DECODERS = ("auto", "nvdec", "decord", "pyav")
@@ -337,57 +335,3 @@ def _read_cpu(path: Path, num_frames: int, dev, which: str, layout: str, max_sid
                       width=clip.width, height=clip.height, fps=clip.fps, path=clip.path, decoder=which,
                       layout=layout, notes=notes + clip.notes,
                       timings_ms={"decode": (t1 - t0) * 1e3, "upload": (time.perf_counter() - t1) * 1e3})
-
-
-def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
-    """``read_clip`` with PyAV instead of decord: decode in order, keep the sampled frames (same indices, the same
-    presentation-time rule: :func:`runtime.video_io.presentation_times`)."""
-    import av
-
-    p = Path(path)
-    check_video_file(p)
-    try:
-        with av.open(str(p)) as container:
-            stream = container.streams.video[0]
-            n = int(stream.frames) or sum(1 for pk in container.demux(stream) if pk.size)
-            fps = float(stream.average_rate or 0)
-            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-            tb = float(stream.time_base or 0)
-            end = float(((stream.start_time or 0) + stream.duration) * tb) if stream.duration and tb else None
-        if n <= 0 or not np.isfinite(fps) or fps <= 0:
-            raise VideoReadError(f"video {p} reports {n} frames at {fps} fps; remux it: `ffmpeg -i IN -r 30 OUT.mp4`")
-        notes, size = [], {}
-        if max(height, width) > max_side:
-            h2, w2 = scaled_size(height, width, max_side)
-            size = {"width": w2, "height": h2}
-            notes.append(f"video is {width}x{height}, above the {max_side} px limit per side; decoded at {w2}x{h2}: "
-                         "boxes are in source pixels, masks at the decoded size")
-        idx = sample_indices(n, num_frames)
-        wanted: dict[int, list[int]] = {}
-        for k, i in enumerate(idx):
-            wanted.setdefault(int(i), []).append(k)
-        out: list = [None] * len(idx)
-        times: dict[int, float] = {}  # presentation times of frame 0 and the sampled frames
-        with av.open(str(p)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted or i == 0:
-                    times[i] = i / fps if frame.time is None else float(frame.time)
-                if i in wanted:
-                    rgb = frame.to_ndarray(format="rgb24", **size)
-                    for k in wanted[i]:
-                        out[k] = rgb
-                if i >= idx[-1]:
-                    break
-    except av.error.FFmpegError as e:
-        raise VideoReadError(f"video {p} cannot be decoded ({first_line(e)}); fetch it again or re-encode it with "
-                             "`ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`") from e
-    if any(f is None for f in out):
-        raise VideoReadError(f"video {p} is truncated: it ended before frame {int(idx[-1])} of the {n} it reports; "
-                             "fetch it again")
-    keys = sorted(times)  # frame 0 first: times count from it (the rule read_clip follows)
-    stamps, duration = presentation_times(keys, [times[i] for i in keys], fps, n, end=end)
-    at = dict(zip(keys, stamps))
-    few = few_frames_note(n, num_frames)
-    return Clip(frames=np.stack(out), timestamps=np.asarray([at[int(i)] for i in idx]), duration=duration,
-                width=width, height=height, fps=fps, path=str(p), notes=notes + ([few] if few else []), indices=idx,
-                num_total_frames=n)

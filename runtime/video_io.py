@@ -5,10 +5,12 @@
   are the frames' presentation timestamps (:func:`frame_times`): a variable-frame-rate file gets its true times,
   a constant-rate one exactly ``index / fps``. A video with fewer frames than sampled gets a note.
 - :func:`file_frames`: a video file for streaming -> iterator of :class:`SourceFrame` (decord, decoded in small
-  batches; per-frame decode failures are yielded as frames with ``error`` set, never raised). The other sources
-  (camera, URL, iterables) and the dispatch are :mod:`runtime.sources`: a source that cannot be opened raises
-  :class:`SourceError` at once (with a timeout for network streams: no hang), and a network stream that stalls
-  mid-way raises :class:`SourceError` saying so.
+  batches; per-frame decode failures are yielded as frames with ``error`` set, never raised).
+- Without decord (PyPI has no aarch64 wheel: Jetson, Grace) both read with PyAV instead (:func:`read_clip_pyav`,
+  decoding in order; the same sampled indices and presentation-time rule), and the clip's notes say so.
+- The other sources (camera, URL, iterables) and the dispatch are :mod:`runtime.sources`: a source that cannot be
+  opened raises :class:`SourceError` at once (with a timeout for network streams: no hang), and a network stream
+  that stalls mid-way raises :class:`SourceError` saying so.
 - Writing annotated videos: :mod:`runtime.annotate`.
 
 Resolution policy (documented in docs/runtime.md): frames whose longer side exceeds ``MAX_SIDE`` (8192, i.e.
@@ -18,6 +20,7 @@ note; boxes are still reported in the source's pixels; masks are at the decoded 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +33,23 @@ MAX_SIDE = 8192
 STREAM_OPEN_TIMEOUT_S = 10.0
 STREAM_STALL_TIMEOUT_S = 10.0  # a network stream with no data for this long has stalled
 CFR_TOLERANCE_S = 1e-3  # presentation times within this of index / fps: a constant frame rate
+# decord's decoder threads per reader (0: FFmpeg's choice). 1: data loaders run many readers at once, and on 2 cores
+# more threads made a 16-frame 1080p read slower (1.35 s at 1 thread, 1.63 s at 2 or auto; benchmarks/preprocess.py)
+DECODE_THREADS = 1
 _IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                 b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
 # codecs decord's bundled FFmpeg decodes (the ones tested: H.264, HEVC, MPEG-4 Part 2, VP8/9, MJPEG, ...)
 DECORD_CODECS = ("h264", "hevc", "mpeg4", "vp8", "vp9", "mjpeg", "mpeg2video", "mpeg1video", "msmpeg4v3", "h263",
                  "theora", "rawvideo", "prores", "ffv1")
+
+
+PYAV_NOTE = "decoded with PyAV: decord is not installed (it has no wheel for this platform)"
+
+
+def decord_available() -> bool:
+    """Whether decord can be imported (x86-64 wheels only); without it the readers here use PyAV."""
+    return importlib.util.find_spec("decord") is not None
 
 
 class VideoReadError(ValueError):
@@ -113,12 +127,13 @@ def _check_mp4_atoms(path: Path, size: int) -> None:
         raise VideoReadError(f"video {path} is truncated or corrupt: no 'moov' atom; fetch it again or {_FIX}")
 
 
-def _decord_open(path: Path, width: int = -1, height: int = -1):
+def _decord_open(path: Path, width: int = -1, height: int = -1, threads: int | None = None):
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height,
+                                num_threads=DECODE_THREADS if threads is None else int(threads))
     except (decord.DECORDError, RuntimeError) as e:
         raise diagnose(path, e) from e
     if len(vr) == 0:
@@ -221,18 +236,24 @@ def few_frames_note(total: int, num_frames: int) -> str | None:
             "copies")
 
 
-def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
+def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE, threads: int | None = None) -> Clip:
     """Read ``num_frames`` middle-of-segment frames (the reference's rule) of a video file; timestamps are the
-    frames' presentation times (:func:`frame_times`)."""
+    frames' presentation times (:func:`frame_times`). ``threads``: decord's decoder threads (None:
+    ``DECODE_THREADS``; 0: FFmpeg's choice)."""
     p = Path(path)
-    vr, fps = open_video(p)
+    if not decord_available():
+        clip = read_clip_pyav(p, num_frames, max_side)
+        clip.notes.append(PYAV_NOTE)
+        return clip
+    check_video_file(p)
+    vr, fps = _checked_fps(p, _decord_open(p, threads=threads))
     height, width = (int(v) for v in _batch(vr, p, [0]).shape[1:3])
     notes = []
     if max(height, width) > max_side:
         h2, w2 = scaled_size(height, width, max_side)
         notes.append(f"video is {width}x{height}, above the {max_side} px limit per side; decoded at {w2}x{h2}: "
                      "boxes are in source pixels, masks at the decoded size")
-        vr = _decord_open(p, width=w2, height=h2)
+        vr = _decord_open(p, width=w2, height=h2, threads=threads)
     n = len(vr)
     times, duration = frame_times(vr, fps)
     idx = sample_indices(n, num_frames)
@@ -284,7 +305,10 @@ def open_video(path: str | Path):
     """A video file -> (decord VideoReader, fps); every failure is a VideoReadError naming the fix."""
     p = Path(path)
     check_video_file(p)
-    vr = _decord_open(p)
+    return _checked_fps(p, _decord_open(p))
+
+
+def _checked_fps(p: Path, vr):
     fps = float(vr.get_avg_fps())
     if not np.isfinite(fps) or fps <= 0:
         raise VideoReadError(f"video {p} reports fps={fps}; remux it with a frame rate: `ffmpeg -i IN -r 30 OUT.mp4`")
@@ -298,8 +322,50 @@ def decode_frames(vr, path: Path, indices) -> np.ndarray:
 
 def file_frames(path: Path, batch: int = 8, stride: int = 1) -> Iterator[SourceFrame]:
     """Open (errors raise here, at once) and return the frame generator (presentation times, as read_clip)."""
+    if not decord_available():
+        check_video_file(Path(path))
+        return _pyav_frames(Path(path), stride)
     vr, fps = open_video(path)
     return _decode_batches(vr, Path(path), frame_times(vr, fps)[0], batch, stride)
+
+
+def video_duration(path: str | Path) -> float:
+    """Seconds of a video file (decord's presentation times, or PyAV's stream metadata without decord)."""
+    if decord_available():
+        vr, fps = open_video(path)
+        return frame_times(vr, fps)[1]
+    import av
+
+    check_video_file(Path(path))
+    try:
+        with av.open(str(path)) as container:
+            st = container.streams.video[0]
+            tb, fps = float(st.time_base or 0), float(st.average_rate or 0)
+            if st.duration and tb:
+                return float(st.duration * tb)
+            if st.frames and fps > 0:
+                return int(st.frames) / fps
+    except av.error.FFmpegError as e:
+        raise VideoReadError(f"video {path} cannot be opened ({first_line(e)}); {_FIX}") from e
+    raise VideoReadError(f"video {path} reports neither a duration nor a frame count; remux it: "
+                         "`ffmpeg -i IN -c copy OUT.mp4`")
+
+
+def _pyav_frames(path: Path, stride: int = 1) -> Iterator[SourceFrame]:
+    """Decode in order with PyAV; times from the frames' presentation times (first frame at 0). A decode error
+    ends the file with one frame carrying the error (PyAV cannot resume past it)."""
+    import av
+
+    first, i = None, 0
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                t = float(frame.time) if frame.time is not None else float(i)
+                first = t if first is None else first
+                if i % stride == 0:
+                    yield SourceFrame(i, t - first, frame.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError as e:
+        yield SourceFrame(i + 1, 0.0, None, f"decode error: {first_line(e)}")
 
 
 def _decode_batches(vr, path: Path, times: np.ndarray, batch: int, stride: int = 1) -> Iterator[SourceFrame]:
@@ -314,3 +380,57 @@ def _decode_batches(vr, path: Path, times: np.ndarray, batch: int, stride: int =
             continue
         for i, f in zip(idx, frames):
             yield SourceFrame(i, float(times[i]), f)
+
+
+def read_clip_pyav(path: str | Path, num_frames: int, max_side: int = MAX_SIDE) -> Clip:
+    """``read_clip`` with PyAV instead of decord: decode in order, keep the sampled frames (same indices, the same
+    presentation-time rule: :func:`runtime.video_io.presentation_times`)."""
+    import av
+
+    p = Path(path)
+    check_video_file(p)
+    try:
+        with av.open(str(p)) as container:
+            stream = container.streams.video[0]
+            n = int(stream.frames) or sum(1 for pk in container.demux(stream) if pk.size)
+            fps = float(stream.average_rate or 0)
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            tb = float(stream.time_base or 0)
+            end = float(((stream.start_time or 0) + stream.duration) * tb) if stream.duration and tb else None
+        if n <= 0 or not np.isfinite(fps) or fps <= 0:
+            raise VideoReadError(f"video {p} reports {n} frames at {fps} fps; remux it: `ffmpeg -i IN -r 30 OUT.mp4`")
+        notes, size = [], {}
+        if max(height, width) > max_side:
+            h2, w2 = scaled_size(height, width, max_side)
+            size = {"width": w2, "height": h2}
+            notes.append(f"video is {width}x{height}, above the {max_side} px limit per side; decoded at {w2}x{h2}: "
+                         "boxes are in source pixels, masks at the decoded size")
+        idx = sample_indices(n, num_frames)
+        wanted: dict[int, list[int]] = {}
+        for k, i in enumerate(idx):
+            wanted.setdefault(int(i), []).append(k)
+        out: list = [None] * len(idx)
+        times: dict[int, float] = {}  # presentation times of frame 0 and the sampled frames
+        with av.open(str(p)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted or i == 0:
+                    times[i] = i / fps if frame.time is None else float(frame.time)
+                if i in wanted:
+                    rgb = frame.to_ndarray(format="rgb24", **size)
+                    for k in wanted[i]:
+                        out[k] = rgb
+                if i >= idx[-1]:
+                    break
+    except av.error.FFmpegError as e:
+        raise VideoReadError(f"video {p} cannot be decoded ({first_line(e)}); fetch it again or re-encode it with "
+                             "`ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`") from e
+    if any(f is None for f in out):
+        raise VideoReadError(f"video {p} is truncated: it ended before frame {int(idx[-1])} of the {n} it reports; "
+                             "fetch it again")
+    keys = sorted(times)  # frame 0 first: times count from it (the rule read_clip follows)
+    stamps, duration = presentation_times(keys, [times[i] for i in keys], fps, n, end=end)
+    at = dict(zip(keys, stamps))
+    few = few_frames_note(n, num_frames)
+    return Clip(frames=np.stack(out), timestamps=np.asarray([at[int(i)] for i in idx]), duration=duration,
+                width=width, height=height, fps=fps, path=str(p), notes=notes + ([few] if few else []), indices=idx,
+                num_total_frames=n)

@@ -153,7 +153,7 @@ def default_config(s: Session, window_s: float) -> Path:
     """Stage overrides of the default run: batch, step targets and per-stage time budgets filling ``window_s``."""
     a = s.args
     usable = max(30.0, window_s - 3 * a.stage_overhead_s)
-    shares = (0.36, 0.16, 0.48)
+    shares = a.stage_shares
     steps = (a.steps1, a.steps2, a.steps3)
     stages = {f"stage{i + 1}": {"batch_size": a.batch, "steps": steps[i], "time_budget_s": round(shares[i] * usable, 1),
                                 "log_every": a.log_every, "save_every": 0,
@@ -324,6 +324,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps1", type=int, default=6000, help="step target of stage 1 (the time budget cuts it)")
     p.add_argument("--steps2", type=int, default=3000)
     p.add_argument("--steps3", type=int, default=6000)
+    p.add_argument("--stage-shares", type=lambda t: [float(x) for x in t.split(",")], default=[0.36, 0.16, 0.48],
+                   help="shares of the default's training time for stages 1, 2, 3 (the time budgets)")
     p.add_argument("--stage-overhead-s", type=float, default=12.0, help="per stage: start-up, saving, plots")
     p.add_argument("--reserve-s", type=float, default=110.0, help="after training: ship, eval, packing")
     p.add_argument("--log-every", type=int, default=25)
@@ -349,6 +351,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.out:
         p.error("--out is required (or set $OUT)")
+    if len(args.stage_shares) != 3 or min(args.stage_shares) <= 0 or sum(args.stage_shares) > 1.0 + 1e-6:
+        p.error(f"--stage-shares takes three positive shares summing to at most 1, got {args.stage_shares}")
     if args.smoke:
         args.train_videos, args.val_videos, args.heldout_videos, args.per_task = 12, 4, 4, 2
         args.steps1 = args.steps2 = args.steps3 = 2

@@ -345,6 +345,7 @@ def test_ort_cuda_iobinding_matches_cpu(export: Manifest) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 def test_tensorrt_engine_matches_ort(tmp_path: Path) -> None:
     """Needs full ``tensorrt`` on a GPU (TensorRT-RTX engines cannot run on H100/H200 or Jetson)."""
     from export.trt_build import build_engines

@@ -179,6 +179,19 @@ print(json.dumps(out))
 """
 
 
+def test_plan_cache_is_keyed_by_the_output_dtype():
+    """A plan replays the kernel compiled on its first call, specialised on the pointer types: an fp16 call after an
+    fp32 one with the same shapes must get its own plan (it once wrote fp32 values into the fp16 output)."""
+    require_triton()
+    from runtime.kernels.preprocess_triton import _get_plan
+
+    frames = torch.zeros((2, 12, 16, 3), dtype=torch.uint8)
+    plans = {dt: _get_plan(frames, "thwc", (8, 8), "bilinear", True, None, None, dt)[0]
+             for dt in (torch.float32, torch.float16, torch.bfloat16)}
+    assert len({id(p) for p in plans.values()}) == 3
+    assert _get_plan(frames, "thwc", (8, 8), "bilinear", True, None, None, torch.float16)[0] is plans[torch.float16]
+
+
 def test_compiled_for_sm90_has_no_fma_and_no_spills():
     """What the interpreter cannot show: the sm_90 machine code (compiled here, no GPU needed) multiplies and adds
     separately (no FFMA: the float order stays numpy's), keeps everything in registers, divides exactly."""

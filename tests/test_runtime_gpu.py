@@ -63,10 +63,43 @@ def _compare(pipe, reference, videos, questions):
 QUESTIONS = ("What is in the video?", "When does the red circle appear?")
 
 
-def test_ort_cuda_matches_reference(export_dir, reference, sample_videos):
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["cuda-graphs", "plain"])
+def test_ort_cuda_matches_reference(export_dir, reference, sample_videos, cuda_graphs):
     from runtime.pipeline import Pipeline
 
-    _compare(Pipeline.from_manifest(export_dir, backend="ort", device="cuda"), reference, sample_videos, QUESTIONS)
+    pipe = Pipeline.from_manifest(export_dir, backend="ort", device="cuda", cuda_graphs=cuda_graphs)
+    _compare(pipe, reference, sample_videos, QUESTIONS)
+    print(json.dumps(pipe.graph_status, indent=1))
+
+
+def test_cuda_graphs_capture_the_fixed_shape_engines_and_track_like_plain(export_dir):
+    """A tracked stream with CUDA graphs gives the plain engines' masks, frame by frame; the vision and head engines
+    run from graphs, and every mask engine either does or says why not (a capture that fails falls back to a plain
+    session, recorded in graph_status: the status is printed for the log)."""
+    from runtime.contract.routing import force_token
+    from runtime.pipeline import Pipeline
+
+    frames = np.random.default_rng(3).integers(0, 256, (24, 240, 320, 3), dtype=np.uint8)
+    frames[:, 80:160, 100:200] = (230, 30, 30)
+    boxes = {}
+    for graphs in (True, False):
+        pipe = Pipeline.from_manifest(export_dir, backend="ort", device="cuda", cuda_graphs=graphs)
+        lp = force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
+        res = list(pipe.stream(iter(frames), "Track the red box.", cadence=0, window=8, max_new_tokens=3,
+                               logits_processor=lp))
+        assert all(r.ok for r in res)
+        boxes[graphs] = [(r.box, r.object_score) for r in res]
+        if graphs:
+            status = pipe.graph_status
+            print(json.dumps(status, indent=1))
+            for name in ("vision", "mask_prompt"):
+                assert "cuda graph" in status[name].values(), (name, status[name])
+            for name in ("mask_memory_attention", "mask_decoder", "mask_memory_encoder", "mask_image_encoder"):
+                assert status[name] and all(v == "cuda graph" or v.startswith("plain: ") for v in
+                                            status[name].values()), (name, status[name])
+    for (b1, s1), (b0, s0) in zip(boxes[True], boxes[False]):
+        assert abs(s1 - s0) <= 1e-3 * max(1.0, abs(s0))
+        assert (b1 is None) == (b0 is None) and (b1 is None or np.abs(np.subtract(b1, b0)).max() <= 1)
 
 
 @pytest.mark.trt
@@ -111,3 +144,33 @@ def test_bench_cuda_writes_json(export_dir, request, backend):
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / f"runtime_bench_{backend}_cuda.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def test_cuda_background_stream_answers_its_window_and_tracks_from_the_device_ring(export_dir):
+    """On CUDA the window ring lives on the device and a re-ask gets a device gather of it on the low-priority
+    stream: each answer equals a plain ask of the frames it was asked on; tracking reads the ring from the answer on."""
+    import time
+
+    from runtime.contract.routing import force_token
+    from runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_manifest(export_dir, backend="ort", device="cuda")
+    frames = np.random.default_rng(5).integers(0, 256, (40, 120, 160, 3), dtype=np.uint8)
+
+    def paced():
+        for f in frames:
+            time.sleep(0.01)
+            yield f
+
+    res = list(pipe.stream(paced(), "What is it?", cadence=10, window=8, max_new_tokens=4, background=True))
+    answered = [r for r in res if r.answer is not None]
+    assert len(res) == 40 and all(r.ok for r in res) and len(answered) >= 3
+    for r in answered:
+        lo = max(0, r.asked_at - 7)
+        want = pipe.ask(frames[lo:r.asked_at + 1], "What is it?", max_new_tokens=4, fps=30.0)
+        assert r.answer.token_ids == want.token_ids
+    lp = force_token(pipe.manifest.task_tokens["<track_begin>"].id, 0)
+    tracked = list(pipe.stream(paced(), "Track it.", cadence=0, window=8, max_new_tokens=3, logits_processor=lp,
+                               background=True))
+    first = next(i for i, r in enumerate(tracked) if r.answer is not None)
+    assert all(r.ok for r in tracked) and all(r.mask is not None for r in tracked[first:])

@@ -83,7 +83,7 @@ def test_variable_frame_rate_uses_presentation_times(pipe, tmp_path):
     assert clip.duration == pytest.approx(pts[-1] + 1 / 30, abs=2e-3)
     ref = read_video(path, pipe.num_frames)  # the reference reader is the same function
     np.testing.assert_array_equal(ref.timestamps, clip.timestamps)
-    from runtime.video_gpu import read_clip_pyav  # the PyAV fallback follows the same rule
+    from runtime.video_io import read_clip_pyav  # the PyAV fallback follows the same rule
 
     alt = read_clip_pyav(path, pipe.num_frames)
     np.testing.assert_allclose(alt.timestamps, clip.timestamps, atol=1e-3)

@@ -111,3 +111,29 @@ def test_tpo_stream_re_asks_in_the_background_by_default(export_dir, sample_vide
     assert [x["index"] for x in lines] == list(range(1500)) and answered
     assert all(x["asked_at"] <= x["index"] for x in answered) and answered[0]["asked_at"] == 0
     assert any(x["asked_at"] < x["index"] for x in answered)  # a file decodes faster than the LLM answers
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_gil_switch_interval_is_short_only_while_a_re_ask_is_in_flight(pipe, isolate):
+    """Isolated background re-asks lower the interpreter's switch interval while one is in flight (the frame loop gets
+    the GIL back within 0.2 ms) and restore it afterwards; isolate=False leaves it alone."""
+    import sys
+
+    from runtime.stream import REASK_SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    seen = []
+
+    def paced():
+        for f in _frames(40):
+            seen.append(sys.getswitchinterval())
+            time.sleep(0.02)
+            yield f
+
+    list(pipe.stream(paced(), "What is it?", cadence=0, window=4, max_new_tokens=3, background=True, isolate=isolate,
+                     logits_processor=_slow(0.03)))
+    assert sys.getswitchinterval() == before
+    if isolate:  # asked on frame 0, in flight for ~0.1 s of the 0.8 s: frame 1 saw the short interval, the last not
+        assert seen[1] == pytest.approx(REASK_SWITCH_INTERVAL_S) and seen[-1] == before
+    else:
+        assert set(seen) == {before}

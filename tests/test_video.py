@@ -175,3 +175,27 @@ def test_unsupported_codec(tmp_path):
             c.mux(p)
     with pytest.raises(VideoReadError, match="codec 'av1'"):
         read_video(path, 2)
+
+
+def test_without_decord_the_readers_use_pyav(ramp_video, monkeypatch):
+    """No decord (aarch64: Jetson, Grace): read_clip, file_frames and a looped file read with PyAV, with the same
+    sampled frames and presentation times as decord, and the clip says which decoder ran."""
+    from runtime import sources, video_io
+
+    ref = video_io.read_clip(ramp_video, 8)
+    ref_stream = list(video_io.file_frames(ramp_video))
+    monkeypatch.setattr(video_io, "decord_available", lambda: False)
+    alt = video_io.read_clip(ramp_video, 8)
+    assert video_io.PYAV_NOTE in alt.notes and video_io.PYAV_NOTE not in ref.notes
+    assert alt.indices.tolist() == ref.indices.tolist() and alt.num_total_frames == ref.num_total_frames == N
+    np.testing.assert_allclose(alt.timestamps, ref.timestamps, atol=1e-6)
+    assert alt.duration == pytest.approx(ref.duration) and (alt.width, alt.height) == (W, H)
+    np.testing.assert_allclose(_level(alt.frames), _level(ref.frames), atol=0.5)
+    stream = list(video_io.file_frames(ramp_video))
+    assert [f.index for f in stream] == [f.index for f in ref_stream] == list(range(N))
+    np.testing.assert_allclose([f.timestamp for f in stream], [f.timestamp for f in ref_stream], atol=1e-6)
+    np.testing.assert_allclose(_level(np.stack([f.frame for f in stream])), np.arange(N), atol=0.5)
+    looped = list(sources.LoopedFile(ramp_video, 2))
+    assert len(looped) == 2 * N and looped[N].timestamp == pytest.approx(N / FPS)
+    with pytest.raises(VideoReadError, match="empty"):
+        video_io.read_clip(_write(ramp_video.parent / "empty.mp4", b""), 8)

@@ -89,7 +89,7 @@ def test_cpu_decoders_match_read_clip(small_video):
 
 
 def test_pyav_repeats_frames_when_more_are_asked(small_video):
-    from runtime.video_gpu import read_clip_pyav
+    from runtime.video_io import read_clip_pyav
 
     clip = read_clip_pyav(small_video, 2 * N_FRAMES)
     np.testing.assert_array_equal(decoded_codes(clip.frames), np.arange(2 * N_FRAMES) // 2)
@@ -112,7 +112,8 @@ def test_bad_arguments(small_video, kwargs, err, match):
 
 
 def test_truncated_and_image_files(tmp_path, small_video):
-    from runtime.video_gpu import read_clip_cuda, read_clip_pyav
+    from runtime.video_gpu import read_clip_cuda
+    from runtime.video_io import read_clip_pyav
 
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(small_video.read_bytes()[: small_video.stat().st_size // 2])
@@ -142,6 +143,7 @@ def hd_video(tmp_path_factory) -> Path:
 
 
 @pytest.mark.gpu
+@pytest.mark.nvdec
 @pytest.mark.parametrize("num_frames", [8, 2 * N_FRAMES])
 def test_nvdec_matches_decord(hd_video, num_frames):
     """Every strategy and layout: NVDEC frames = decord's frames (index patches exactly, pixels within a few levels)."""
@@ -177,6 +179,7 @@ def test_nvdec_matches_decord(hd_video, num_frames):
 
 
 @pytest.mark.gpu
+@pytest.mark.nvdec
 def test_nvdec_then_device_preprocess_matches_cpu_chain(hd_video):
     """read_clip_cuda -> fused kernels vs read_clip -> numpy: apart only by NVDEC's colour conversion."""
     import torch

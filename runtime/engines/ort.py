@@ -46,6 +46,10 @@ class OrtEngine(Engine):
         provider_options: extra CUDA provider options (e.g. ``{"cudnn_conv_algo_search": "HEURISTIC"}``); fp32
             graphs default to ``use_tf32=0`` (:func:`cuda_provider_options`).
         log_severity: ORT log level (0 verbose .. 4 fatal).
+        free_dims: symbolic dim name -> value, fixed for this session (``add_free_dimension_override_by_name``:
+            shapes become static, so shape arithmetic folds away; inputs must then have exactly those sizes).
+        cuda_graph: CUDA only: open with ``enable_cuda_graph`` (ORT refuses at load when a node would run on the
+            CPU); runs must bind the same device addresses every time (:mod:`runtime.engines.ort_graph`).
     """
 
     backend = "ort"
@@ -53,7 +57,7 @@ class OrtEngine(Engine):
     def __init__(self, name: str, spec: ComponentSpec, root: str | Path, device: str = "cpu", *,
                  threads: int | None = None, inter_threads: int | None = None, optimization: str = "all",
                  spinning: bool = False, cuda_stream: Any = None, provider_options: dict | None = None,
-                 log_severity: int = 3):
+                 log_severity: int = 3, free_dims: dict[str, int] | None = None, cuda_graph: bool = False):
         super().__init__(name, spec, root, device)
         if optimization not in OPT_LEVELS:
             raise ValueError(f"{name}: optimization {optimization!r} not in {list(OPT_LEVELS)}")
@@ -70,7 +74,12 @@ class OrtEngine(Engine):
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        providers = self._providers(cuda_stream, provider_options or {})
+        for dim, value in (free_dims or {}).items():
+            opts.add_free_dimension_override_by_name(dim, int(value))
+        if cuda_graph and self.device_type != "cuda":
+            raise ValueError(f"{name}: cuda_graph=True needs device='cuda', got {device!r}")
+        provider_options = {**(provider_options or {}), **({"enable_cuda_graph": "1"} if cuda_graph else {})}
+        providers = self._providers(cuda_stream, provider_options)
         try:
             self.session = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
         except ORT_ERRORS as e:
@@ -140,7 +149,7 @@ class OrtEngine(Engine):
         binding = self.session.io_binding()
         keep = []  # device copies of host inputs stay alive until the run returns
         for spec in self.input_specs:
-            t = _as_device_tensor(self.name, spec.name, inputs[spec.name], dev)
+            t = as_device_tensor(self.name, spec.name, inputs[spec.name], dev)
             keep.append(t)
             binding.bind_input(spec.name, "cuda", self.device_index, ONNX_ELEM[spec.dtype], tuple(t.shape),
                                t.data_ptr())
@@ -203,7 +212,7 @@ def _as_numpy(component: str, name: str, x: Array) -> np.ndarray:
     raise ValueError(f"{component}: input {name!r} is a {type(x).__name__}; pass a numpy array.")
 
 
-def _as_device_tensor(component: str, name: str, x: Array, dev: Any) -> Any:
+def as_device_tensor(component: str, name: str, x: Array, dev: Any) -> Any:
     """A contiguous torch tensor on ``dev``: numpy/CPU tensors are copied, tensors on ``dev`` are used in place."""
     import torch
 

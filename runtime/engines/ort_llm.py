@@ -202,12 +202,17 @@ class OrtLLM:
 
     # ------------------------------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget every cached position (the buffers are kept; stale entries are masked out)."""
+        """Forget every cached position. The buffers are kept (CUDA graphs replay their addresses) and zeroed:
+        the attention masks stale positions out of the softmax, but a kernel may still multiply a masked value
+        by a zero weight, and a NaN or inf left by an earlier request (a failed run) would survive that as
+        NaN. Zeroing costs one memset of :attr:`nbytes` (0.5 GB at the 7B shape and 4096 positions: about
+        0.15 ms at the H200's copy bandwidth), once per request."""
         self.length = 0
-        if self.on_cuda:
-            self._mask.zero_()
-        else:
-            self._mask.fill(0)
+        for buf in (*self._kv, self._mask):
+            if self.on_cuda:
+                buf.zero_()
+            else:
+                buf.fill(0)
 
     def check_fits(self, prompt_len: int, max_new: int = 0) -> None:
         """Raise ValueError if ``prompt_len`` (+ ``max_new``) more positions exceed the capacity (the contract's

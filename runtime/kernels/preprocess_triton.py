@@ -232,7 +232,7 @@ class _Plan:
 _PLANS: dict = {}
 
 
-def _get_plan(frames, layout, hw_out, mode, clamp, normalize, fidx) -> tuple[_Plan, int]:
+def _get_plan(frames, layout, hw_out, mode, clamp, normalize, fidx, out_dtype) -> tuple[_Plan, int]:
     t_in, h, w, strides = _check_frames(frames, layout)
     if fidx is not None:
         if not isinstance(fidx, torch.Tensor) or fidx.ndim != 1 or fidx.dtype != torch.int32 or fidx.numel() == 0:
@@ -243,7 +243,9 @@ def _get_plan(frames, layout, hw_out, mode, clamp, normalize, fidx) -> tuple[_Pl
             raise ValueError(f"indices are on {fidx.device}, frames on {frames.device}; move them to one device")
     t_out = t_in if fidx is None else int(fidx.numel())
     cfg = _tile_config(*hw_out, t_out)
-    key = (t_out, h, w, strides, hw_out, mode, clamp, normalize, fidx is not None, frames.device, cfg)
+    # the plan's launcher replays the kernel compiled on its first call, which is specialised on the pointer types:
+    # the output dtype is part of the key (without it an fp16 call after an fp32 one wrote fp32 into fp16 memory)
+    key = (t_out, h, w, strides, hw_out, mode, clamp, normalize, fidx is not None, frames.device, cfg, out_dtype)
     plan = _PLANS.get(key)
     if plan is None:
         if mode not in RESIZE_MODES:
@@ -279,7 +281,7 @@ def resize_frames_triton(
     norm = None if normalize is None else tuple(tuple(float(v) for v in x) for x in normalize)
     if norm is not None and (len(norm) != 2 or any(len(x) != 3 for x in norm) or min(norm[1]) <= 0):
         raise ValueError(f"normalize must be (mean[3], std[3]) with std > 0, got {normalize!r}")
-    plan, t_in = _get_plan(frames, layout, hw_out, mode, bool(clamp), norm, indices)
+    plan, t_in = _get_plan(frames, layout, hw_out, mode, bool(clamp), norm, indices, out_dtype)
     shape = (plan.t_out, 3, *hw_out)
     if out is None:
         out = torch.empty(shape, dtype=out_dtype, device=frames.device)
