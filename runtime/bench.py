@@ -170,7 +170,7 @@ def _bench_mask(pipe, clip, h, stages: dict, iters: int, warmup: int, patches=No
 
     def e2e():
         m = mask_frame()
-        return decode_masks(m.low_res_logits, hw, ops.asarray(np.asarray([m.object_score], np.float32))).to_numpy()
+        return decode_masks(m.low_res_logits, hw, ops.cast(m.score_logits, "float32")).to_numpy()
 
     stages["e2e_frame"] = _time(e2e, sync, iters, warmup)
 

@@ -69,11 +69,22 @@ class MemoryBank:
 
 @dataclass
 class FrameMask:
-    """One tracked frame: low-res logits ``[1, s, s]`` (device array), object score logit, predicted IoU."""
+    """One tracked frame, as device arrays: low-res logits ``[1, s, s]``, the object score logit ``[1]`` and the
+    predicted IoU ``[1]``. Nothing is read back to the host until asked: :attr:`object_score` / :attr:`iou` are
+    host floats (each a device sync), and ``score_logits`` feeds ``decode_masks`` on the device."""
 
     low_res_logits: Any
-    object_score: float
-    iou: float
+    score_logits: Any
+    iou_pred: Any
+    ops: Any
+
+    @property
+    def object_score(self) -> float:
+        return float(self.ops.to_host(self.score_logits).reshape(-1)[0])
+
+    @property
+    def iou(self) -> float:
+        return float(self.ops.to_host(self.iou_pred).reshape(-1)[0])
 
 
 class MaskTracker:
@@ -154,9 +165,9 @@ class MaskTracker:
                  "object_score_logits": dec["object_score_logits"]})
             self.bank.add(t, mem["memory"], mem["memory_pos"], dec["object_pointer"], conditioning=t == 0)
         self._frame += 1
-        score = float(self.ops.to_host(dec["object_score_logits"]).reshape(-1)[0])
-        iou = float(self.ops.to_host(dec["iou"]).reshape(-1)[0])
-        return FrameMask(dec["low_res_logits"][:, 0], score, iou)
+        # no host read here: the scores stay on the device until a caller asks (FrameMask)
+        return FrameMask(dec["low_res_logits"][:, 0], dec["object_score_logits"].reshape(-1),
+                         dec["iou"].reshape(-1), self.ops)
 
     def track(self, pixels: Any, sparse_prompt: Any) -> list[FrameMask]:
         """Whole clip: pixels ``[T, 3, S, S]``; frame 0 is prompted -> T :class:`FrameMask`."""

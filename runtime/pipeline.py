@@ -380,8 +380,9 @@ class Pipeline:
         t0 = time.perf_counter()
         h, w = int(clip.frames.shape[1]), int(clip.frames.shape[2])
         logits = self.ops.concat([f.low_res_logits for f in tracked], axis=0)
-        scores = np.asarray([f.object_score for f in tracked], np.float32)
-        dec = decode_masks(logits, (h, w), self.ops.asarray(scores)).to_numpy()
+        score_logits = self.ops.cast(self.ops.concat([f.score_logits for f in tracked], axis=0), "float32")
+        dec = decode_masks(logits, (h, w), score_logits).to_numpy()  # one read-back, at the end
+        scores = np.asarray(self.ops.to_host(score_logits), np.float32)
         timings["mask_decode_ms"] = (time.perf_counter() - t0) * 1e3
         return MaskResult(bits=dec.bits, height=h, width=w, timestamps=np.asarray(clip.timestamps, np.float32),
                           object_scores=scores, boxes=boxes_from_decoded(dec.boxes), areas=dec.areas)

@@ -341,13 +341,14 @@ class Stream:
         out.timings_ms["track_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         h, w = frame.shape[:2]
-        dec = decode_masks(fm.low_res_logits, (h, w), pipe.ops.asarray(np.asarray([fm.object_score], np.float32)))
-        dec = dec.to_numpy()
+        # the score logit goes to the fused decode on the device; one read-back at the end (to_numpy)
+        dec = decode_masks(fm.low_res_logits, (h, w), pipe.ops.cast(fm.score_logits, "float32")).to_numpy()
         out.timings_ms["mask_decode_ms"] = (time.perf_counter() - t0) * 1e3
+        score = fm.object_score
         boxes = boxes_from_decoded(dec.boxes)
         out.mask = MaskResult(bits=dec.bits, height=h, width=w, timestamps=np.asarray([out.timestamp], np.float32),
-                              object_scores=np.asarray([fm.object_score], np.float32), boxes=boxes, areas=dec.areas)
-        out.box, out.object_score = boxes[0], fm.object_score
+                              object_scores=np.asarray([score], np.float32), boxes=boxes, areas=dec.areas)
+        out.box, out.object_score = boxes[0], score
 
 
 def _cuda_streams(pipeline) -> tuple[Any, Any] | None:

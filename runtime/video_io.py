@@ -21,6 +21,7 @@ note; boxes are still reported in the source's pixels; masks are at the decoded 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,11 @@ MAX_SIDE = 8192
 STREAM_OPEN_TIMEOUT_S = 10.0
 STREAM_STALL_TIMEOUT_S = 10.0  # a network stream with no data for this long has stalled
 CFR_TOLERANCE_S = 1e-3  # presentation times within this of index / fps: a constant frame rate
-# decord's decoder threads per reader (0: FFmpeg's choice). 1: data loaders run many readers at once, and on 2 cores
-# more threads made a 16-frame 1080p read slower (1.35 s at 1 thread, 1.63 s at 2 or auto; benchmarks/preprocess.py)
-DECODE_THREADS = 1
+# decord's decoder threads per reader (0: FFmpeg's choice): half the cores, at most 8. Reading 16 of 240 frames of
+# a 1080p30 clip (GOP 30) on the H200 host (6 cores given): 712 ms at 1 thread, 467 at 4, 382 at 8, 458 at FFmpeg's
+# choice; on the 2-core box 1 thread was fastest (1.35 s vs 1.63 s at 2). Data loaders, which run many readers at
+# once, pass threads=1 (tpo_core.data.video).
+DECODE_THREADS = min(8, max(1, (os.cpu_count() or 2) // 2))
 _IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                 b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"

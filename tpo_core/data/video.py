@@ -33,7 +33,7 @@ def read_video(path: str | Path, num_frames: int, *, max_side: int | None = None
         raise ValueError(f"read_video: num_frames must be a positive int, got {num_frames!r}")
     if max_side is not None and max_side <= 0:
         raise ValueError(f"read_video: max_side must be a positive int or None, got {max_side!r}")
-    clip = read_clip(path, num_frames)
+    clip = read_clip(path, num_frames, threads=1)  # one decoder thread: loaders and evaluators run many readers
     if max_side is not None and max(clip.frames.shape[1:3]) > max_side:
         clip.frames = _shrink(clip.frames, max_side)
     return clip

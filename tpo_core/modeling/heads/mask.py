@@ -236,6 +236,18 @@ def preprocess_mask_frames(frames: Tensor, image_size: int) -> Tensor:
     return (x - mean) / std
 
 
+IOU_TIE = 1e-4  # candidates whose predicted IoU is within this of the best count as tied: the first one is kept
+
+
+def select_candidate(iou: Tensor) -> Tensor:
+    """``iou [B, K]`` predicted IoUs of the K candidate masks -> ``[B, 1]`` index of the one kept: the first within
+    ``IOU_TIE`` of the maximum (SAM2 takes the plain argmax). An untrained or saturated IoU head predicts exact ties
+    (0.4999244 twice, seen in the tiny default), which a plain argmax breaks by float noise: PyTorch and ONNX Runtime
+    then kept different masks. The exported graph is traced from this function, so both sides apply the same rule."""
+    near = (iou >= iou.amax(dim=-1, keepdim=True) - IOU_TIE).to(iou.dtype)
+    return near.argmax(dim=-1, keepdim=True)  # the first 1 (torch and ONNX ArgMax both return the first maximum)
+
+
 class MaskHead(nn.Module):
     """SAM2 (transformers' ``Sam2VideoModel`` parts, in ``self.sam``) + TPO's prompt MLP and auxiliary box MLP.
 
@@ -427,7 +439,7 @@ class MaskHead(nn.Module):
             sparse_prompt_embeddings=sparse_prompt[:, None].to(image.dtype), dense_prompt_embeddings=dense,
             multimask_output=multimask, high_resolution_features=[features.feat_s0, features.feat_s1])
         masks, iou, tokens, obj = masks[:, 0], iou[:, 0], tokens[:, 0], obj[:, 0]  # [B, K, s, s] [B, K] [B, K, C]
-        best = iou.argmax(dim=-1, keepdim=True)  # [B, 1]; K == 1 -> 0
+        best = select_candidate(iou)  # [B, 1]; K == 1 -> 0
         low = torch.gather(masks, 1, best[:, :, None, None].expand(-1, -1, *masks.shape[-2:]))
         iou = torch.gather(iou, 1, best)
         token = torch.gather(tokens, 1, best[:, :, None].expand(-1, -1, c))[:, 0]
