@@ -62,8 +62,8 @@ def test_manifest_that_does_not_match_the_engines(export_dir, tmp_path):
     m = json.loads((bad / "manifest.json").read_text())
     m["components"]["head_region"]["inputs"][0]["name"] = "task_emb"
     (bad / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ValueError,
-                       match=r"head_region: graph head_region.onnx has inputs \['task_embedding'.*the manifest says \['task_emb'"):
+    want = r"head_region: graph head_region.onnx has inputs \['task_embedding'.*the manifest says \['task_emb'"
+    with pytest.raises(ValueError, match=want):
         Pipeline.from_manifest(bad)
 
     swapped = _copy_export(export_dir, tmp_path / "swapped")
