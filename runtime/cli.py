@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tpo {args.command}: error: {e}\n(set TPO_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a backend failed (an engine could not load or run): its message names the part
+        if os.environ.get("TPO_DEBUG"):
+            raise
+        print(f"tpo {args.command}: failed: {e}\n(set TPO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

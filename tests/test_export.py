@@ -257,6 +257,18 @@ def test_fp16_partial_export_runs_in_onnxruntime(tmp_path):
     assert report.ok, report.summary()
 
 
+def test_fp16_export_of_the_shipped_pointer_heads_runs_in_onnxruntime(tmp_path):
+    """The embedded default's pointer heads, loaded from the checkpoint (their patch-centre table is rebuilt in
+    float32 after the fp16 cast) and exported in fp16: the graphs load in ONNX Runtime and match the reference."""
+    m = export_model("embedded", tmp_path, "fp16", components=["head_region", "mask_prompt"],
+                     log=lambda _msg: None)  # loads as `tpo export` does (materialized in fp16)
+    ref, _ = load_source("embedded")
+    assert ref.uses_patches
+    report = VerifyReport(str(tmp_path), "fp16")
+    verify_components(report, m, ref)
+    assert report.ok, report.summary()
+
+
 # ---------------------------------------------------------------------------------------------- build
 @pytest.mark.trt
 def test_tpo_build_tensorrt_rtx_on_the_tiny_export(tmp_path):

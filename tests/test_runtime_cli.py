@@ -66,6 +66,20 @@ def test_demo_runs_every_task(export_dir, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "demo" / "annotated.mp4").stat().st_size > 0
 
 
+def test_a_backend_failure_is_a_message_and_exit_1(export_dir, sample_videos, monkeypatch, capsys):
+    """An engine that ONNX Runtime cannot load (RuntimeError naming the part) ends the command with that message and
+    exit 1, not a traceback (bad input stays exit 2)."""
+    from runtime.pipeline import Pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("head_region: ONNX Runtime could not load head_region.onnx: Type Error")
+
+    monkeypatch.setattr(Pipeline, "from_manifest", classmethod(lambda cls, *a, **k: broken()))
+    assert main(["run", str(export_dir), "--video", sample_videos[0], "--prompt", "Where is it?"]) == 1
+    err = capsys.readouterr().err
+    assert "tpo run: failed: head_region: ONNX Runtime could not load" in err and "Traceback" not in err
+
+
 def test_runtime_library_does_not_import_the_toolkit():
     """runtime/ never imports tpo_core, transformers, peft or export (the demo lives in export/demo.py)."""
     banned = ("tpo_core", "transformers", "peft", "export")

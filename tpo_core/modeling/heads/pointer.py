@@ -116,7 +116,8 @@ class PointerHead(nn.Module):
         attn = kv.new_zeros(b, t * p)
         for layer in self.layers:
             q, attn = layer(q, kv)
-        where = attn.view(b, t, p).sum(dim=1) @ self.centres  # [B, 2] attention-weighted (x, y)
+        # the centre table is rebuilt in float32 after a cast (restore_buffers, reset_centres): match the weights
+        where = attn.view(b, t, p).sum(dim=1) @ self.centres.to(attn.dtype)  # [B, 2] attention-weighted (x, y)
         o = self.out(q[:, 0])
         centre = where + 0.25 * torch.tanh(o[:, :2])
         size = torch.sigmoid(o[:, 2:])
