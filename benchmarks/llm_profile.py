@@ -189,11 +189,9 @@ def main(argv: list[str] | None = None) -> int:
            "copy_bw_GBps": bw, "weight_bytes": weight_bytes, "floor_ms_weights_only": weight_bytes / bw / 1e6,
            "runs": runs, "versions": versions(),
            "command": "python benchmarks/llm_profile.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"llm_profile_{re.sub(r'[^A-Za-z0-9]+', '_', rec['gpu']).strip('_')}.json"
-    path.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"[llm_profile] wrote {path}")
+    from runtime.report import write_result
+
+    print(f"[llm_profile] wrote {write_result(Path(args.out), 'llm_profile', rec['gpu'], rec)}")
     return 0
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -209,11 +208,10 @@ def main(argv: list[str] | None = None) -> int:
            "cuda": torch.version.cuda, "python": platform.python_version(),
            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
            "reps": reps, "copy_bandwidth_gbs": bw, "correctness": report, "results": rows}
+    from runtime.report import write_result
+
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"mask_decode_{re.sub(r'[^A-Za-z0-9]+', '_', dev).strip('_')}.json"
-    path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {path}")
+    print(f"wrote {write_result(out_dir, 'mask_decode', dev, out)}")
     return 1 if report["mismatches"] else 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -319,12 +318,9 @@ def main(argv: list[str] | None = None) -> int:
            "reps": reps, "copy_bandwidth_gbs": bw, "tolerance_0_255": ATOL, "correctness": correctness,
            "results": rows, "sweep": sweep_rows, "decode": decode_rows}
     if args.out is not None:
-        path = args.out
-        if path.is_dir() or path.suffix != ".json":
-            path = path / f"preprocess_{re.sub(r'[^A-Za-z0-9]+', '_', dev).strip('_')}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1, default=str))
-        print(f"wrote {path}")
+        from runtime.report import write_result
+
+        print(f"wrote {write_result(args.out, 'preprocess', dev, out)}")
     return 0 if all(r["ok"] for r in correctness) else 1
 
 

@@ -27,9 +27,7 @@ to ``no_reask`` (and <= 33 ms at 1080p30 on the GPU). Also reported: whether the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -160,12 +158,9 @@ def main(argv: list[str] | None = None) -> int:
            "median_p50_ms": p50, "median_p99_ms": p99, "p99_ratio": ratio,
            "command": "python benchmarks/stream_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.out:
-        path = Path(args.out)
-        if path.is_dir() or path.suffix != ".json":
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / f"stream_latency_{re.sub(r'[^A-Za-z0-9]+', '_', dev).strip('_')}.json"
-        path.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
+        from runtime.report import write_result
+
+        print(f"wrote {write_result(args.out, 'stream_latency', dev, out)}", file=sys.stderr)
     return 0
 
 

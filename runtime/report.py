@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -50,3 +51,16 @@ def write_outputs(out: Path, video, clip, prompts: list[str], results: list,
         print(f"note: {vpath} holds the first {written} of the video's {total} frames (the limit asked for)",
               file=sys.stderr)
     return rpath, vpath
+
+
+def write_result(out: str | Path, stem: str, device: str, record: dict) -> Path:
+    """Write a benchmark record as JSON: ``out`` is a ``.json`` file, or a folder (created), which then gets
+    ``<stem>_<device>.json`` with the device name made file-safe (``NVIDIA H200`` -> ``NVIDIA_H200``). Returns the
+    path."""
+    path = Path(out)
+    if path.is_dir() or path.suffix != ".json":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / f"{stem}_{re.sub(r'[^A-Za-z0-9]+', '_', device).strip('_')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return path

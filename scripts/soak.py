@@ -170,12 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems:
         print("PROBLEM:", p)
     if args.out:
-        path = Path(args.out)
-        if path.is_dir() or path.suffix != ".json":
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / f"soak_{re.sub(r'[^A-Za-z0-9]+', '_', dev).strip('_')}.json"
-        path.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
+        from runtime.report import write_result
+
+        print(f"wrote {write_result(args.out, 'soak', dev, report)}", file=sys.stderr)
     return 1 if problems else 0
 
 
