@@ -248,8 +248,7 @@ def read_clip(path: str | Path, num_frames: int, max_side: int = MAX_SIDE, threa
         clip = read_clip_pyav(p, num_frames, max_side)
         clip.notes.append(PYAV_NOTE)
         return clip
-    check_video_file(p)
-    vr, fps = _checked_fps(p, _decord_open(p, threads=threads))
+    vr, fps = open_video(p, threads)
     height, width = (int(v) for v in _batch(vr, p, [0]).shape[1:3])
     notes = []
     if max(height, width) > max_side:
@@ -304,14 +303,12 @@ class SourceFrame:
     error: str | None = None
 
 
-def open_video(path: str | Path):
-    """A video file -> (decord VideoReader, fps); every failure is a VideoReadError naming the fix."""
+def open_video(path: str | Path, threads: int | None = None):
+    """A video file -> (decord VideoReader, fps); every failure is a VideoReadError naming the fix. ``threads``:
+    decord's decoder threads (None: ``DECODE_THREADS``)."""
     p = Path(path)
     check_video_file(p)
-    return _checked_fps(p, _decord_open(p))
-
-
-def _checked_fps(p: Path, vr):
+    vr = _decord_open(p, threads=threads)
     fps = float(vr.get_avg_fps())
     if not np.isfinite(fps) or fps <= 0:
         raise VideoReadError(f"video {p} reports fps={fps}; remux it with a frame rate: `ffmpeg -i IN -r 30 OUT.mp4`")
