@@ -227,6 +227,10 @@ def ship_and_eval(s: Session, data: dict) -> dict | None:
     summary, records = evaluate_parallel(model_dir, task_samples(data["heldout"]), workers,
                                          per_task_limit=a.per_task)
     summary.update(checkpoint=str(model_dir), data=str(data["heldout"]), heldout_seed=a.heldout_seed)
+    from tpo_core.model import TPOModel
+    from tpo_core.train.probes import patch_probe
+
+    summary["vision_probe"] = patch_probe(TPOModel.from_pretrained(model_dir), data["heldout"])
     (s.work / "eval_heldout.json").write_text(json.dumps({"summary": summary, "samples": records}, indent=1) + "\n")
     report = format_report(summary)
     (s.work / "eval_heldout.txt").write_text(report + "\n")
@@ -261,6 +265,10 @@ def target_lines(summary: dict | None) -> list[str]:
                  f"mask mean box J {100 * (m['baseline_mean_box']['J'] or 0):.1f} %, QA majority "
                  f"{100 * (q.get('baseline_majority') or 0):.1f} %")
     lines += [f"     FLAG {f}" for f in summary.get("diagnostics", {}).get("flags", [])]
+    from tpo_core.train.probes import format_probe
+
+    probe = format_probe(summary.get("vision_probe"))
+    lines += [f"     {probe}"] if probe else []
     return lines
 
 

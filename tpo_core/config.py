@@ -73,11 +73,17 @@ class VisionConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "bicubic"
     frame_pool: str = "mean"  # per-frame features for the temporal head: "mean" of the patches or "mean_max"
+    # > 0: a training-only linear classifier on the patch tokens (what each patch shows: background or one of the
+    # synthetic data's colour x shape classes, tpo_core/data/patch_labels.py); never exported. 0 = none (release)
+    patch_classes: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "img_size", "patch_size", "tubelet_size", "num_frames", "embed_dim", "depth",
                   "num_blocks_built", "num_heads", "pos_emb_frames")
         _divisible(self, "img_size", "patch_size")
+        if not isinstance(self.patch_classes, int) or isinstance(self.patch_classes, bool) or self.patch_classes < 0:
+            raise ValueError(f"VisionConfig.patch_classes must be an int >= 0 (0 = no patch classifier), "
+                             f"got {self.patch_classes!r}")
         _divisible(self, "embed_dim", "num_heads")
         _divisible(self, "num_frames", "tubelet_size")
         _choice(self, "resize", ("bicubic", "bilinear"))
@@ -367,7 +373,8 @@ def tiny_config() -> TPOConfig:
     return TPOConfig(
         preset="tiny",
         vision=VisionConfig(img_size=64, patch_size=8, num_frames=8, embed_dim=128, depth=4, num_blocks_built=4,
-                            num_heads=4, pos_emb_frames=4, frame_pool="mean_max"),
+                            num_heads=4, pos_emb_frames=4, frame_pool="mean_max",
+                            patch_classes=33),  # = data.patch_labels.NUM_CLASSES (background + 8 colours x 4 shapes)
         qformer=QFormerConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
                               num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0, spatial_pool=4),
         llm=LLMConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,

@@ -26,6 +26,11 @@ Head targets (only for the samples of that task; ``head_items[head]`` lists thei
   ``mask_targets [Bm, Tm, s, s]`` {0, 1} at the head's low-res size ``s = image_size / 4``, ``mask_boxes
   [Bm, 4]`` normalized xyxy of the object on mask frame 0.
 
+Patch labels (synthetic data with ``patch_labels.npz``, a ``PatchLabels`` given to the collator): ``patch_cover
+[B, T, P, K]`` float32 (the fraction of patch p of frame t showing slot k: background or one of the video's
+objects), ``patch_classes [B, K]`` int64 (each slot's class), ``patch_valid [B]`` (1.0 where the sample's video
+has labels for exactly these frames); all None when no sample of the batch has them.
+
 Every tensor is built on the CPU; ``Batch.pin_memory`` / ``Batch.to(device)`` (non-blocking) move them.
 Decoded clips are cached (``ClipCache``; with a ``clip_store.ClipStore`` they are read from the store written
 once per dataset instead of decoded) so each video is decoded at most once per run.
@@ -104,6 +109,9 @@ class Batch:
     temporal_groups: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     temporal_levels: torch.Tensor | None = None  # [R] distinct positive relevance levels
     mask_pixels: torch.Tensor | None = None  # [Bm, Tm, 3, Sm, Sm] float32
+    patch_cover: torch.Tensor | None = None  # [B, T, P, K] float32, rows sum to 1 (zeros where not valid)
+    patch_classes: torch.Tensor | None = None  # [B, K] int64
+    patch_valid: torch.Tensor | None = None  # [B] float32 in {0, 1}
 
     def _map(self, fn) -> Batch:
         """A Batch with ``fn`` applied to every tensor (also inside lists, tuples and dicts)."""
@@ -176,7 +184,7 @@ class TPOCollator:
     """
 
     def __init__(self, config: TPOConfig, prompts: PromptBuilder, mask_frames: int = 4, seed: int = 0,
-                 cache: ClipCache | None = None, pad_id: int | None = None):
+                 cache: ClipCache | None = None, pad_id: int | None = None, patch_labels=None):
         if not 1 <= mask_frames <= config.vision.num_frames:
             raise ValueError(f"mask_frames={mask_frames} must be in [1, num_frames={config.vision.num_frames}]")
         self.cfg = config
@@ -187,6 +195,7 @@ class TPOCollator:
         self.pad_id = prompts.eos_id if pad_id is None else pad_id
         self.placeholders = {prompts.task_ids.boxes, prompts.task_ids.temp, prompts.task_ids.tracking}
         self._pixels: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.patch_labels = patch_labels  # a patch_labels.PatchLabels or None
 
     def clip(self, sample) -> Clip:
         if not sample.video:
@@ -226,6 +235,22 @@ class TPOCollator:
         box = _box_of(masks[0]) or tuple(sample.first_frame_box or (0.0, 0.0, 0.0, 0.0))
         targets = np.stack([_low_res(m, s) for m in masks])
         return torch.from_numpy(np.ascontiguousarray(clip.frames[chosen])), targets, box
+
+    def _patch_targets(self, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[None, None, None]:
+        """-> (patch_cover [B, T, P, K], patch_classes [B, K], patch_valid [B]) or Nones (module docstring)."""
+        if self.patch_labels is None:
+            return None, None, None
+        got = [self.patch_labels.get(c.path, c.indices) for c in clips]
+        first = next((g for g in got if g is not None), None)
+        if first is None:
+            return None, None, None
+        cover = np.zeros((len(clips), *first[0].shape), np.float32)
+        classes = np.zeros((len(clips), first[1].shape[0]), np.int64)
+        valid = np.zeros(len(clips), np.float32)
+        for i, g in enumerate(got):
+            if g is not None:
+                cover[i], classes[i], valid[i] = g[0], g[1], 1.0
+        return torch.from_numpy(cover), torch.from_numpy(classes), torch.from_numpy(valid)
 
     def __call__(self, samples: list, key: int = 0) -> Batch:
         """Collate ``samples``; ``key`` (e.g. the global micro-batch index) seeds the mask-frame choice."""
@@ -269,6 +294,7 @@ class TPOCollator:
         t, sm = self.cfg.vision.num_frames, self.cfg.mask.low_res_size
         starts = {r[2].index(True) if True in r[2] else -1 for r in rows}
         relevance = torch.from_numpy(np.stack(rel)) if rel else torch.zeros(0, t)
+        patch_cover, patch_classes, patch_valid = self._patch_targets(clips)
         return Batch(
             frames=torch.stack([self.pixels(c) for c in clips]), input_ids=ids, labels=labels, attention_mask=attn,
             visual_mask=vis, placeholder_pos=torch.tensor([r[3] for r in rows], dtype=torch.long),
@@ -282,4 +308,5 @@ class TPOCollator:
             visual_start=starts.pop() if len(starts) == 1 and -1 not in starts else None,
             temporal_groups=span_groups(spans), temporal_levels=torch.unique(relevance[relevance > 0]),
             mask_pixels=torch.stack(mpixels) if mpixels else None,
+            patch_cover=patch_cover, patch_classes=patch_classes, patch_valid=patch_valid,
         )

@@ -12,6 +12,8 @@ given per 1 s clip (QVHighlights uses 2 s clips). Region boxes refer to the midd
 middle-of-segment rule (``video.sample_indices``), so the labelled frame is one the model sees (the tiny
 preset samples 8 frames). Masks and boxes are exactly the visible pixels, so a mask's bbox equals its box label.
 ``negatives.json`` holds questions about objects that are not in the video (``synth_tasks.make_negatives``).
+``patch_labels.npz`` (generator version 3) holds what every 8 x 8 cell of the 8 sampled frames shows, for the
+dense vision loss (``patch_labels.py``).
 Besides the templated QA, each video with a region label gets one *position* question ("In which part of the
 frame is the red circle?" -> "top left", the 3 x 3 cell of the region box's centre on the labelled frame): a
 classification the LM loss teaches from stage 1, which needs the same look-up as the box.
@@ -33,6 +35,11 @@ import cv2
 import numpy as np
 
 from tpo_core.data.formats import FORMAT_VERSIONS
+from tpo_core.data.patch_labels import FILE as PATCH_FILE
+from tpo_core.data.patch_labels import FRAMES as PATCH_FRAMES
+from tpo_core.data.patch_labels import GRID as PATCH_GRID
+from tpo_core.data.patch_labels import NUM_CLASSES as NUM_PATCH_CLASSES
+from tpo_core.data.patch_labels import scene_patch_labels, write_patch_labels
 from tpo_core.data.rle import encode as rle_encode
 from tpo_core.data.rle import mask_bbox
 from tpo_core.data.synth_scene import (
@@ -57,7 +64,7 @@ from tpo_core.data.video import sample_indices
 __all__ = ["TaskSample", "add_synth_parser", "generate", "generate_dataset", "run_synth", "synth_main",
            "task_samples"]
 
-GENERATOR_VERSION = 2  # 2: region boxes on a sampled frame, negatives.json, position questions
+GENERATOR_VERSION = 3  # 2: region boxes on a sampled frame, negatives.json, position questions; 3: patch_labels.npz
 SPLIT_SALT = {"train": 0, "val": 1}
 CLIP_LEN_S = 1.0
 MIN_REGION_VISIBLE = 0.3  # region records only for objects with >= 30 % of their area visible in the box frame
@@ -200,6 +207,7 @@ def generate_video(out: Path, split: str, seed: int, index: int, codec: str, mas
     neg_rng = np.random.default_rng([seed, SPLIT_SALT[split], index, 1])
     rec["negatives"] = [{"id": f"{vid}_n{j}", **common, **neg, "duration": round(scene.duration, 6)}
                         for j, neg in enumerate(make_negatives(scene, neg_rng, NEGATIVES_PER_VIDEO))]
+    rec["patch"] = scene_patch_labels(scene, labels)
     rec["frames"] = n
     return rec
 
@@ -243,12 +251,14 @@ def generate(out: str | Path, videos: int, seed: int, split: str = "train", *, w
     for key in ("region", "segmentation", "negatives"):
         (out / files[key]).write_text(json.dumps([x for r in recs for x in r[key]]) + "\n")
     (out / files["conversations"]).write_text(json.dumps([r["conversation"] for r in recs], indent=1) + "\n")
+    write_patch_labels(out, [r["conversation"]["video"] for r in recs], [r["patch"] for r in recs])
     manifest = {
         "dataset": "tpo-synth", "generator_version": GENERATOR_VERSION, "seed": seed, "split": split,
         "split_salt": SPLIT_SALT[split], "codec": codec, "mask_format": mask_mode, "clip_len_s": CLIP_LEN_S,
         "box_frame": f"sampled frame {REGION_LABEL_FRAMES // 2} of {REGION_LABEL_FRAMES}: "
         f"int({REGION_LABEL_FRAMES // 2 + 0.5} * num_frames / {REGION_LABEL_FRAMES})",
         "files": files, "format_versions": FORMAT_VERSIONS,
+        "patch_labels": {"file": PATCH_FILE, "grid": PATCH_GRID, "frames": PATCH_FRAMES, "classes": NUM_PATCH_CLASSES},
         "counts": {"videos": videos, "frames": sum(r["frames"] for r in recs),
                    "temporal": sum(len(r["temporal"]) for r in recs), "region": sum(len(r["region"]) for r in recs),
                    "segmentation": sum(len(r["segmentation"]) for r in recs),

@@ -242,6 +242,11 @@ def format_report(summary: dict) -> str:
         + ", ".join(f"{k} {pct(v)}" for k, v in n["false_found_by_asked"].items())
         + f"  (answer exact {pct(n['answer_em'])})",
     ]
+    from .probes import format_probe
+
+    probe = format_probe(summary.get("vision_probe"))
+    if probe:
+        lines.append(probe)
     diag = summary.get("diagnostics")
     if diag:
         lines.append("prediction spread (std across samples, prediction / label):")

@@ -27,6 +27,13 @@ One call on a ``Batch`` (B samples, L tokens, T frames):
    - region / mask: with the pointer, the heads also read the patch tokens [B, T', P, Dv]
      (``encode_video_patches``), scaled into the trunk by the head's ``head_grad_scale`` like the task embedding.
 
+5. ``patch`` (a model with ``vision.patch_classifier`` and a batch with patch labels): soft cross-entropy of the
+   classifier's logits on every patch token [B, T', P, C] against the patch's class distribution (``patch_cover``
+   scattered into ``patch_classes``), a weighted mean over the patches of the samples whose video has labels (a
+   patch weighs ``1 - 0.9 * its background share``: objects cover ~5 % of the patches); logged
+   with ``patch_acc``, the accuracy of the arg-max class on the patches at least half covered by one object (the
+   dense probe of the vision stage: how well the encoder tells the colour x shape of what it sees).
+
 ``loss = sum(weight[term] * term)``; every term is returned (detached) for logging. Terms whose weight is 0
 are not computed (stage 1 runs no tracking). Nothing here reads a value back to the host (no
 ``.item()``/``bool(tensor)``/data-dependent shapes): a training step queues its whole forward and backward
@@ -44,6 +51,9 @@ from ..data.collate import IGNORE_INDEX, Batch
 from ..modeling.heads.mask_track import track_batch
 from ..modeling.losses import box_giou, region_loss, temporal_loss
 from ..modeling.mask_losses import dice_loss
+
+
+PATCH_BACKGROUND_WEIGHT = 0.1  # the patch loss's weight of a background patch (an object patch weighs 1)
 
 
 class _GradScale(torch.autograd.Function):
@@ -87,6 +97,24 @@ def batched_mask_terms(raw_logits: torch.Tensor, object_logits: torch.Tensor,
     return pixel, obj
 
 
+def patch_terms(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [B, T, P, C]`` of the patch classifier -> (soft cross-entropy, accuracy on object patches); see the
+    module docstring. The targets: ``patch_cover [B, T, P, K]`` scattered into ``patch_classes [B, K]``."""
+    cover, classes, valid = batch.patch_cover, batch.patch_classes, batch.patch_valid
+    b, t, p, k = cover.shape
+    target = torch.zeros(b, t, p, logits.shape[-1], device=cover.device, dtype=torch.float32)
+    target.scatter_add_(-1, classes[:, None, None, :].expand(b, t, p, k), cover.float())
+    ce = -(target * logits.float().log_softmax(-1)).sum(-1)  # [B, T, P]
+    # about 95 % of the patches are background: its share of a patch weighs PATCH_BACKGROUND_WEIGHT
+    weight = (1.0 - (1.0 - PATCH_BACKGROUND_WEIGHT) * target[..., 0]) * valid[:, None, None]
+    loss = (ce * weight).sum() / weight.sum().clamp(min=1e-6)
+    best, cls = target.max(-1)  # the dominant class of each patch and its share
+    on_object = (best >= 0.5) & (cls > 0) & (valid[:, None, None] > 0)
+    hits = (logits.argmax(-1) == cls) & on_object
+    acc = hits.sum().float() / on_object.sum().clamp(min=1).float()
+    return loss, acc
+
+
 class TPOObjective(nn.Module):
     """Wraps a TPOModel so one ``forward(batch)`` gives the weighted loss (a module, so DDP can wrap it)."""
 
@@ -113,8 +141,8 @@ class TPOObjective(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """-> ``{"loss": weighted total (grad), "<term>": detached value, ...}``."""
         model = self.model
-        visual, frame_feats, patches = model.encode_video_patches(batch.frames)
-        patches = patches if model.uses_patches else None
+        visual, frame_feats, patch_tokens = model.encode_video_patches(batch.frames)
+        patches = patch_tokens if model.uses_patches else None
         emb = self._embeddings(batch, visual)
         logits, hidden, _ = model.llm(emb, attention_mask=causal_padding_mask(batch.attention_mask))
         labels = batch.labels[:, 1:]
@@ -147,6 +175,9 @@ class TPOObjective(nn.Module):
             for k, v in parts.items():
                 terms[k] = v
                 total = total + self._w(k) * v
+        if batch.patch_cover is not None and self._w("patch") and model.vision.patch_classifier is not None:
+            terms["patch"], terms["patch_acc"] = patch_terms(model.vision.patch_classifier(patch_tokens), batch)
+            total = total + self._w("patch") * terms["patch"]
         out = {k: v.detach() for k, v in terms.items()}
         out["loss"] = total
         return out

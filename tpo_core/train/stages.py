@@ -22,8 +22,10 @@ gradient, ~1e-5, sat at Adam's eps = 1e-5 and the global clip shrank it 3x more)
   ``loss_weights`` weight. The tiny recipe gives the temporal loss weight 1 (its head learns) and 0.1 into the
   trunk (its loss is ~4x the others').
 - ``time_budget_s`` > 0: after ``BUDGET_PROBE`` steps the stage measures its step time and lowers ``steps`` so
-  that it ends within the budget (the cosine schedule follows the new length; the planned length is saved
-  in the checkpoint so a resume keeps it).
+  that it ends within the budget, and plans again at ``REPLAN_AT`` shares of the budget from the step time
+  since the probe, up to ``steps`` (the cosine schedule follows the new length; the planned length is saved
+  in the checkpoint so a resume keeps it). The first pointer-head default ended its stages after 60 % of
+  their budgets: the probe's steps, on a GPU shared with tests, were slower than the rest.
 
 Parameter groups:
 - ``vision``: the video encoder; ``connector``: Q-Former + projection.
@@ -48,15 +50,18 @@ from ..data.collate import TASKS
 
 PARAM_GROUPS = ("vision", "connector", "llm_base", "task_rows", "lora", "task_tokens", "region_head",
                 "temporal_head", "mask_prompt", "mask_sam")
-LOSS_TERMS = ("lm", "region", "temporal", "mask_pixel", "mask_object", "mask_distill", "mask_box")
+LOSS_TERMS = ("lm", "region", "temporal", "mask_pixel", "mask_object", "mask_distill", "mask_box", "patch")
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 HEADS = ("region", "temporal", "mask")
 CLIP_MODES = ("group", "global")
 BUDGET_PROBE = (10, 30)  # time_budget_s: the step time is measured between these two steps
+REPLAN_AT = (0.2, 0.45, 0.7)  # ... and the stage is planned again when these shares of its budget have passed
 
 # Paper weights: region 2*L1 + GIoU/5 (inside region_loss), temporal x 0.05, mask distillation L1 + box L1.
+# ``patch``: the dense vision loss (a model with ``vision.patch_classes`` and data with patch labels), off in the
+# paper's recipe.
 DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "region": 1.0, "temporal": 0.05, "mask_pixel": 1.0, "mask_object": 0.1,
-                        "mask_distill": 1.0, "mask_box": 1.0}
+                        "mask_distill": 1.0, "mask_box": 1.0, "patch": 0.0}
 
 
 @dataclass
@@ -156,7 +161,7 @@ class TrainConfig:
         return {"preset": self.preset, "seed": self.seed, "stages": {k: v.to_dict() for k, v in self.stages.items()}}
 
 
-TINY_LOSS_WEIGHTS = {**DEFAULT_LOSS_WEIGHTS, "temporal": 1.0}
+TINY_LOSS_WEIGHTS = {**DEFAULT_LOSS_WEIGHTS, "temporal": 1.0, "patch": 1.0}
 TINY_HEAD_GRAD_SCALE = {"temporal": 0.1}
 
 
@@ -165,11 +170,14 @@ def _tiny_stages() -> dict[str, dict]:
     stage 1 also trains the vision encoder, connector and the whole LLM ("LM warm-up + task assignment") and
     already learns to localise: the region loss and the mask head's first-frame box / prompt terms (cheap MLPs
     on the task embedding, no tracking) join the LM loss, so the vision encoder and connector are pushed to
-    keep positions from the start. Stage 2 trains the heads with the connector (the LLM stays frozen); the
+    keep positions from the start. The ``patch`` loss (what each ViT patch shows, from the synthetic data's patch
+    labels) supervises the vision encoder densely in stages 1 and 3 (in stage 2, where the encoder is frozen, it is
+    only a readout). Stage 2 trains the heads with the connector (the LLM stays frozen); the
     SAM2 parts of the mask head train with the heads. The 7B config keeps the paper's freezing."""
     head_lr = {"region_head": 1e-3, "temporal_head": 5e-4, "mask_prompt": 1e-3, "mask_sam": 5e-4, "task_tokens": 1e-3}
     heads = {"loss_weights": dict(TINY_LOSS_WEIGHTS), "head_grad_scale": dict(TINY_HEAD_GRAD_SCALE)}
-    stage1_weights = {k: (1.0 if k in ("lm", "region", "mask_distill", "mask_box") else 0.0) for k in LOSS_TERMS}
+    stage1_weights = {k: (1.0 if k in ("lm", "region", "mask_distill", "mask_box", "patch") else 0.0)
+                      for k in LOSS_TERMS}
     return {
         "stage1": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS), "warmup_steps": 50,
                    "lr": {"vision": 5e-4, "connector": 5e-4, "llm_base": 5e-4, "lora": 5e-4, "task_tokens": 1e-3,

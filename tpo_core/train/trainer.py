@@ -40,7 +40,7 @@ from ..data.collate import ClipCache, TPOCollator
 from .objective import TPOObjective
 from .params import apply_freezing, build_optimizer, group_parameters
 from .schedule import CosineSchedule
-from .stages import BUDGET_PROBE, STAGE_NAMES, StageConfig, TrainConfig
+from .stages import BUDGET_PROBE, REPLAN_AT, STAGE_NAMES, StageConfig, TrainConfig
 from .state import TrainState, load_optimizer, load_rng, read_training_state, save_training_checkpoint
 
 
@@ -127,6 +127,31 @@ def _load_samples(data_dir: str | Path) -> list:
     return samples
 
 
+def open_patch_labels(config, data_dir: str | Path | None, cfg: TrainConfig, log=print):
+    """The dataset's ``patch_labels.npz`` for the ``patch`` loss (``data/patch_labels.py``), or None: the model has
+    no patch classifier, no stage weights the term, or the data has no labels for this frame / patch grid (said
+    in one line, so a run without the term is never silent)."""
+    from ..data.patch_labels import PatchLabels
+
+    weighted = any(float(cfg.stage(n).loss_weights.get("patch", 0.0)) > 0 for n in STAGE_NAMES)
+    if not config.vision.patch_classes or not weighted:
+        return None
+    labels = PatchLabels.open(data_dir)
+    v = config.vision
+    side = v.img_size // v.patch_size
+    why = None
+    if labels is None:
+        why = f"{data_dir} has no patch_labels.npz (real data, or synthetic data of generator version < 3)"
+    elif labels.frames != v.num_frames or labels.grid != side or v.tubelet_size != 1:
+        why = (f"the labels describe {labels.frames} frames x {labels.grid}x{labels.grid} patches, the model sees "
+               f"{v.num_frames} frames (tubelet {v.tubelet_size}) x {side}x{side} patches")
+    if why is not None:
+        if log is not None:
+            log(f"patch loss off: {why}")
+        return None
+    return labels
+
+
 def build_model(cfg: TrainConfig, init: str | Path | None):
     from ..model import TPOModel
 
@@ -139,7 +164,7 @@ class StageRunner:
     """Runs one stage on a model; owns its optimizer, schedule, stream and logging."""
 
     def __init__(self, model, stage: StageConfig, cfg: TrainConfig, samples: list, out_dir: Path, accelerator,
-                 cache: ClipCache, quiet: bool = False, loader_workers: int = 0):
+                 cache: ClipCache, quiet: bool = False, loader_workers: int = 0, patch_labels=None):
         self.model, self.stage, self.cfg, self.acc, self.quiet = model, stage, cfg, accelerator, quiet
         self.loader_workers = loader_workers
         self.out = out_dir / stage.name
@@ -158,7 +183,8 @@ class StageRunner:
         self.groups = group_parameters(self.freeze)
         self.stream = SampleStream(samples, stage, cfg.seed, STAGE_NAMES.index(stage.name),
                                    accelerator.process_index, accelerator.num_processes)
-        self.collate = TPOCollator(model.config, model.prompts, stage.mask_frames, cfg.seed, cache)
+        self.collate = TPOCollator(model.config, model.prompts, stage.mask_frames, cfg.seed, cache,
+                                   patch_labels=patch_labels)
         self.state = TrainState(stage=stage.name, step=0, micro=0, seed=cfg.seed,
                                 world_size=accelerator.num_processes)
         self.wrapped, self.opt = accelerator.prepare(self.objective, self.optimizer)
@@ -288,23 +314,38 @@ class StageRunner:
 
     def _plan_budget(self, t_start: float, probe: dict) -> None:
         """``time_budget_s``: at step ``BUDGET_PROBE[0]`` note the time, at ``BUDGET_PROBE[1]`` measure the step
-        time and shorten the stage so it ends within the budget (never lengthen it)."""
+        time and shorten the stage so it ends within the budget; then, when ``REPLAN_AT`` shares of the budget
+        have passed, plan again from the step time measured since the probe (longer and steadier: the probe's
+        steps include the loader's cold start, and on a shared GPU it can be 1.5x the later steps), up to the
+        configured ``steps``. The cosine schedule follows every plan."""
         st, step = self.stage, self.state.step
-        if not st.time_budget_s or self.state.planned_steps is not None or step not in BUDGET_PROBE:
+        if not st.time_budget_s or (self.state.planned_steps is not None and "t1" not in probe):
+            return  # no budget, or a resumed stage (its plan came with the checkpoint)
+        if "t1" not in probe and step < BUDGET_PROBE[0] + ("t" in probe) * (BUDGET_PROBE[1] - BUDGET_PROBE[0]):
+            return
+        if "t1" in probe and (probe["next"] >= len(REPLAN_AT)
+                              or time.perf_counter() - t_start < REPLAN_AT[probe["next"]] * st.time_budget_s):
             return
         _device_sync(self.acc.device)
         now = time.perf_counter()
-        if step == BUDGET_PROBE[0]:
-            probe["t"] = now
+        if "t" not in probe:
+            probe.update(t=now, s0=step)
             return
-        per_step = (now - probe["t"]) / (BUDGET_PROBE[1] - BUDGET_PROBE[0])
+        if "t1" not in probe:
+            per_step = (now - probe["t"]) / max(1, step - probe["s0"])
+            probe.update(t1=now, s1=step, next=0)
+            cap = self.total_steps
+        else:
+            per_step = (now - probe["t1"]) / max(1, step - probe["s1"])
+            probe["next"] += 1
+            cap = st.steps
         left = st.time_budget_s - (now - t_start)
-        self.total_steps = max(step, min(self.total_steps, step + int(left / max(per_step, 1e-9))))
+        self.total_steps = max(step, min(cap, step + int(left / max(per_step, 1e-9))))
         self.schedule.total = self.total_steps
         self.state.planned_steps = self.total_steps
         if self.acc.is_main_process:
-            print(f"{st.name}: {per_step:.3f} s/step -> {self.total_steps} of {st.steps} steps fit the "
-                  f"{st.time_budget_s:.0f} s budget", flush=True)
+            print(f"{st.name}: {per_step:.3f} s/step at step {step} -> {self.total_steps} of {st.steps} steps fit "
+                  f"the {st.time_budget_s:.0f} s budget", flush=True)
 
     def save(self, path: Path) -> None:
         self.acc.wait_for_everyone()
@@ -455,11 +496,13 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, stages: l
             return []
     model = build_model(cfg, init)
     cache = ClipCache(model.config.vision.num_frames, store=ClipStore.open(data_dir, model.config.vision.num_frames))
+    patch_labels = open_patch_labels(model.config, data_dir, cfg, log=None if quiet else print)
     if acc.is_main_process:
         (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     results = []
     for name in stages:
-        runner = StageRunner(model, cfg.stage(name), cfg, samples, out_dir, acc, cache, quiet, loader_workers)
+        runner = StageRunner(model, cfg.stage(name), cfg, samples, out_dir, acc, cache, quiet, loader_workers,
+                             patch_labels)
         if resume_state is not None and not resume_state.finished and resume_state.stage == name:
             runner.resume_from(resume)
         resume_state = None

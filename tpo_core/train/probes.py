@@ -1,0 +1,98 @@
+"""The vision probe of ``tpo eval``: does the video encoder tell what each patch shows? (issue 12 diagnostics)
+
+On a dataset with patch labels (``data/patch_labels.py``) and a model with a patch classifier
+(``vision.patch_classes``), every held-out video's sampled frames go through the video encoder and the
+classifier; scored against the labels:
+
+- ``patch_acc``: arg-max class accuracy on the *object patches* (at least half covered by one object), with
+  ``colour_acc`` / ``shape_acc`` (the colour, the shape of the arg-max right, the other part free) and the
+  trivial baseline ``majority_acc`` (always the most common object class of those patches);
+- ``background_acc``: the share of background patches (at least half background) classified background;
+- ``presence``: per video and object class, "is an object of this class anywhere in the sampled frames",
+  predicted as "some patch's arg-max is that class", against the labels (a class is present when some patch is
+  at least ``PRESENT_COVER`` covered by it): accuracy over all (video, class) pairs beside the all-absent
+  baseline, the recall on present pairs and the false-positive rate on absent ones. This is what a negative
+  question ("the green diamond" is not in the video) needs from the encoder.
+
+The encoder cannot be the stage that holds a head back when these are high; when they are near their baselines,
+it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+PRESENT_COVER = 0.25  # a class counts as present in a video when some patch is at least this much covered by it
+
+
+def _class_parts(cls: np.ndarray, shapes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Object class ids (>= 1) -> (colour index, shape index)."""
+    return (cls - 1) // shapes, (cls - 1) % shapes
+
+
+def patch_probe(model, data_dir, max_videos: int = 200) -> dict | None:
+    """The probe of the module docstring on the first ``max_videos`` labelled videos of ``data_dir``; None when the
+    model has no patch classifier or the data no patch labels for the model's frames and patch grid."""
+    from ..data.patch_labels import NUM_CLASSES, PatchLabels
+    from ..data.synth_scene import SHAPES
+    from ..data.video import preprocess_frames, read_video
+
+    vision = model.vision
+    cfg = model.config.vision
+    labels = PatchLabels.open(data_dir)
+    if (vision.patch_classifier is None or labels is None or labels.frames != cfg.num_frames
+            or labels.grid != cfg.img_size // cfg.patch_size or cfg.patch_classes != NUM_CLASSES):
+        return None
+    preds, targets, covers = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for path in list(labels.rows)[:max_videos]:
+            clip = read_video(path, cfg.num_frames)
+            got = labels.get(path, clip.indices)
+            if got is None:
+                continue
+            cover, classes = got  # [T, P, K], [K]
+            target = np.zeros((*cover.shape[:2], NUM_CLASSES), np.float32)
+            np.add.at(target, (slice(None), slice(None), classes), cover)  # [T, P, C]
+            px = preprocess_frames(clip.frames, cfg.img_size, cfg.mean, cfg.std, mode=cfg.resize)[None]
+            tokens = vision(px.to(model.device, model.dtype))  # [1, T * P, D]
+            logits = vision.patch_classifier(tokens)[0].float().cpu().numpy()  # [T * P, C]
+            preds.append(logits.argmax(-1).reshape(cover.shape[:2]))
+            targets.append(target)
+    if not preds:
+        return None
+    pred, target = np.stack(preds), np.stack(targets)  # [V, T, P], [V, T, P, C]
+    share, cls = target.max(-1), target.argmax(-1)
+    obj = (share >= 0.5) & (cls > 0)
+    bg = (share >= 0.5) & (cls == 0)
+    out: dict = {"videos": len(preds), "object_patches": int(obj.sum()), "background_patches": int(bg.sum())}
+    if obj.any():
+        p, c = pred[obj], cls[obj]
+        pc, ps = _class_parts(p, len(SHAPES))
+        cc, cs = _class_parts(c, len(SHAPES))
+        counts = np.bincount(c, minlength=NUM_CLASSES)
+        out.update(patch_acc=float((p == c).mean()), colour_acc=float(((pc == cc) & (p > 0)).mean()),
+                   shape_acc=float(((ps == cs) & (p > 0)).mean()), majority_acc=float(counts.max() / counts.sum()))
+    if bg.any():
+        out["background_acc"] = float((pred[bg] == 0).mean())
+    present = (target.max(axis=(1, 2)) >= PRESENT_COVER)[:, 1:]  # [V, C - 1]
+    predicted = np.stack([np.isin(np.arange(1, NUM_CLASSES), v) for v in pred])  # any patch's arg-max
+    out["presence"] = {"accuracy": float((present == predicted).mean()),
+                       "recall": float(predicted[present].mean()) if present.any() else None,
+                       "false_positive_rate": float(predicted[~present].mean()) if (~present).any() else None,
+                       "baseline_all_absent_accuracy": float((~present).mean())}
+    return out
+
+
+def format_probe(probe: dict | None) -> str | None:
+    """One line of ``tpo eval``'s report (None when there is no probe)."""
+    if not probe or "patch_acc" not in probe:
+        return None
+    pr = probe["presence"]
+    return (f"vision   (v={probe['videos']:4d}) patch class {100 * probe['patch_acc']:5.1f}% (colour "
+            f"{100 * probe['colour_acc']:.1f}%, shape {100 * probe['shape_acc']:.1f}%; majority-class baseline "
+            f"{100 * probe['majority_acc']:.1f}%) on {probe['object_patches']} object patches; background "
+            f"{100 * probe.get('background_acc', float('nan')):.1f}%; class presence per video: accuracy "
+            f"{100 * pr['accuracy']:.1f}% (all-absent baseline {100 * pr['baseline_all_absent_accuracy']:.1f}%), "
+            f"recall {100 * (pr['recall'] or 0):.1f}%, false positives {100 * (pr['false_positive_rate'] or 0):.1f}%")
