@@ -236,7 +236,7 @@ class TPOCollator:
         targets = np.stack([_low_res(m, s) for m in masks])
         return torch.from_numpy(np.ascontiguousarray(clip.frames[chosen])), targets, box
 
-    def _patch_targets(self, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[None, None, None]:
+    def _patch_targets(self, clips: list[Clip]) -> tuple:
         """-> (patch_cover [B, T, P, K], patch_classes [B, K], patch_valid [B]) or Nones (module docstring)."""
         if self.patch_labels is None:
             return None, None, None

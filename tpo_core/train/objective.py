@@ -52,7 +52,6 @@ from ..modeling.heads.mask_track import track_batch
 from ..modeling.losses import box_giou, region_loss, temporal_loss
 from ..modeling.mask_losses import dice_loss
 
-
 PATCH_BACKGROUND_WEIGHT = 0.1  # the patch loss's weight of a background patch (an object patch weighs 1)
 
 

@@ -44,7 +44,7 @@ def patch_probe(model, data_dir, max_videos: int = 200) -> dict | None:
     if (vision.patch_classifier is None or labels is None or labels.frames != cfg.num_frames
             or labels.grid != cfg.img_size // cfg.patch_size or cfg.patch_classes != NUM_CLASSES):
         return None
-    preds, targets, covers = [], [], []
+    preds, targets = [], []
     model.eval()
     with torch.no_grad():
         for path in list(labels.rows)[:max_videos]:
