@@ -14,6 +14,7 @@
 #   bash scripts/gpu_session.sh profile  # kernel time per class per decoded token at the 7B shape, ours vs ORT GenAI
 #   bash scripts/gpu_session.sh bench2   # LLM peers at the 7B shape, one process (needs BUILD_ALL=1 at start)
 #   bash scripts/gpu_session.sh bench3   # the 7B-shape pipeline end to end + the SAM2-L peer, on the converted export
+#   bash scripts/gpu_session.sh fp8      # the 7B layer's matmuls fp16 vs FP8 (ORT GemmFloat8, torch _scaled_mm)
 #   bash scripts/gpu_session.sh collect  # training (waits for it) and convert results
 #
 # Knobs (environment): TRAIN=0 / LLM=0 skip training / the LLM builds at start; TRAIN_BUDGET_S, TRAIN_SHARES,
@@ -118,6 +119,11 @@ bench3)
   echo "e2e rc=$?"; tail -45 $OUT/e2e_bench.log
   cp $S/convert_out/convert_fullsize.json $S/fullsize/results.json $OUT/ 2>/dev/null
   tail -3 $S/train.log
+  ;;
+fp8)
+  # FP8 vs fp16 matmuls at the 7B layer's shapes: ORT GemmFloat8 and torch _scaled_mm (issue 10, item 2)
+  gpu0 timeout 240 python3 benchmarks/fp8_matmul.py --out $OUT > $OUT/fp8_matmul.log 2>&1
+  echo "fp8 matmul rc=$?"; tail -20 $OUT/fp8_matmul.log
   ;;
 collect)
   for i in $(seq ${WAIT_S:-240}); do [ -f $S/train_out/summary.txt ] && break; sleep 1; done
