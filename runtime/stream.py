@@ -32,6 +32,20 @@ Model (docs/runtime.md, "Streaming"):
   releases the GIL at every engine run and sync, gets it back within 0.2 ms instead of waiting out the worker's
   Python (the decode loop). ``isolate=False`` keeps the interpreter's setting and torch's default stream (for
   comparison: ``benchmarks/stream_latency.py`` measures both).
+- The frame gate (``defer_reasks=True``, the default with ``background``; :mod:`runtime.engines.gate`): the re-ask
+  does not start engine runs while a frame is being processed; it runs them in the idle time between frames. The
+  frame loop closes the gate when a frame starts processing (just before its ``latency_ms`` clock starts) and
+  opens it when the frame's result is ready (before it is yielded; also when processing fails), so the gate is open
+  while the loop waits for the source and while the consumer handles a result; the frame loop never waits for it.
+  The worker thread has the gate installed (thread-local, by the pool's initializer): the request waits for it
+  before it starts, and every engine call on that thread (``Engine.run``, ``OrtLLM.append``) waits while it is
+  closed, at most ``REASK_MAX_DEFER_S`` per call; then it runs anyway (a source with no idle time cannot starve the
+  re-ask), and the rest of that re-ask runs without waiting. The gate does not preempt: a run admitted just before a
+  frame starts runs alongside it. :attr:`Stream.gate_stats` counts the waits, their total time and the timeouts; a
+  background answer's ``timings_ms["deferred_ms"]`` is the time that re-ask waited (before it started, which its
+  ``total_ms`` does not count, and at its engine calls, which it does). :meth:`Stream.close` opens the gate for
+  good, so a pending re-ask finishes. ``defer_reasks=False``: no gate (the re-ask's engine runs overlap the
+  frames'); ignored without ``background``.
 - When an answer routes to the mask head, its SAM2 prompt (re)starts a :class:`MaskTracker` on the frame the
   answer is attached to; every following frame is tracked through the ring-buffer memory bank (constant memory)
   and decoded with the fused ``decode_masks`` at frame resolution.
@@ -51,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from runtime.contract.postprocess import boxes_to_normalized
+from runtime.engines import gate as _gate
 from runtime.mask_decode import decode_masks
 from runtime.preprocess import sample_indices
 from runtime.results import FrameResult, MaskResult, TPOResult, boxes_from_decoded
@@ -59,6 +74,18 @@ from runtime.video_io import MAX_SIDE, STREAM_STALL_TIMEOUT_S, Clip, few_frames_
 
 REASK_NICE = 10  # the re-ask worker's niceness above the frame loop's (Linux): frames get a busy CPU first
 REASK_SWITCH_INTERVAL_S = 2e-4  # the GIL switch interval while a background re-ask is in flight (Python's: 5e-3)
+# The longest a background re-ask's engine call waits for the frame gate (defer_reasks). A frame takes a few ms and
+# arrives every 33 ms at 30 fps, so a paced source opens the gate long before this; 0.1 s (three frame intervals at
+# 30 fps) lets an unusually slow frame finish first, and bounds what a source with no idle time (an unpaced file)
+# costs a re-ask: one such wait, after which the rest of that re-ask runs without waiting (runtime.engines.gate).
+REASK_MAX_DEFER_S = 0.1
+
+
+def _init_worker(gate: _gate.FrameGate | None) -> None:
+    """The re-ask worker thread's initializer: a lower CPU priority, and ``gate`` as the thread's frame gate (it
+    lives as long as the thread: the pool's shutdown ends the thread and its thread-local gate with it)."""
+    _lower_priority()
+    _gate.install(gate)
 
 
 def _lower_priority() -> None:
@@ -88,6 +115,10 @@ class Stream:
         background: run re-asks on a worker thread (frames never wait for the LLM); False: on the frame itself.
         isolate: with ``background``: separate CUDA streams (frames high priority) and a short GIL switch interval
             while a re-ask is in flight (module docstring); False: neither.
+        defer_reasks: with ``background``: the frame gate: the re-ask starts no engine run while a frame is being
+            processed (it waits for the idle time between frames, at most ``REASK_MAX_DEFER_S`` per engine call;
+            counters in :attr:`gate_stats`); False: its engine runs overlap the frames'. Ignored without
+            ``background``.
         stall_timeout: network streams: seconds without data before the stream counts as stalled (SourceError).
         reconnect: network streams: reopen a stalled URL up to this many times before giving up.
         ask_kwargs: passed to ``Pipeline.ask`` (max_new_tokens, do_sample, logits_processor, boxes, ...).
@@ -96,7 +127,7 @@ class Stream:
     def __init__(self, pipeline, source: Any, prompt: str, cadence: int | None = 30, window: int = 32,
                  fps: float = 30.0, track: bool = True, max_frames: int | None = None, track_every: int = 1,
                  background: bool = False, stall_timeout: float = STREAM_STALL_TIMEOUT_S, reconnect: int = 0,
-                 isolate: bool = True, **ask_kwargs):
+                 isolate: bool = True, defer_reasks: bool = True, **ask_kwargs):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
         if cadence is not None and (not isinstance(cadence, int) or cadence < 0):
@@ -118,7 +149,10 @@ class Stream:
         self._tracker = pipeline.new_tracker() if (track and pipeline.tracker is not None) else None
         self._tracking = False
         self._closed = False
-        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="tpo-reask", initializer=_lower_priority)
+        # the frame gate (background re-asks wait for the idle time between frames); None: no gate
+        self._gate = _gate.FrameGate(REASK_MAX_DEFER_S) if (background and defer_reasks) else None
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="tpo-reask", initializer=_init_worker,
+                                        initargs=(self._gate,))
                       if background else None)
         self._pending: tuple[Future, int] | None = None  # the re-ask in flight and the frame it was asked on
         self._isolate = bool(background and isolate)
@@ -148,6 +182,8 @@ class Stream:
         if self._closed:
             return
         self._closed = True
+        if self._gate is not None:
+            self._gate.release()  # a pending re-ask finishes without waiting for frames that will not come
         close = getattr(self._frames, "close", None)
         if close is not None:
             close()
@@ -165,6 +201,17 @@ class Stream:
         self.close()
 
     @property
+    def gate_stats(self) -> dict:
+        """The frame gate's counters: ``enabled``; ``checks``: times a re-ask asked the gate (at its start and before
+        each engine call); ``waits``: checks that found a frame in progress and waited; ``wait_ms``: their total;
+        ``timeouts``: waits that ran out after ``REASK_MAX_DEFER_S`` (the call then ran during a frame);
+        ``bypassed``: calls of a re-ask that had timed out, run without waiting. All 0 when there is no gate
+        (``defer_reasks=False`` or no ``background``)."""
+        if self._gate is None:
+            return {"enabled": False, "checks": 0, "waits": 0, "wait_ms": 0.0, "timeouts": 0, "bypassed": 0}
+        return {"enabled": True, **self._gate.stats()}
+
+    @property
     def memory_bytes(self) -> int:
         """Bytes held by the frame ring and the mask memory bank (constant once the first frame arrived)."""
         ring = 0 if self._ring is None else self._ring.nbytes
@@ -178,23 +225,31 @@ class Stream:
                 if self._closed or (self.max_frames is not None and seen >= self.max_frames):
                     break
                 seen += 1
-                t0 = time.perf_counter()
-                err = sf.error or self._check(sf.frame)
-                if err is not None:
-                    yield FrameResult(index=sf.index, timestamp=sf.timestamp, error=err,
-                                      latency_ms=(time.perf_counter() - t0) * 1e3)
-                    continue
-                if self._ring is None and self.ask_kwargs.get("boxes") is not None:  # box prompts vs the frame size
-                    boxes_to_normalized(self.ask_kwargs["boxes"], sf.frame.shape[1], sf.frame.shape[0])
+                if self._gate is not None:
+                    self._gate.close()  # a frame is being processed: the re-ask starts no engine run until it is done
+                t0 = time.perf_counter()  # after close(): the whole latency_ms interval is inside the closed gate
                 try:
-                    with self._frame_stream():
-                        result = self._process(sf.index, sf.timestamp, sf.frame)
-                except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
-                    result = FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
-                result.latency_ms = (time.perf_counter() - t0) * 1e3
+                    result = self._frame(sf)
+                    result.latency_ms = (time.perf_counter() - t0) * 1e3
+                finally:
+                    if self._gate is not None:
+                        self._gate.open()  # idle until the next frame (the consumer's and the source's time)
                 yield result
         finally:
             self.close()
+
+    def _frame(self, sf: Any) -> FrameResult:
+        """One source frame -> its result (a bad frame or an engine failure on it: ``error`` set)."""
+        err = sf.error or self._check(sf.frame)
+        if err is not None:
+            return FrameResult(index=sf.index, timestamp=sf.timestamp, error=err)
+        if self._ring is None and self.ask_kwargs.get("boxes") is not None:  # box prompts vs the frame size
+            boxes_to_normalized(self.ask_kwargs["boxes"], sf.frame.shape[1], sf.frame.shape[0])
+        try:
+            with self._frame_stream():
+                return self._process(sf.index, sf.timestamp, sf.frame)
+        except (ValueError, RuntimeError) as e:  # an engine failure on one frame is reported, not fatal
+            return FrameResult(index=sf.index, timestamp=sf.timestamp, error=f"{type(e).__name__}: {e}")
 
     def _check(self, frame: Any) -> str | None:
         if frame is None:
@@ -266,7 +321,7 @@ class Stream:
         if self._due and self._pending is None:
             self._due = False
             self._reask_in_flight(True)
-            self._pending = (self._pool.submit(self._ask_isolated, self._window_clip()), index)  # window copied here
+            self._pending = (self._pool.submit(self._ask_background, self._window_clip()), index)  # window copied
 
     def _take(self, future: Future, asked_at: int, out: FrameResult | None) -> None:
         """A finished background re-ask -> ``out`` (or only :attr:`last_answer` when no frame is left)."""
@@ -315,6 +370,18 @@ class Stream:
     def _ask(self, clip: Clip) -> TPOResult:
         res = self.pipe.ask(clip, self.prompt, track_mask=False, **self.ask_kwargs)
         self.last_answer = res
+        return res
+
+    def _ask_background(self, clip: Clip) -> TPOResult:
+        """The worker's re-ask: it starts in the idle time between frames when gated (its engine calls wait on the
+        gate too), with the time it waited as ``timings_ms["deferred_ms"]``."""
+        gate = self._gate
+        if gate is None:
+            return self._ask_isolated(clip)
+        gate.begin_request()
+        gate.wait()  # the request's host work and device preprocessing start between frames too
+        res = self._ask_isolated(clip)
+        res.timings_ms["deferred_ms"] = gate.request_wait_s * 1e3
         return res
 
     def _ask_isolated(self, clip: Clip) -> TPOResult:

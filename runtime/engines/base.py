@@ -5,7 +5,9 @@ Inputs and outputs are typed by the component's :class:`~runtime.manifest.Tensor
 dims are ints or symbolic names whose ``[min, opt, max]`` ranges come from the component's profiles).
 
 ``run`` validates every input before the backend sees it and raises ``ValueError`` naming the component, the
-input, what was given, what is allowed and what to do; backend failures raise ``RuntimeError``. Arrays are
+input, what was given, what is allowed and what to do; backend failures raise ``RuntimeError``. Between the
+(host-only) validation and the backend run it calls :func:`runtime.engines.gate.wait_turn`: on a thread with a
+frame gate installed (a stream's background re-ask) the run waits while a frame is being processed. Arrays are
 numpy arrays (CPU) or torch tensors (CUDA); torch is optional and imported only for CUDA work.
 """
 
@@ -15,6 +17,7 @@ import abc
 from pathlib import Path
 from typing import Any
 
+from runtime.engines.gate import wait_turn
 from runtime.manifest import ComponentSpec, TensorSpec
 
 Array = Any  # numpy.ndarray or torch.Tensor
@@ -83,6 +86,7 @@ class Engine(abc.ABC):
         bindings, pname = self.validate_inputs(inputs, profile)
         outputs = outputs or {}
         self.validate_outputs(outputs, bindings)
+        wait_turn()  # a background re-ask's thread waits here while a stream frame is processed (engines.gate)
         result = self._run(inputs, bindings, pname, stream, outputs)
         self.last_profile = pname
         return result

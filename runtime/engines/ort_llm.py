@@ -27,6 +27,9 @@ Interface (what the generator calls)::
 
 ``logits`` and ``hidden`` are views of the driver's output buffers (device tensors on CUDA, numpy on the CPU):
 they are overwritten by the next ``append``; copy them to keep them.
+
+Every ``append`` calls :func:`runtime.engines.gate.wait_turn` right before the session run (after the host-side
+binding): on a stream's background re-ask thread the step waits while a frame is being processed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.contract.prompt import capacity_error
+from runtime.engines.gate import wait_turn
 from runtime.engines.ort import ONNX_ELEM, OPT_LEVELS, ORT_ERRORS
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
@@ -248,6 +252,7 @@ class OrtLLM:
                 binding, ro = self._decode(x), self._ro_decode
             else:
                 binding, ro = self._prefill_binding(x, p + s), self._ro_prefill
+            wait_turn()  # a stream's background re-ask waits here while a frame is being processed (engines.gate)
             if self.on_cuda and not self._shared_stream:
                 self._torch.cuda.current_stream(self._dev).synchronize()  # torch wrote the inputs; ORT has its own
             self.session.run_with_iobinding(binding, ro)
