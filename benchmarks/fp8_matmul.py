@@ -59,7 +59,13 @@ def _events_ms(fn, reps: int) -> float:
     return start.elapsed_time(end) / reps
 
 
-def ort_model(kind: str, n: int, k: int):
+# GemmFloat8's attributes differ between onnxruntime releases (1.31.1 rejects computeType): the first set its
+# schema accepts is used and recorded
+FP8_ATTRS = ({"transA": 0, "transB": 1, "dtype": 10, "fastAccumulationMode": 1, "rowMajor": 1},
+             {"transA": 0, "transB": 1, "dtype": 10}, {"transB": 1})
+
+
+def ort_model(kind: str, n: int, k: int, attrs: dict | None = None):
     """``kind`` "fp16": X [M, K] fp16 x W [K, N] (an initializer) -> Y [M, N]; "fp8": QuantizeLinear(X) ->
     GemmFloat8(Xq, W [N, K] float8e4m3fn, transB=1) -> Y float16."""
     import onnx
@@ -81,8 +87,7 @@ def ort_model(kind: str, n: int, k: int):
                  helper.make_tensor("xz", TensorProto.FLOAT8E4M3FN, [], [0])]
         nodes = [helper.make_node("QuantizeLinear", ["X", "xs", "xz"], ["Xq"]),
                  helper.make_node("GemmFloat8", ["Xq", "W", "", "one", "one", ""], ["Y"], domain="com.microsoft",
-                                  transB=1, dtype=TensorProto.FLOAT16, computeType="CUBLAS_COMPUTE_32F",
-                                  fastAccumulationMode=1, rowMajor=1)]
+                                  **(FP8_ATTRS[0] if attrs is None else attrs))]
         opset = 19
     graph = helper.make_graph(nodes, f"{kind}_{n}x{k}", [x], [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
@@ -94,11 +99,17 @@ def time_ort(kind: str, m: int, n: int, k: int, reps: int) -> dict:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(ort_model(kind, n, k).SerializeToString(), so,
-                                    providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
-    except Exception as e:  # noqa: BLE001 -- the provider's refusal is the result
-        return {"error": f"session: {type(e).__name__}: {str(e)[:300]}"}
+    sess, errors, used = None, [], None
+    for attrs in (FP8_ATTRS if kind == "fp8" else (None,)):
+        try:
+            sess = ort.InferenceSession(ort_model(kind, n, k, attrs).SerializeToString(), so,
+                                        providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
+            used = attrs
+            break
+        except Exception as e:  # noqa: BLE001 -- the provider's refusal is the result
+            errors.append(f"session {attrs}: {type(e).__name__}: {str(e)[:300]}")
+    if sess is None:
+        return {"error": " | ".join(errors)}
     rows = m if kind == "fp16" else _pad(m)
     x = torch.randn(rows, k, dtype=torch.float16, device="cuda")
     y = torch.empty(rows, n, dtype=torch.float16, device="cuda")
@@ -110,7 +121,7 @@ def time_ort(kind: str, m: int, n: int, k: int, reps: int) -> dict:
     except Exception as e:  # noqa: BLE001
         return {"error": f"run: {type(e).__name__}: {str(e)[:300]}"}
     ms = _events_ms(lambda: sess.run_with_iobinding(io), reps)
-    return {"ms": ms, "rows": rows}
+    return {"ms": ms, "rows": rows, **({"attributes": used} if used else {})}
 
 
 def time_torch(kind: str, m: int, n: int, k: int, reps: int) -> dict:

@@ -96,3 +96,46 @@ def format_probe(probe: dict | None) -> str | None:
             f"{100 * probe.get('background_acc', float('nan')):.1f}%; class presence per video: accuracy "
             f"{100 * pr['accuracy']:.1f}% (all-absent baseline {100 * pr['baseline_all_absent_accuracy']:.1f}%), "
             f"recall {100 * (pr['recall'] or 0):.1f}%, false positives {100 * (pr['false_positive_rate'] or 0):.1f}%")
+
+
+def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | None:
+    """Which part holds mask J back: the prompt or the segmenter? On up to ``max_samples`` mask samples, J (as
+    ``tpo eval`` scores it: every sampled frame at video resolution) of the mask head tracking from the *label*
+    box of frame 0 (``MaskHead.embed_boxes``, the prompt a perfect pointer would give), beside J of the mask-head
+    prompt the model itself gives for the sample's question (the LLM's ``<tracking>`` state through the
+    pointer, as ``generate`` runs it) and the IoU of the box around its frame-0 mask with the label box. None
+    without mask samples or without the pointer (the 7B release's prompt MLP gives no box)."""
+    from ..data.video import read_video
+    from ..modeling.heads.mask_track import track
+    from .metrics import box_iou, video_j_and_f
+
+    head = model.mask_head
+    picked = [s for s in samples if s.task == "mask" and s.first_frame_box is not None][:max_samples]
+    if not picked or not hasattr(head, "embed_boxes") or not head.uses_patches:
+        return None
+    model.eval()
+    oracle, own, ious = [], [], []
+    with torch.no_grad():
+        for s in picked:
+            clip = read_video(s.video, model.config.vision.num_frames)
+            gts = np.stack([s.segmentation.mask(int(i)) for i in clip.indices])
+            if not gts[0].any():
+                continue
+            ys, xs = np.nonzero(gts[0])
+            h, w = gts.shape[1:]
+            box = torch.tensor([[xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]],
+                               dtype=model.dtype, device=model.device)
+            pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(clip.frames))).to(model.device, model.dtype)
+            out = track(head, pixels, head.embed_boxes(box))
+            masks = head.masks_at_resolution(out.low_res_logits, h, w).cpu().numpy()
+            oracle.append(video_j_and_f(masks, gts)["J"])
+            res = model.generate(clip, s.question)  # as tpo eval runs it: tracks the clip's sampled frames
+            own.append(video_j_and_f(res.mask.masks, gts)["J"] if res.mask is not None else 0.0)
+            if res.mask is not None and res.mask.mask(0).any():
+                py, px = np.nonzero(res.mask.mask(0))
+                pred = [px.min() / w, py.min() / h, (px.max() + 1) / w, (py.max() + 1) / h]
+                ious.append(box_iou(pred, box[0].float().cpu().tolist()))
+    if not oracle:
+        return None
+    return {"samples": len(oracle), "J_label_box_prompt": float(np.mean(oracle)), "J_model": float(np.mean(own)),
+            "frame0_mask_box_iou_vs_label": float(np.mean(ious)) if ious else None}

@@ -315,7 +315,8 @@ class StageRunner:
     def _plan_budget(self, t_start: float, probe: dict) -> None:
         """``time_budget_s``: at step ``BUDGET_PROBE[0]`` note the time, at ``BUDGET_PROBE[1]`` measure the step
         time and shorten the stage so it ends within the budget; then, when ``REPLAN_AT`` shares of the budget
-        have passed, plan again from the step time measured since the probe (longer and steadier: the probe's
+        have passed (and at least as many steps as the probe's since it), plan again from the step time measured
+        since the probe (longer and steadier: the probe's
         steps include the loader's cold start, and on a shared GPU it can be 1.5x the later steps), up to the
         configured ``steps``. The cosine schedule follows every plan."""
         st, step = self.stage, self.state.step
@@ -323,9 +324,9 @@ class StageRunner:
             return  # no budget, or a resumed stage (its plan came with the checkpoint)
         if "t1" not in probe and step < BUDGET_PROBE[0] + ("t" in probe) * (BUDGET_PROBE[1] - BUDGET_PROBE[0]):
             return
-        if "t1" in probe and (probe["next"] >= len(REPLAN_AT)
+        if "t1" in probe and (probe["next"] >= len(REPLAN_AT) or step - probe["s1"] < BUDGET_PROBE[1] - BUDGET_PROBE[0]
                               or time.perf_counter() - t_start < REPLAN_AT[probe["next"]] * st.time_budget_s):
-            return
+            return  # all re-plans done, too few steps since the probe to measure, or not yet time
         _device_sync(self.acc.device)
         now = time.perf_counter()
         if "t" not in probe:
