@@ -176,3 +176,24 @@ def test_time_budget_replans_from_the_steady_step_time(monkeypatch):
         clock[0] += 0.5
         trainer.StageRunner._plan_budget(r, 0.0, probe)
     assert r.total_steps == 50
+
+
+def test_mask_prompt_probe_separates_the_prompt_from_the_segmenter(synth_root, samples):
+    """The label-box J depends only on the mask head: changing the LLM leaves it, and the model's own J is scored."""
+    import torch
+
+    from tpo_core.config import get_preset
+    from tpo_core.model import TPOModel
+    from tpo_core.train.probes import format_probe, mask_prompt_probe
+
+    model = TPOModel.from_config(get_preset("tiny"), seed=0)
+    a = mask_prompt_probe(model, samples, max_samples=2)
+    assert a is not None and a["samples"] >= 1
+    assert 0 <= a["J_label_box_prompt"] <= 1 and 0 <= a["J_model"] <= 1
+    with torch.no_grad():
+        for p in model.llm.parameters():
+            p.add_(0.5)
+    b = mask_prompt_probe(model, samples, max_samples=2)
+    assert b["J_label_box_prompt"] == pytest.approx(a["J_label_box_prompt"], abs=1e-9)
+    assert "J tracking from the label box" in format_probe(None, a)
+    assert mask_prompt_probe(model, [s for s in samples if s.task != "mask"]) is None

@@ -83,7 +83,7 @@ def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool,
     from ..data.synth_tasks import task_samples
     from ..model import load_model
     from .evaluate import evaluate, evaluate_parallel, format_report
-    from .probes import patch_probe
+    from .probes import mask_prompt_probe, patch_probe
 
     if workers > 1:  # each worker loads the checkpoint folder itself
         folder = EMBEDDED_DEFAULT if str(checkpoint) == "embedded" else checkpoint
@@ -93,7 +93,9 @@ def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool,
         summary, records = evaluate(load_model(checkpoint), task_samples(data), limit=limit, per_task_limit=per_task,
                                     progress=not as_json)
     summary.update(checkpoint=str(checkpoint), data=str(data))
-    summary["vision_probe"] = patch_probe(load_model(checkpoint), data)
+    model = load_model(checkpoint)
+    summary["vision_probe"] = patch_probe(model, data)
+    summary["mask_prompt_probe"] = mask_prompt_probe(model, task_samples(data), max_samples=50)
     if out_file:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
         Path(out_file).write_text(json.dumps({"summary": summary, "samples": records}, indent=1) + "\n")

@@ -85,17 +85,23 @@ def patch_probe(model, data_dir, max_videos: int = 200) -> dict | None:
     return out
 
 
-def format_probe(probe: dict | None) -> str | None:
-    """One line of ``tpo eval``'s report (None when there is no probe)."""
+def format_probe(probe: dict | None, mask: dict | None = None) -> str | None:
+    """``tpo eval``'s report lines of the vision probe and the mask-prompt probe (None when there is neither)."""
+    lines = []
+    if mask:
+        oracle, own = 100 * mask["J_label_box_prompt"], 100 * mask["J_model"]
+        lines.append(f"mask probe (n={mask['samples']:4d}) J tracking from the label box {oracle:5.1f}% vs from the "
+                     f"model's own prompt {own:5.1f}% (the gap is what the prompt costs; the label-box J is what the "
+                     "segmenter reaches)")
     if not probe or "patch_acc" not in probe:
-        return None
+        return "\n".join(lines) or None
     pr = probe["presence"]
-    return (f"vision   (v={probe['videos']:4d}) patch class {100 * probe['patch_acc']:5.1f}% (colour "
+    return "\n".join([*lines, f"vision   (v={probe['videos']:4d}) patch class {100 * probe['patch_acc']:5.1f}% (colour "
             f"{100 * probe['colour_acc']:.1f}%, shape {100 * probe['shape_acc']:.1f}%; majority-class baseline "
             f"{100 * probe['majority_acc']:.1f}%) on {probe['object_patches']} object patches; background "
             f"{100 * probe.get('background_acc', float('nan')):.1f}%; class presence per video: accuracy "
             f"{100 * pr['accuracy']:.1f}% (all-absent baseline {100 * pr['baseline_all_absent_accuracy']:.1f}%), "
-            f"recall {100 * (pr['recall'] or 0):.1f}%, false positives {100 * (pr['false_positive_rate'] or 0):.1f}%")
+            f"recall {100 * (pr['recall'] or 0):.1f}%, false positives {100 * (pr['false_positive_rate'] or 0):.1f}%"])
 
 
 def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | None:
