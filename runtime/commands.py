@@ -87,6 +87,9 @@ def _add_stream(sub) -> None:
     p.add_argument("--sync", action="store_true",
                    help="re-ask on the frame itself (frames wait for the LLM); default: re-asks run in the "
                         "background and each answer comes with the first frame after it completed")
+    p.add_argument("--no-defer", action="store_true",
+                   help="background re-asks launch their engine runs at once instead of in the idle time between "
+                        "frames (the frame gate, docs/runtime.md); frames then share the device with them")
     p.add_argument("--stall-timeout", type=float, default=10.0,
                    help="network streams: seconds without data before the stream counts as stalled (exit 2)")
     p.add_argument("--reconnect", type=int, default=0, help="network streams: reopen a stalled URL up to N times")
@@ -120,7 +123,8 @@ def run_stream(args) -> int:
     stream = pipe.stream(source, args.prompt, cadence=args.cadence, window=args.window,
                          track_every=args.track_every, max_frames=args.max_frames,
                          max_new_tokens=args.max_new_tokens, background=not args.sync,
-                         stall_timeout=args.stall_timeout, reconnect=args.reconnect, boxes=boxes)
+                         defer_reasks=not args.no_defer, stall_timeout=args.stall_timeout,
+                         reconnect=args.reconnect, boxes=boxes)
     errors, answered, last = 0, 0, None
     try:
         for r in stream:

@@ -37,6 +37,26 @@ def test_stream_json_lines(export_dir, sample_videos, capsys):
     assert [x["index"] for x in lines if "answer" in x] == [0, 5]
 
 
+@pytest.mark.parametrize("flag", [[], ["--no-defer"]])
+def test_stream_background_gate_flag(export_dir, sample_videos, capsys, monkeypatch, flag):
+    """Background re-asks go through the frame gate unless --no-defer; either way the answers arrive."""
+    from runtime.pipeline import Pipeline
+
+    seen = {}
+    original = Pipeline.stream
+
+    def spy(self, source, prompt, **kwargs):
+        seen.update(kwargs)
+        return original(self, source, prompt, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "stream", spy)
+    assert main(["stream", str(export_dir), "--source", sample_videos[0], "--prompt", "What is it?",
+                 "--cadence", "0", "--max-frames", "4", "--max-new-tokens", "2", "--json", *flag]) == 0
+    assert seen["background"] is True and seen["defer_reasks"] is (not flag)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["index"] for x in lines] == list(range(4))
+
+
 def test_bench_json(export_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", str(export_dir), "--iters", "2", "--warmup", "1", "--tokens", "4", "--size", "48x64",
