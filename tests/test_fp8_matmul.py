@@ -27,10 +27,13 @@ def test_graphs_are_valid_and_the_fp16_one_computes_a_matmul():
     assert fp8_matmul._pad(1) == 16 and fp8_matmul._pad(1024) == 1024
 
 
-def test_refuses_without_cuda():
+def test_refuses_without_cuda_or_fp8(monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA machine: the refusal path is for CPU-only machines")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        fp8_matmul.main([])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 7))  # Orin: no FP8
+    with pytest.raises(SystemExit, match="sm_87.*sm_89"):
         fp8_matmul.main([])
