@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -67,7 +68,10 @@ class _Reader(threading.Thread):
 
 def soak(cmd: list[str], seconds: float, sample_every: float, warmup: float, env: dict | None = None) -> dict:
     """Run ``cmd`` (a ``tpo stream ... --json`` command) for ``seconds``, sampling it; -> the report dict."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stdout belongs to the reader thread alone (communicate() would read it too and close it under the thread);
+    # stderr goes to a file, so a chatty process cannot block on a full pipe
+    err_file = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env)
     reader = _Reader(proc.stdout)
     reader.start()
     samples, t0 = [], time.monotonic()
@@ -82,11 +86,14 @@ def soak(cmd: list[str], seconds: float, sample_every: float, warmup: float, env
         if not ended_by_itself:
             proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
-        reader.join(timeout=10)
+            proc.wait()
+        reader.join(timeout=10)  # the pipe's end: the reader has every line
+        err_file.seek(0)
+        err = err_file.read()
+        err_file.close()
     steady = [s for s in samples if s["t_s"] >= warmup] or samples[-1:]
     growth = {k: round(steady[-1][k] - steady[0][k], 1) if steady else None for k in ("rss_mb", "fds", "threads")}
     lat = np.asarray(reader.latency[len(reader.latency) // 10:] or [0.0])
