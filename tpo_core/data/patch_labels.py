@@ -2,7 +2,8 @@
 
 The tiny preset's video encoder is trained from scratch. Without dense supervision its patch tokens encode the
 objects' colour and shape only as far as the heads' and the LM's gradients pull them, and those pass through a
-pointer / pooling that averages over patches (docs/training.md, "Patch labels"). ``tpo data synth`` therefore
+pointer / pooling that averages over patches (docs/training.md, "Losses and weights"; the file format:
+docs/data.md, "Patch labels"). ``tpo data synth`` therefore
 writes, for every video, the composition of every cell of a ``GRID x GRID`` grid over each of the
 ``FRAMES`` sampled frames (``video.sample_indices(n, FRAMES)``, the frames a tiny-preset model sees):
 
@@ -42,11 +43,17 @@ def patch_class(colour: str, shape: str) -> int:
     return 1 + list(COLOURS).index(colour) * len(SHAPES) + SHAPES.index(shape)
 
 
+def class_parts(cls):
+    """Object class id(s) (>= 1; an int or an integer array) -> (colour index, shape index), the inverse of
+    ``patch_class``."""
+    return (cls - 1) // len(SHAPES), (cls - 1) % len(SHAPES)
+
+
 def class_name(cls: int) -> str:
     """``"background"`` or ``"<colour> <shape>"`` of a class id."""
     if cls == 0:
         return "background"
-    c, s = divmod(int(cls) - 1, len(SHAPES))
+    c, s = class_parts(int(cls))
     return f"{list(COLOURS)[c]} {SHAPES[s]}"
 
 

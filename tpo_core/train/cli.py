@@ -85,17 +85,16 @@ def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool,
     from .evaluate import evaluate, evaluate_parallel, format_report
     from .probes import mask_prompt_probe, patch_probe
 
+    samples = task_samples(data)
+    model = load_model(checkpoint)  # a folder, "embedded" or "untrained-tiny" (as tpo ask / tpo export)
     if workers > 1:  # each worker loads the checkpoint folder itself
         folder = EMBEDDED_DEFAULT if str(checkpoint) == "embedded" else checkpoint
-        summary, records = evaluate_parallel(folder, task_samples(data), workers, limit=limit,
-                                             per_task_limit=per_task)
-    else:  # a folder, "embedded" or "untrained-tiny" (as tpo ask / tpo export)
-        summary, records = evaluate(load_model(checkpoint), task_samples(data), limit=limit, per_task_limit=per_task,
-                                    progress=not as_json)
+        summary, records = evaluate_parallel(folder, samples, workers, limit=limit, per_task_limit=per_task)
+    else:
+        summary, records = evaluate(model, samples, limit=limit, per_task_limit=per_task, progress=not as_json)
     summary.update(checkpoint=str(checkpoint), data=str(data))
-    model = load_model(checkpoint)
     summary["vision_probe"] = patch_probe(model, data)
-    summary["mask_prompt_probe"] = mask_prompt_probe(model, task_samples(data), max_samples=50)
+    summary["mask_prompt_probe"] = mask_prompt_probe(model, samples, max_samples=50)
     if out_file:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
         Path(out_file).write_text(json.dumps({"summary": summary, "samples": records}, indent=1) + "\n")

@@ -26,16 +26,10 @@ import torch
 PRESENT_COVER = 0.25  # a class counts as present in a video when some patch is at least this much covered by it
 
 
-def _class_parts(cls: np.ndarray, shapes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Object class ids (>= 1) -> (colour index, shape index)."""
-    return (cls - 1) // shapes, (cls - 1) % shapes
-
-
 def patch_probe(model, data_dir, max_videos: int = 200) -> dict | None:
     """The probe of the module docstring on the first ``max_videos`` labelled videos of ``data_dir``; None when the
     model has no patch classifier or the data no patch labels for the model's frames and patch grid."""
-    from ..data.patch_labels import NUM_CLASSES, PatchLabels
-    from ..data.synth_scene import SHAPES
+    from ..data.patch_labels import NUM_CLASSES, PatchLabels, class_parts
     from ..data.video import preprocess_frames, read_video
 
     vision = model.vision
@@ -69,8 +63,8 @@ def patch_probe(model, data_dir, max_videos: int = 200) -> dict | None:
     out: dict = {"videos": len(preds), "object_patches": int(obj.sum()), "background_patches": int(bg.sum())}
     if obj.any():
         p, c = pred[obj], cls[obj]
-        pc, ps = _class_parts(p, len(SHAPES))
-        cc, cs = _class_parts(c, len(SHAPES))
+        pc, ps = class_parts(p)
+        cc, cs = class_parts(c)
         counts = np.bincount(c, minlength=NUM_CLASSES)
         out.update(patch_acc=float((p == c).mean()), colour_acc=float(((pc == cc) & (p > 0)).mean()),
                    shape_acc=float(((ps == cs) & (p > 0)).mean()), majority_acc=float(counts.max() / counts.sum()))
@@ -111,6 +105,7 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
     prompt the model itself gives for the sample's question (the LLM's ``<tracking>`` state through the
     pointer, as ``generate`` runs it) and the IoU of the box around its frame-0 mask with the label box. None
     without mask samples or without the pointer (the 7B release's prompt MLP gives no box)."""
+    from ..data.rle import mask_bbox
     from ..data.video import read_video
     from ..modeling.heads.mask_track import track
     from .metrics import box_iou, video_j_and_f
@@ -127,20 +122,18 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
             gts = np.stack([s.segmentation.mask(int(i)) for i in clip.indices])
             if not gts[0].any():
                 continue
-            ys, xs = np.nonzero(gts[0])
             h, w = gts.shape[1:]
-            box = torch.tensor([[xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]],
-                               dtype=model.dtype, device=model.device)
+            label_box = np.asarray(mask_bbox(gts[0]), np.float64) / (w, h, w, h)
+            box = torch.tensor(label_box[None], dtype=model.dtype, device=model.device)
             pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(clip.frames))).to(model.device, model.dtype)
             out = track(head, pixels, head.embed_boxes(box))
             masks = head.masks_at_resolution(out.low_res_logits, h, w).cpu().numpy()
             oracle.append(video_j_and_f(masks, gts)["J"])
             res = model.generate(clip, s.question)  # as tpo eval runs it: tracks the clip's sampled frames
             own.append(video_j_and_f(res.mask.masks, gts)["J"] if res.mask is not None else 0.0)
-            if res.mask is not None and res.mask.mask(0).any():
-                py, px = np.nonzero(res.mask.mask(0))
-                pred = [px.min() / w, py.min() / h, (px.max() + 1) / w, (py.max() + 1) / h]
-                ious.append(box_iou(pred, box[0].float().cpu().tolist()))
+            pred = mask_bbox(res.mask.mask(0)) if res.mask is not None else None
+            if pred is not None:
+                ious.append(box_iou(np.asarray(pred, np.float64) / (w, h, w, h), label_box))
     if not oracle:
         return None
     return {"samples": len(oracle), "J_label_box_prompt": float(np.mean(oracle)), "J_model": float(np.mean(own)),
