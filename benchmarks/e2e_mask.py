@@ -95,7 +95,7 @@ def our_mask_frames(pipe, frames: list, fill: int, reps: int, seed: int = 0) -> 
     if any(t.name == "patch_tokens" for t in prompt_in):
         dims = next(t.dims for t in prompt_in if t.name == "patch_tokens")[1:]
         patches = ops.asarray(rng.standard_normal((1, *dims)).astype(np.float32))
-    tracker.start(tracker.sparse_prompt(task, patches))
+    tracker.start(tracker.prompt(task, patches))
     px_dtype = pipe._input_dtype("mask_image_encoder", "pixels")
     h, w = int(frames[0].shape[0]), int(frames[0].shape[1])
     on_device = pipe.device_pre is not None

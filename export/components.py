@@ -22,11 +22,12 @@ loc_encoder            boxes float32 [boxes, 4] normalized xyxy               em
 mask_image_encoder     pixels float32 [images, 3, Sm, Sm] RGB 0..255          feat_s0 F [images, C/8, s, s], feat_s1 F
                        (resized, bilinear + antialias, by the runtime)        [images, C/4, Sm/8, Sm/8], embedding F
                                                                               [images, HW, C], embedding_pos F (same)
-mask_prompt            task_embedding F [objects, D] (+ patch_tokens F        sparse_prompt F [objects, 3, C]
-                       [objects, T, P, Dv] with the pointer)
+mask_prompt            task_embedding F [objects, D] (+ patch_tokens F        sparse_prompt F [objects, 3, C] (+
+                       [objects, T, P, Dv] with the pointer)                  prompt_box F [objects, 4] with
+                                                                              mask.box_mask_prompt)
 mask_decoder           feat_s0, feat_s1, conditioned F [objects, HW, C],      low_res_logits F [objects, 1, s, s],
-                       sparse_prompt F [objects, prompt_tokens, C]            iou F [objects, 1], object_score_logits
-                                                                              F [objects, 1], object_pointer F [.., C]
+                       sparse_prompt F [objects, prompt_tokens, C] (+         iou F [objects, 1], object_score_logits
+                       prompt_box F [objects, 4] with box_mask_prompt)        F [objects, 1], object_pointer F [.., C]
 mask_memory_attention  embedding, embedding_pos F [objects, HW, C],           conditioned F [objects, HW, C]
                        memory, memory_pos F [objects, M, HW, Cm],
                        memory_offsets int64 [objects, M], memory_valid bool
@@ -38,8 +39,9 @@ mask_memory_encoder    embedding F [objects, HW, C], low_res_logits F         me
 
 Mask head split (SAM2 as deployed): the prompt MLP is its own small graph (``mask_prompt``) so the decoder,
 which runs on every frame, takes a generic sparse prompt: ``mask_prompt``'s [objects, 3, C] on the prompted
-frame, the ``mask_no_prompt`` tensor [2, C] (broadcast to objects) on tracking frames. The prompted frame is
-conditioned by running ``mask_memory_attention`` with every slot invalid, which returns
+frame, the ``mask_no_prompt`` tensor [2, C] (broadcast to objects) on tracking frames; with ``box_mask_prompt`` it
+also takes ``prompt_box`` (the prompted frame's box, SAM2's mask prompt of it; zeros on tracking frames). The
+prompted frame is conditioned by running ``mask_memory_attention`` with every slot invalid, which returns
 ``embedding + no_memory_embedding`` exactly like SAM2 (no separate tensor needed).
 """
 
@@ -149,7 +151,8 @@ class MaskPromptGraph(nn.Module):
     def forward(self, task_embedding: torch.Tensor, patch_tokens: torch.Tensor | None = None):
         if patch_tokens is not None:
             same_batch(task_embedding, patch_tokens)
-        return self.head.sparse_prompt(task_embedding, patch_tokens)
+        sparse, box = self.head.prompt(task_embedding, patch_tokens)
+        return sparse if box is None else (sparse, box.to(sparse.dtype))
 
 
 class MaskDecoderGraph(nn.Module):
@@ -157,9 +160,10 @@ class MaskDecoderGraph(nn.Module):
         super().__init__()
         self.head = model.mask_head
 
-    def forward(self, feat_s0, feat_s1, conditioned, sparse_prompt):
-        same_batch(feat_s0, feat_s1, conditioned, sparse_prompt)
-        out = self.head.decode(ImageFeatures(feat_s0, feat_s1, conditioned, conditioned), conditioned, sparse_prompt)
+    def forward(self, feat_s0, feat_s1, conditioned, sparse_prompt, prompt_box=None):
+        same_batch(feat_s0, feat_s1, conditioned, sparse_prompt, *(() if prompt_box is None else (prompt_box,)))
+        out = self.head.decode(ImageFeatures(feat_s0, feat_s1, conditioned, conditioned), conditioned, sparse_prompt,
+                               box=prompt_box)
         return out.low_res_logits, out.iou, out.object_score_logits, out.object_pointer
 
 

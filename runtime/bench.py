@@ -154,7 +154,7 @@ def run_bench(export_dir: str | Path, backend: str = "ort", device: str = "cpu",
 
 def _bench_mask(pipe, clip, h, stages: dict, iters: int, warmup: int, patches=None) -> None:
     tracker, ops, sync = pipe.new_tracker(), pipe.ops, pipe.ops.sync
-    tracker.start(tracker.sparse_prompt(h[0], patches))
+    tracker.start(tracker.prompt(h[0], patches))
     frame = clip.frames[:1]
     dtype = pipe._input_dtype("mask_image_encoder", "pixels")
 

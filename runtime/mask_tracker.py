@@ -7,10 +7,12 @@ width, ``HW = (S/16)^2``, ``s = S/4``, ``M`` = memory slots, ``P`` = pointer slo
 ``mask_image_encoder``     pixels ``[n, 3, S, S]`` (0..255) -> feat_s0, feat_s1, embedding ``[n, HW, C]``,
                            embedding_pos
 ``mask_prompt``            task_embedding ``[1, D]`` (+ patch_tokens ``[1, T, P, Dv]``) -> sparse_prompt ``[1, 3, C]``
+                           (+ prompt_box ``[1, 4]`` when the decoder takes it: a ``box_mask_prompt`` export)
 ``mask_memory_attention``  embedding, embedding_pos, memory ``[1, M, HW, Cm]``, memory_pos, memory_offsets
                            ``[1, M]``, memory_valid, pointers ``[1, P, C]``, pointer_offsets, pointer_valid
                            -> conditioned ``[1, HW, C]`` (no valid slot: embedding + no-memory embedding)
-``mask_decoder``           feat_s0, feat_s1, conditioned, sparse_prompt ``[1, N, C]`` -> low_res_logits
+``mask_decoder``           feat_s0, feat_s1, conditioned, sparse_prompt ``[1, N, C]`` (+ prompt_box ``[1, 4]``:
+                           the prompt's box on the prompted frame, zeros on tracking frames) -> low_res_logits
                            ``[1, 1, s, s]``, iou, object_score_logits ``[1, 1]``, object_pointer ``[1, C]``
 ``mask_memory_encoder``    embedding, low_res_logits, object_score_logits -> memory, memory_pos ``[1, HW, Cm]``
 =========================  ===========================================================================
@@ -68,6 +70,15 @@ class MemoryBank:
 
 
 @dataclass
+class MaskPrompt:
+    """What starts a track: the SAM2 sparse prompt ``[1, 3, C]`` and, for an export whose decoder takes it, the
+    prompt box ``[1, 4]`` (normalized xyxy; else None). Device arrays, from :meth:`MaskTracker.prompt`."""
+
+    sparse: Any
+    box: Any = None
+
+
+@dataclass
 class FrameMask:
     """One tracked frame, as device arrays: low-res logits ``[1, s, s]``, the object score logit ``[1]`` and the
     predicted IoU ``[1]``. Nothing is read back to the host until asked: :attr:`object_score` / :attr:`iou` are
@@ -88,7 +99,7 @@ class FrameMask:
 
 
 class MaskTracker:
-    """Per-frame propagation of one object: :meth:`start` with a sparse prompt, then :meth:`step` per frame.
+    """Per-frame propagation of one object: :meth:`start` with a :class:`MaskPrompt`, then :meth:`step` per frame.
 
     Args:
         engines: name -> opened engine for the five mask components.
@@ -110,13 +121,16 @@ class MaskTracker:
                              f"{num_pointers} slots; re-export so they agree")
         self.bank = MemoryBank(int(num_maskmem), int(num_pointers), int(hw), int(mem_dim), int(hidden), dtype, ops)
         self.no_prompt = ops.cast(no_prompt, dtype)[None]
+        self.takes_box = any(t.name == "prompt_box" for t in engines["mask_decoder"].spec.inputs)
+        self.no_box = ops.zeros((1, 4), dtype)  # an empty box: no mask prompt on tracking frames
         self.image_batch = engines["mask_image_encoder"].spec.max_dim("images")
-        self._prompt: Any = None
+        self._prompt: MaskPrompt | None = None
         self._frame = 0
 
-    def sparse_prompt(self, task_embedding: Any, patch_tokens: Any = None) -> Any:
+    def prompt(self, task_embedding: Any, patch_tokens: Any = None) -> MaskPrompt:
         """task embedding ``[D]`` (+ the vision graph's ``patch_tokens [1, T, P, Dv]`` when ``mask_prompt`` takes
-        them: a pointer-head export) -> sparse prompt ``[1, 3, C]``."""
+        them: a pointer-head export) -> :class:`MaskPrompt` (sparse prompt ``[1, 3, C]``, the box ``[1, 4]`` when
+        the decoder takes it)."""
         eng = self.engines["mask_prompt"] if "mask_prompt" in self.engines else None
         if eng is None:
             raise ValueError("the manifest has no mask_prompt component, so a <track_begin> cannot become a SAM2 "
@@ -127,12 +141,22 @@ class MaskTracker:
                 raise ValueError("this export's mask_prompt reads the vision patch tokens (a pointer-head model): "
                                  "pass patch_tokens [1, T, P, Dv], the vision engine's patch_tokens output")
             feeds["patch_tokens"] = self.ops.cast(patch_tokens, self.dtype)
-        return eng.run(feeds)["sparse_prompt"]
+        out = eng.run(feeds)
+        if self.takes_box and "prompt_box" not in out:
+            raise ValueError("this export's mask_decoder takes prompt_box but its mask_prompt gives none; re-export "
+                             "with `tpo export` so the two graphs come from one model")
+        return MaskPrompt(out["sparse_prompt"], out.get("prompt_box") if self.takes_box else None)
 
-    def start(self, sparse_prompt: Any) -> None:
-        """Begin a new track: the next :meth:`step` is the conditioning frame, prompted with ``[1, N, C]``."""
+    def start(self, prompt: MaskPrompt) -> None:
+        """Begin a new track: the next :meth:`step` is the conditioning frame, prompted with ``prompt``."""
+        if not isinstance(prompt, MaskPrompt):
+            raise TypeError(f"MaskTracker.start takes the MaskPrompt of MaskTracker.prompt(), got "
+                            f"{type(prompt).__name__}")
+        if self.takes_box and prompt.box is None:
+            raise ValueError("this export's mask_decoder takes the prompt box: start the track with "
+                             "MaskTracker.prompt(...), which gives it")
         self.bank.reset()
-        self._prompt, self._frame = sparse_prompt, 0
+        self._prompt, self._frame = prompt, 0
 
     @property
     def active(self) -> bool:
@@ -151,14 +175,16 @@ class MaskTracker:
     def step(self, features: dict[str, Any], write_memory: bool = True) -> FrameMask:
         """Track one frame given its image features (:meth:`encode_images`)."""
         if self._prompt is None:
-            raise RuntimeError("MaskTracker.step before start(); give it a sparse prompt first")
+            raise RuntimeError("MaskTracker.step before start(); give it a MaskPrompt first")
         t = self._frame
         cond = self.engines["mask_memory_attention"].run(
             {"embedding": features["embedding"], "embedding_pos": features["embedding_pos"], **self.bank.feeds(t)}
         )["conditioned"]
-        prompt = self._prompt if t == 0 else self.no_prompt
-        dec = self.engines["mask_decoder"].run({"feat_s0": features["feat_s0"], "feat_s1": features["feat_s1"],
-                                                "conditioned": cond, "sparse_prompt": prompt})
+        feeds = {"feat_s0": features["feat_s0"], "feat_s1": features["feat_s1"], "conditioned": cond,
+                 "sparse_prompt": self._prompt.sparse if t == 0 else self.no_prompt}
+        if self.takes_box:
+            feeds["prompt_box"] = self._prompt.box if t == 0 else self.no_box
+        dec = self.engines["mask_decoder"].run(feeds)
         if write_memory:
             mem = self.engines["mask_memory_encoder"].run(
                 {"embedding": features["embedding"], "low_res_logits": dec["low_res_logits"],
@@ -169,9 +195,9 @@ class MaskTracker:
         return FrameMask(dec["low_res_logits"][:, 0], dec["object_score_logits"].reshape(-1),
                          dec["iou"].reshape(-1), self.ops)
 
-    def track(self, pixels: Any, sparse_prompt: Any) -> list[FrameMask]:
+    def track(self, pixels: Any, prompt: MaskPrompt) -> list[FrameMask]:
         """Whole clip: pixels ``[T, 3, S, S]``; frame 0 is prompted -> T :class:`FrameMask`."""
-        self.start(sparse_prompt)
+        self.start(prompt)
         feats = self.encode_images(pixels)
         last = len(feats) - 1
         return [self.step(f, write_memory=i < last) for i, f in enumerate(feats)]

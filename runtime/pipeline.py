@@ -340,7 +340,7 @@ class Pipeline:
         elif head == "temporal":
             result.temporal = self._temporal(h, clip, frame_feats)
         elif head == "mask" and not track_mask:
-            result.mask_prompt = self._tracker().sparse_prompt(hidden, patches)
+            result.mask_prompt = self._tracker().prompt(hidden, patches)
         elif head == "mask":
             result.mask = self._mask(hidden, clip, timings, patches)
         else:
@@ -374,7 +374,7 @@ class Pipeline:
         tracker = self._tracker()
         t0 = time.perf_counter()
         pixels = self.ops.asarray(self.mask_pixels(clip.frames), self._input_dtype("mask_image_encoder", "pixels"))
-        tracked = tracker.track(pixels, tracker.sparse_prompt(hidden, patches))
+        tracked = tracker.track(pixels, tracker.prompt(hidden, patches))
         self.ops.sync()
         timings["mask_track_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()

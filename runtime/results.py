@@ -129,7 +129,7 @@ class TPOResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. "video downscaled from 15360x8640"
     video: dict = field(default_factory=dict)  # {"width", "height", "duration", "fps", "timestamps"}
-    mask_prompt: Any = None  # [1, 3, C] SAM2 sparse prompt when ask(track_mask=False) routed to the mask head
+    mask_prompt: Any = None  # mask_tracker.MaskPrompt when ask(track_mask=False) routed to the mask head
 
     def to_dict(self) -> dict:
         out: dict = {"text": self.text, "token_ids": list(self.token_ids), "tasks": list(self.tasks)}

@@ -61,17 +61,18 @@ def overrides(name: str, plan: dict) -> dict:
     t1, ts, t3 = plan.get("time_caps") or (0.0, 0.0, 0.0)
     if name == "stage1":
         return {"stage1": {"steps": plan["stage1_steps"], "time_budget_s": t1, **common}}
+    heads = {"tasks": list(HEAD_TASKS), "task_weights": {}}  # the head tasks alone, sampled by count
     if name.startswith("a_"):
-        return {"stage2": {"steps": s, "tasks": [name[2:]], "time_budget_s": ts, **common}}
+        return {"stage2": {"steps": s, "tasks": [name[2:]], "task_weights": {}, "time_budget_s": ts, **common}}
     if name == "b_cotrain":
-        return {"stage2": {"steps": s, "time_budget_s": ts, **common}}
+        return {"stage2": {"steps": s, **heads, "time_budget_s": ts, **common}}
     if name == "c_full":
-        return {"stage2": {"steps": max(1, s // 2), "time_budget_s": ts / 2, **common},
+        return {"stage2": {"steps": max(1, s // 2), **heads, "time_budget_s": ts / 2, **common},
                 "stage3": {"steps": s - max(1, s // 2), "time_budget_s": ts / 2, **common}}
     if name == "d_stage3_qa":
         return {"stage3": {"steps": s3, "time_budget_s": t3, **common}}
     if name == "d_stage3_noqa":
-        return {"stage3": {"steps": s3, "tasks": list(HEAD_TASKS), "time_budget_s": t3, **common}}
+        return {"stage3": {"steps": s3, **heads, "time_budget_s": t3, **common}}
     raise ValueError(f"unknown variant {name!r}; variants: {list(GRAPH)}")
 
 

@@ -3,6 +3,7 @@ transformers' own orchestration, losses, and ONNX export of the four stages (tin
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -37,9 +38,13 @@ def _perturb(head: MaskHead, seed: int = 0) -> MaskHead:
     return head
 
 
+# the tiny preset's SAM2 without the pointer head: the release's prompt path (prompt MLP, no box mask prompt)
+TINY_SAM = dataclasses.replace(get_preset("tiny").mask, box_mask_prompt=False)
+
+
 def _tiny_head(variant: str = "sam2", seed: int = 0) -> MaskHead:
     torch.manual_seed(seed)
-    return _perturb(MaskHead(get_preset("tiny").mask, LLM_DIM, variant=variant), seed).eval()
+    return _perturb(MaskHead(TINY_SAM, LLM_DIM, variant=variant), seed).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -234,7 +239,9 @@ def test_preprocess_and_box_prompt(head):
     with pytest.raises(ValueError, match="pixels must be"):
         head.encode_image(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="variant"):
-        MaskHead(get_preset("tiny").mask, LLM_DIM, variant="sam3")
+        MaskHead(TINY_SAM, LLM_DIM, variant="sam3")
+    with pytest.raises(ValueError, match="box_mask_prompt needs the pointer"):
+        MaskHead(get_preset("tiny").mask, LLM_DIM)
 
 
 def test_7b_mask_head_on_meta():
@@ -329,3 +336,56 @@ def test_stage_exports_to_onnx(head, frame, stage, variant):
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the box mask prompt (tiny preset, with the pointer)
+def test_box_raster_is_the_box_and_differentiable():
+    from tpo_core.modeling.heads.mask import box_raster
+
+    box = torch.tensor([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    r = box_raster(box, 32)
+    assert r.shape == (2, 1, 32, 32)
+    inside = r[0, 0, 18:30, 10:22]  # cells whose centres are >= 2 cells inside the box (rows 16-31, cols 8-23)
+    outside = torch.cat([r[0, 0, :14].flatten(), r[0, 0, :, :6].flatten(), r[0, 0, :, 26:].flatten()])
+    assert inside.min() > 0.95 and outside.max() < 0.05
+    assert r[1].max() < 0.05  # an empty box rasters to ~0 (decode also replaces it by the no-mask embedding)
+    r[0].sum().backward()
+    assert box.grad[0].abs().min() > 0  # every edge moves the raster: the pixel loss reaches the pointer's box
+
+
+def test_fresh_head_shares_one_fourier_matrix():
+    """SAM2 encodes prompt points and image positions with one matrix; a fresh transformers build drew two."""
+    head = MaskHead(TINY_SAM, LLM_DIM)
+    assert torch.equal(head.sam.prompt_encoder.shared_embedding.positional_embedding,
+                       head.sam.shared_image_embedding.positional_embedding)
+
+
+def _pointer_model():
+    from tpo_core.model import TPOModel
+
+    torch.manual_seed(0)
+    return TPOModel(get_preset("tiny")).eval()
+
+
+def test_box_mask_prompt_reaches_the_mask():
+    """With ``box_mask_prompt`` the decoder's mask depends on the box through the dense prompt (the sparse corner
+    tokens alone were ignored by the trained tiny decoder), an empty box is SAM2's no-mask path, and tracking
+    needs the box."""
+    head = _perturb(_pointer_model().mask_head, 3).eval()
+    assert head.uses_box_mask
+    px = torch.randn(1, 3, 128, 128)
+    a_box, b_box = torch.tensor([[0.05, 0.05, 0.3, 0.3]]), torch.tensor([[0.6, 0.6, 0.95, 0.95]])
+    with torch.no_grad():
+        feats = head.encode_image(px)
+        cond = head.condition_without_memory(feats.embedding)
+        sparse = head.embed_boxes(a_box)
+        a = head.decode(feats, cond, sparse, box=a_box).raw_low_res_logits
+        b = head.decode(feats, cond, sparse, box=b_box).raw_low_res_logits
+        none = head.decode(feats, cond, sparse).raw_low_res_logits
+        empty = head.decode(feats, cond, sparse, box=torch.zeros(1, 4)).raw_low_res_logits
+    assert (a - b).abs().max() > 1e-3
+    torch.testing.assert_close(empty, none)
+    with pytest.raises(ValueError, match="box_mask_prompt"):
+        track(head, torch.randn(2, 3, 128, 128), sparse)
+    out = track(head, torch.randn(2, 3, 128, 128), sparse, box=a_box)
+    assert out.low_res_logits.shape == (2, 1, 32, 32)

@@ -137,7 +137,7 @@ def test_conversation_answers_are_exact(dataset):
                 assert [a, q[len("What colour is the "):-1]] in objects
             elif q.startswith("What shape is "):
                 assert [q[len("What shape is "):-1], a] in objects and a in SHAPES
-    assert positions == len({v for v, _ in boxes})  # one per video with a region label
+    assert positions == len(boxes)  # the train split asks it of every object with a region label
 
 
 def test_task_samples(dataset):
@@ -224,3 +224,33 @@ def test_fixture_tokenizer_converts_with_task_tokens(fixtures_dir):
         assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text), text  # byte fallback included
     with pytest.raises(ValueError, match="neither"):
         load_tokenizer("mistral-v0.2")
+
+
+def test_train_split_has_more_qa_and_colour_sharing_negatives(dataset, tmp_path):
+    """Generator version 4: the train split asks every templated question, the shape of every object and the
+    position of every region-labelled object, and names 6 absent objects per video (draws 3-6 with the colour of a
+    present one); the val split keeps version 3's 2 negatives and at most 4 + 1 turns, record for record."""
+    from tpo_core.data.synth import NEGATIVES_PER_VIDEO
+
+    segs = load_segmentation(dataset / "segmentation.json", dataset)
+    present = {}
+    for s in segs:
+        present.setdefault(s.video, set()).add(tuple(s.query.split()[1:]))
+    negatives = json.loads((dataset / "negatives.json").read_text())
+    assert len(negatives) == NEGATIVES_PER_VIDEO["train"] * 6
+    for video, objs in present.items():
+        mine = [n for n in negatives if n["video"] == video]
+        assert len({n["query"] for n in mine}) == len(mine) == NEGATIVES_PER_VIDEO["train"]
+        assert not {(n["colour"], n["shape"]) for n in mine} & objs  # never an object of that video
+        colours = {c for c, _ in objs}
+        pool = {(c, sh) for c in colours for sh in SHAPES} - objs - {(n["colour"], n["shape"]) for n in mine[:2]}
+        same = [n for n in mine[2:] if n["colour"] in colours]
+        assert len(same) == min(len(mine) - 2, len(pool))  # the colour-sharing pool first, while it lasts
+    for conv in load_conversations(dataset / "conversations.json"):
+        questions = [q.removeprefix("<video>\n") for q, _ in conv.pairs()]
+        assert len(questions) == len(set(questions))
+        assert {f"What shape is {c}?" for c, _ in present[conv.video]} <= set(questions)
+    val = tmp_path / "val"
+    generate(val, videos=3, seed=3, split="val")
+    assert len(json.loads((val / "negatives.json").read_text())) == NEGATIVES_PER_VIDEO["val"] * 3
+    assert all(len(c.pairs()) <= 5 for c in load_conversations(val / "conversations.json"))

@@ -35,7 +35,7 @@ def test_one_step_changes_exactly_the_unfrozen_parameters(key, samples, accelera
     stage = STAGES[key]
     picked = _one_per_task(samples)
     n = sum(s.task in stage.tasks for s in picked)
-    stage = StageConfig(**{**stage.to_dict(), "steps": 1, "batch_size": n, "warmup_steps": 0})
+    stage = StageConfig(**{**stage.to_dict(), "steps": 1, "batch_size": n, "warmup_steps": 0, "task_weights": {}})
     cfg = default_train_config("tiny")
     model = build_model(cfg, None)
     runner = StageRunner(model, stage, cfg, picked, tmp_path, accelerator, cache=None, quiet=True)

@@ -83,6 +83,7 @@ def test_pointer_export_passes_patch_tokens_and_refuses_without_them():
     with pytest.raises(ValueError, match="patch tokens"):
         pipe.head_feeds("head_region", h[None])
     with pytest.raises(ValueError, match="patch tokens"):
-        pipe.tracker.sparse_prompt(h)
-    prompt = pipe.tracker.sparse_prompt(h, np.zeros((1, 8, 64, 128), np.float32))
-    assert tuple(prompt.shape) == (1, 3, m.mask.hidden_dim)
+        pipe.tracker.prompt(h)
+    prompt = pipe.tracker.prompt(h, np.zeros((1, 8, 64, 128), np.float32))
+    assert tuple(prompt.sparse.shape) == (1, 3, m.mask.hidden_dim)
+    assert prompt.box is None or tuple(prompt.box.shape) == (1, 4)

@@ -267,6 +267,9 @@ class MaskHeadConfig:
     memory_attention_layers: int = 4
     prompt_mlp_dim: int = 4096  # hidden width of MLP(task embedding) -> [3, hidden_dim] (release: track_embed)
     box_mlp_dim: int = 4096  # hidden width of the auxiliary box MLP (release: track_embed_decode2, 4096 -> 4096 -> 4)
+    # the prompted frame also gets SAM2's *mask* prompt of the prompt box (a soft box raster through the prompt
+    # encoder's mask_embed, added to the image embedding): needs the pointer (a box). Off in the release (7B).
+    box_mask_prompt: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "hiera_embed_dim", "hiera_num_heads", "hidden_dim", "mem_dim",
@@ -321,6 +324,9 @@ class TPOConfig:
             raise ValueError(f"QFormerConfig.spatial_pool={self.qformer.spatial_pool} must divide the patch grid "
                              f"side {side} (vision img_size {self.vision.img_size} / patch_size "
                              f"{self.vision.patch_size}); choose a divisor of {side} or 0")
+        if self.mask.box_mask_prompt and not self.pointer.enabled:
+            raise ValueError("MaskHeadConfig.box_mask_prompt needs a prompt box, which only the pointer head gives: "
+                             "set pointer.enabled=true or box_mask_prompt=false")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"TPOConfig.version={self.version} is not supported (this toolkit reads "
                              f"{CONFIG_VERSION}); re-save the config with this toolkit")
@@ -387,7 +393,7 @@ def tiny_config() -> TPOConfig:
         mask=MaskHeadConfig(image_size=128, hiera_embed_dim=16, hiera_num_heads=1, hiera_stages=(1, 1, 2, 1),
                             hiera_global_attn_blocks=(3,), hiera_window_spec=(4, 4, 4, 4),
                             backbone_channel_list=(128, 64, 32, 16), hidden_dim=64, mem_dim=16, num_maskmem=7,
-                            memory_attention_layers=1, prompt_mlp_dim=256, box_mlp_dim=128),
+                            memory_attention_layers=1, prompt_mlp_dim=256, box_mlp_dim=128, box_mask_prompt=True),
         pointer=PointerConfig(enabled=True, dim=128, num_heads=4, num_layers=2),
         loc_encoder_hidden=256,
         max_new_tokens=32,

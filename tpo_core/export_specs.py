@@ -189,9 +189,15 @@ def _mask(cfg: TPOConfig, lim: ExportLimits) -> list[ComponentIO]:
     prompt_in = (IOSpec("task_embedding", FLOAT, ("objects", d), "LLM hidden state at <tracking>"),)
     if cfg.pointer.enabled:
         prompt_in += (patch_tokens_spec(cfg, "objects"),)
+    box_out, box_in = (), ()
+    if m.box_mask_prompt:  # the decoder also takes the prompt box as SAM2's mask prompt of it
+        box_out = (IOSpec("prompt_box", FLOAT, ("objects", 4), "the pointer head's box, normalized xyxy"),)
+        box_in = (IOSpec("prompt_box", FLOAT, ("objects", 4),
+                         "mask_prompt's prompt_box on the prompted frame (its mask prompt), zeros (an empty box: "
+                         "no mask prompt) on tracking frames"),)
     prompt = ComponentIO(
         "mask_prompt", prompt_in,
-        (IOSpec("sparse_prompt", FLOAT, ("objects", 3, c), "SAM2 sparse prompt (replaces a box prompt)"),),
+        (IOSpec("sparse_prompt", FLOAT, ("objects", 3, c), "SAM2 sparse prompt (replaces a box prompt)"), *box_out),
         {"default": obj}, "SAM2 box prompt of the pointer head's box" if cfg.pointer.enabled else "TPO prompt MLP",
         optional=True)
     decoder = ComponentIO(
@@ -200,7 +206,7 @@ def _mask(cfg: TPOConfig, lim: ExportLimits) -> list[ComponentIO]:
          IOSpec("feat_s1", FLOAT, ("objects", c // 4, s // 8, s // 8)),
          IOSpec("conditioned", FLOAT, ("objects", hw, c), "memory_attention output"),
          IOSpec("sparse_prompt", FLOAT, ("objects", "prompt_tokens", c),
-                "mask_prompt output on the prompted frame, the no_prompt tensor [2, C] on tracking frames")),
+                "mask_prompt output on the prompted frame, the no_prompt tensor [2, C] on tracking frames"), *box_in),
         (IOSpec("low_res_logits", FLOAT, ("objects", 1, lo, lo), "selected mask logits; -1024 if absent"),
          IOSpec("iou", FLOAT, ("objects", 1), "predicted IoU of the selected mask"),
          IOSpec("object_score_logits", FLOAT, ("objects", 1), "> 0: object present"),

@@ -139,8 +139,8 @@ class TPOModel(nn.Module):
     def run_mask(self, h: torch.Tensor, mask_pixels: torch.Tensor, patch_tokens: torch.Tensor | None = None):
         """h [1, D], mask_pixels [T, 3, Sm, Sm] normalized (, patch_tokens [1, T', P, Dv] with the pointer)
         -> TrackOutput (low-res logits [T, 1, s, s], ...)."""
-        prompt = self.mask_head.sparse_prompt(h, patch_tokens)
-        return track(self.mask_head, mask_pixels, prompt)
+        prompt, box = self.mask_head.prompt(h, patch_tokens)
+        return track(self.mask_head, mask_pixels, prompt, box=box)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

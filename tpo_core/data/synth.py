@@ -54,6 +54,7 @@ from tpo_core.data.synth_tasks import (
     POSITION_QUESTION,
     TEMPORAL_QUERY,
     TaskSample,
+    extra_train_qa,
     make_negatives,
     make_qa,
     position_answer,
@@ -64,12 +65,16 @@ from tpo_core.data.video import sample_indices
 __all__ = ["TaskSample", "add_synth_parser", "generate", "generate_dataset", "run_synth", "synth_main",
            "task_samples"]
 
-GENERATOR_VERSION = 3  # 2: region boxes on a sampled frame, negatives.json, position questions; 3: patch_labels.npz
+# 2: region boxes on a sampled frame, negatives.json, position questions; 3: patch_labels.npz; 4: the train split gets
+# more QA (every turn, a shape question per object, a position question per region label) and 6 negatives per
+# video (the extra 4 name an absent object with a present colour); the val split is unchanged from version 3
+GENERATOR_VERSION = 4
 SPLIT_SALT = {"train": 0, "val": 1}
 CLIP_LEN_S = 1.0
 MIN_REGION_VISIBLE = 0.3  # region records only for objects with >= 30 % of their area visible in the box frame
 REGION_LABEL_FRAMES = 8  # region boxes are labelled on sampled frame REGION_LABEL_FRAMES // 2 of this many
-NEGATIVES_PER_VIDEO = 2  # questions about absent objects per video (negatives.json)
+NEGATIVES_PER_VIDEO = {"train": 6, "val": 2}  # questions about absent objects per video (negatives.json)
+QA_TURNS = {"train": 99, "val": 4}  # make_qa's max_turns: training keeps every templated question
 MASK_MODES = ("png", "rle", "both")
 _PNG_OPTS = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, 3]
 
@@ -195,10 +200,12 @@ def generate_video(out: Path, split: str, seed: int, index: int, codec: str, mas
             "first_frame_box": _norm_box(mask_bbox(m[first]), w, h),
             "masks": _write_masks(out, scene, obj, labels, visible, mask_mode),
             "absent_frames": np.flatnonzero(~visible).tolist()})
-    qa = make_qa(scene, rng)
+    qa = make_qa(scene, rng, max_turns=QA_TURNS[split])
     if rec["region"]:  # one position question about an object with a region label (its own generator)
         r = rec["region"][int(np.random.default_rng([seed, SPLIT_SALT[split], index, 2]).integers(len(rec["region"])))]
         qa.append((POSITION_QUESTION.format(p=r["query"]), position_answer(r["box"])))
+    if split == "train":  # binding colour to shape and position is what the tiny LLM learns slowest: ask it of all
+        qa += extra_train_qa(scene, rec["region"], qa, np.random.default_rng([seed, SPLIT_SALT[split], index, 3]))
     turns = []
     for j, (q, a) in enumerate(qa):
         turns += [{"from": "human", "value": ("<video>\n" if j == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -206,7 +213,7 @@ def generate_video(out: Path, split: str, seed: int, index: int, codec: str, mas
     # a separate generator, so adding negatives left the videos and the QA of version 1 unchanged
     neg_rng = np.random.default_rng([seed, SPLIT_SALT[split], index, 1])
     rec["negatives"] = [{"id": f"{vid}_n{j}", **common, **neg, "duration": round(scene.duration, 6)}
-                        for j, neg in enumerate(make_negatives(scene, neg_rng, NEGATIVES_PER_VIDEO))]
+                        for j, neg in enumerate(make_negatives(scene, neg_rng, NEGATIVES_PER_VIDEO[split]))]
     rec["patch"] = scene_patch_labels(scene, labels)
     rec["frames"] = n
     return rec

@@ -76,20 +76,38 @@ def make_qa(scene: SceneSpec, rng: np.random.Generator, max_turns: int = 4) -> l
     return [qa[i] for i in sorted(order)]
 
 
+def extra_train_qa(scene: SceneSpec, regions: list[dict], asked: list[tuple[str, str]],
+                   rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Training-only QA beyond ``make_qa``: "What shape is <colour>?" for every object and the position question
+    for every object with a region label (``regions``: the video's region records), minus questions already in
+    ``asked``, in a random order."""
+    seen = {q for q, _ in asked}
+    extra = [(QA_TEMPLATES["shape_of"].format(colour=o.colour), o.shape) for o in scene.objects]
+    extra += [(POSITION_QUESTION.format(p=r["query"]), position_answer(r["box"])) for r in regions]
+    extra = [qa for qa in extra if qa[0] not in seen]
+    return [extra[i] for i in rng.permutation(len(extra))]
+
+
 def make_negatives(scene: SceneSpec, rng: np.random.Generator, count: int) -> list[dict]:
     """``count`` questions about objects that are not in ``scene`` (distinct colour/shape pairs).
 
-    Half of them (rounded up) are *hard*: they share the colour or the shape of an object that is there ("the
-    red square" when there is a red circle), so the answer depends on both words. Each record: ``query``
-    (the phrase), ``colour``, ``shape``, ``asked`` (the question form: region, temporal or mask), ``hard``.
+    The first two: one *hard* (it shares the colour or the shape of an object that is there: "the red square" when
+    there is a red circle, so the answer depends on both words), one from any absent pair. Draws 3 and later name
+    an absent pair with the colour of a present object (the negatives the first default answered with a head most
+    often, ~48 %), falling back to hard, then any. Each record: ``query`` (the phrase), ``colour``, ``shape``,
+    ``asked`` (the question form: region, temporal or mask), ``hard``.
     """
     present = {(o.colour, o.shape) for o in scene.objects}
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
+    same_colour = [(c, s) for c, s in absent if any(c == pc for pc, _ in present)]
     asks = rng.permutation(NEGATIVE_ASKS)
     out, used = [], set()
     for j in range(count):
-        pool = [x for x in (hard if j % 2 == 0 and hard else absent) if x not in used]
+        pools = [hard if j % 2 == 0 and hard else absent] if j < 2 else [same_colour, hard, absent]
+        pool = next((p for p in ([x for x in q if x not in used] for q in pools) if p), None)
+        if pool is None:
+            raise ValueError(f"make_negatives: only {len(out)} absent colour/shape pairs for {count} negatives")
         colour, shape = pool[int(rng.integers(len(pool)))]
         used.add((colour, shape))
         out.append({"query": f"the {colour} {shape}", "colour": colour, "shape": shape,

@@ -216,7 +216,8 @@ class TPOObjective(nn.Module):
             pixels = batch.mask_pixels  # [Bm, Tm, 3, S, S], preprocessed by the collator
             if pixels is None:
                 pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])
-            track = track_batch(head, pixels.to(task_emb.dtype), prompts.to(task_emb.dtype))
+            track = track_batch(head, pixels.to(task_emb.dtype), prompts.to(task_emb.dtype),
+                                box=pred_box if head.uses_box_mask else None)
             out["mask_pixel"], out["mask_object"] = batched_mask_terms(
                 track.raw_low_res_logits.float(), track.object_score_logits.float(), batch.mask_targets)
         return out

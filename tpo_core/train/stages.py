@@ -163,6 +163,11 @@ class TrainConfig:
 
 TINY_LOSS_WEIGHTS = {**DEFAULT_LOSS_WEIGHTS, "temporal": 1.0, "patch": 1.0}
 TINY_HEAD_GRAD_SCALE = {"temporal": 0.1}
+# Sampling shares of the tiny recipe (by count, generator version 4's train split would be ~45 % QA and ~20 %
+# negatives). Stage 2 keeps some QA and negatives: with head tasks alone its connector updates raised the LM loss
+# from 0.16 to 0.39, which cost stage 3 its first ~250 steps.
+TINY_TASK_WEIGHTS = {"region": 0.13, "temporal": 0.13, "mask": 0.17, "qa": 0.35, "negative": 0.22}
+TINY_STAGE2_WEIGHTS = {"region": 0.25, "temporal": 0.25, "mask": 0.3, "qa": 0.12, "negative": 0.08}
 
 
 def _tiny_stages() -> dict[str, dict]:
@@ -173,19 +178,23 @@ def _tiny_stages() -> dict[str, dict]:
     keep positions from the start. The ``patch`` loss (what each ViT patch shows, from the synthetic data's patch
     labels) supervises the vision encoder densely in stages 1 and 3 (in stage 2, where the encoder is frozen, it is
     only a readout). Stage 2 trains the heads with the connector (the LLM stays frozen); the
-    SAM2 parts of the mask head train with the heads. The 7B config keeps the paper's freezing."""
+    SAM2 parts of the mask head train with the heads; a fifth of its samples are QA and negatives, so the connector
+    keeps serving the LM (``TINY_STAGE2_WEIGHTS``). Stages 1 and 3 sample by ``TINY_TASK_WEIGHTS``. The 7B config
+    keeps the paper's freezing."""
     head_lr = {"region_head": 1e-3, "temporal_head": 5e-4, "mask_prompt": 1e-3, "mask_sam": 5e-4, "task_tokens": 1e-3}
     heads = {"loss_weights": dict(TINY_LOSS_WEIGHTS), "head_grad_scale": dict(TINY_HEAD_GRAD_SCALE)}
+    mix = {"tasks": list(TASKS), "task_weights": dict(TINY_TASK_WEIGHTS)}
     stage1_weights = {k: (1.0 if k in ("lm", "region", "mask_distill", "mask_box", "patch") else 0.0)
                       for k in LOSS_TERMS}
     return {
-        "stage1": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS), "warmup_steps": 50,
+        "stage1": {"steps": 1500, "batch_size": 64, **mix, "warmup_steps": 50,
                    "lr": {"vision": 5e-4, "connector": 5e-4, "llm_base": 5e-4, "lora": 5e-4, "task_tokens": 1e-3,
                           "region_head": 1e-3, "mask_prompt": 1e-3},
                    "loss_weights": stage1_weights},
-        "stage2": {"steps": 600, "batch_size": 64, "tasks": ["region", "temporal", "mask"], "warmup_steps": 50,
+        "stage2": {"steps": 600, "batch_size": 64, "tasks": list(TASKS), "task_weights": dict(TINY_STAGE2_WEIGHTS),
+                   "warmup_steps": 50,
                    "lr": {"connector": 2e-4, **head_lr}, **heads},
-        "stage3": {"steps": 1500, "batch_size": 64, "tasks": list(TASKS), "warmup_steps": 50,
+        "stage3": {"steps": 1500, "batch_size": 64, **mix, "warmup_steps": 50,
                    "lr": {"vision": 2e-4, "connector": 2e-4, "llm_base": 2e-4, "lora": 2e-4, **head_lr}, **heads},
     }
 
@@ -211,7 +220,7 @@ def default_train_config(preset: str = "tiny", seed: int = 0) -> TrainConfig:
 
 def _deep_update(base: dict, new: dict) -> dict:
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("lr", "head_grad_scale"):
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("lr", "head_grad_scale", "task_weights"):
             _deep_update(base[k], v)
         else:
             base[k] = v
@@ -222,8 +231,9 @@ def load_train_config(path: str | Path | None, preset: str = "tiny", seed: int |
                       overrides: dict | None = None) -> TrainConfig:
     """Defaults for ``preset`` updated by the file at ``path`` (YAML or JSON) and by ``overrides``.
 
-    ``lr`` dicts replace the default ones (so a file can freeze a group by leaving it out); other nested
-    dicts are merged key by key.
+    ``lr``, ``head_grad_scale`` and ``task_weights`` dicts replace the default ones (so a file can freeze a group
+    by leaving it out, or go back to sampling by count with ``task_weights: {}``); other nested dicts are merged
+    key by key.
     """
     base = default_train_config(preset).to_dict()
     if path is not None:

@@ -11,8 +11,9 @@ stage                       tensors (B = objects/batch, S = image size, C = hidd
 ``encode_image``            pixels [B, 3, S, S] -> feat_s0 [B, C/8, S/4, S/4], feat_s1 [B, C/4, S/8, S/8],
                             embedding [B, h*h, C], embedding_pos [B, h*h, C]
 ``memory_attention``        embedding, embedding_pos + a fixed-capacity ``MemoryState`` -> conditioned [B, h*h, C]
-``decode``                  feat_s0, feat_s1, conditioned, sparse prompt [B, N, C] -> low-res logits
-                            [B, 1, S/4, S/4], iou [B, 1], object score logits [B, 1], object pointer [B, C]
+``decode``                  feat_s0, feat_s1, conditioned, sparse prompt [B, N, C] (+ prompt box [B, 4] with
+                            ``box_mask_prompt``) -> low-res logits [B, 1, S/4, S/4], iou [B, 1], object score
+                            logits [B, 1], object pointer [B, C]
 ``encode_memory``           embedding, low-res logits, object score -> memory [B, h*h, Cm], memory_pos [B, h*h, Cm]
 ==========================  ====================================================================================
 
@@ -49,6 +50,7 @@ from tpo_core.config import (
     VisionConfig,
 )
 
+BOX_RASTER_EDGE = 0.5  # soft edge of the box mask prompt, in cells of the S/4 grid (sigmoid temperature)
 SAM_VARIANTS = ("sam2", "sam2.1")  # the release ships SAM2 (2.0) weights: no obj_ptr_tpos_proj, no_obj_embed_spatial
 MASK_THRESHOLD = 0.0
 
@@ -248,6 +250,20 @@ def select_candidate(iou: Tensor) -> Tensor:
     return near.argmax(dim=-1, keepdim=True)  # the first 1 (torch and ONNX ArgMax both return the first maximum)
 
 
+def box_raster(boxes: Tensor, size: int) -> Tensor:
+    """Normalized xyxy boxes [B, 4] -> soft box masks [B, 1, size, size] in [0, 1] (~1 inside, ~0 outside, a
+    sigmoid edge of ``BOX_RASTER_EDGE`` cells), differentiable in the box; an empty box (x2 <= x1 or y2 <= y1)
+    gives ~0 everywhere. Cell centres at (i + 0.5) / size, as the low-res mask grid."""
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be normalized xyxy [B, 4], got shape {tuple(boxes.shape)}")
+    centre = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # [size]
+    t = BOX_RASTER_EDGE / size
+    x1, y1, x2, y2 = (boxes[:, i, None] for i in range(4))  # [B, 1] each
+    fx = torch.sigmoid((centre - x1) / t) * torch.sigmoid((x2 - centre) / t)  # [B, size]
+    fy = torch.sigmoid((centre - y1) / t) * torch.sigmoid((y2 - centre) / t)
+    return (fy[:, :, None] * fx[:, None, :])[:, None]
+
+
 class MaskHead(nn.Module):
     """SAM2 (transformers' ``Sam2VideoModel`` parts, in ``self.sam``) + TPO's prompt MLP and auxiliary box MLP.
 
@@ -268,8 +284,16 @@ class MaskHead(nn.Module):
             for layer in self.sam.memory_attention.layers:
                 layer.cross_attn_image = Sam2VideoRoPEAttention(self.sam_config, kv_in_dim=cfg.mem_dim,
                                                                 rope_k_repeat=True)
+        with torch.no_grad():  # SAM2 has one Fourier matrix for prompts and image positions (transformers keeps two
+            # copies, equal only in converted checkpoints; a fresh build drew them apart, so box corners and image
+            # positions were encoded with different frequencies)
+            self.sam.prompt_encoder.shared_embedding.positional_embedding.copy_(
+                self.sam.shared_image_embedding.positional_embedding)
         c = cfg.hidden_dim
         self.uses_patches = bool(pointer is not None and pointer.enabled)
+        if cfg.box_mask_prompt and not self.uses_patches:
+            raise ValueError("MaskHeadConfig.box_mask_prompt needs the pointer head (the prompt box); enable "
+                             "config.pointer or set box_mask_prompt=false")
         if self.uses_patches:  # the box prompt comes from the pointer head over the ViT patch tokens
             if vision is None:
                 raise ValueError("MaskHead with the pointer needs the VisionConfig (patch grid, frames, width)")
@@ -303,9 +327,15 @@ class MaskHead(nn.Module):
 
         With the pointer: SAM2's own box prompt (``embed_boxes``) of the pointer's box, differentiable (the
         mask losses reach the pointer through it); without: the release's prompt MLP."""
+        return self.prompt(task_embedding, patch_tokens)[0]
+
+    def prompt(self, task_embedding: Tensor, patch_tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """-> (``sparse_prompt`` [B, 3, C], the prompt box [B, 4] the decoder also takes with ``box_mask_prompt``,
+        else None)."""
         if not self.uses_patches:
-            return self.prompt_mlp(task_embedding).view(task_embedding.shape[0], 3, self.cfg.hidden_dim)
-        return self.embed_boxes(self.box(task_embedding, patch_tokens)).to(task_embedding.dtype)
+            return self.prompt_mlp(task_embedding).view(task_embedding.shape[0], 3, self.cfg.hidden_dim), None
+        box = self.box(task_embedding, patch_tokens)
+        return self.embed_boxes(box).to(task_embedding.dtype), (box if self.uses_box_mask else None)
 
     def box(self, task_embedding: Tensor, patch_tokens: Tensor | None = None) -> Tensor:
         """Task embedding [B, D_llm] (, patch tokens [B, T, P, Dv]) -> normalized xyxy box [B, 4]: the release's
@@ -415,11 +445,33 @@ class MaskHead(nn.Module):
         """The sparse prompt SAM2 uses on tracking frames (no clicks): 2 ``not_a_point`` tokens [B, 2, C]."""
         return self.sam.prompt_encoder.not_a_point_embed.weight[None].expand(batch_size, 2, -1)
 
+    @property
+    def uses_box_mask(self) -> bool:
+        """True when the decoder takes the prompt box too (``MaskHeadConfig.box_mask_prompt``)."""
+        return bool(self.cfg.box_mask_prompt)
+
+    def dense_prompt(self, batch_size: int, box: Tensor | None = None) -> Tensor:
+        """SAM2's dense prompt [B, C, h, h]: ``no_mask_embed`` everywhere, or (``box_mask_prompt``) the prompt
+        encoder's ``mask_embed`` of the soft raster of ``box`` [B, 4] at the low-res size S/4 (SAM2's mask prompt of
+        the box) where the box is non-empty. A SAM2 box prompt alone is a pair of corner tokens that the small
+        decoder learned to ignore (its mask was the same for any box); the raster tells it where the object is."""
+        c, h = self.cfg.hidden_dim, self.embed_size
+        none = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, c, 1, 1).expand(batch_size, c, h, h)
+        if box is None or not self.uses_box_mask:
+            return none
+        if box.ndim != 2 or tuple(box.shape) != (batch_size, 4):
+            raise ValueError(f"box must be normalized xyxy [{batch_size}, 4], got shape {tuple(box.shape)}")
+        dense = self.sam.prompt_encoder.mask_embed(box_raster(box.to(none.dtype), 4 * h))
+        valid = ((box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])).to(none.dtype).view(-1, 1, 1, 1)
+        return valid * dense + (1 - valid) * none
+
     def decode(self, features: ImageFeatures, conditioned: Tensor, sparse_prompt: Tensor | None = None,
-               multimask: bool = True) -> DecodeOutput:
+               multimask: bool = True, box: Tensor | None = None) -> DecodeOutput:
         """Mask decoder on a memory-conditioned embedding [B, HW, C] -> ``DecodeOutput``.
 
         ``sparse_prompt`` [B, N, C] (N = 3 for TPO's prompt) or None on tracking frames (``no_prompt``).
+        ``box`` [B, 4] normalized xyxy: the prompt box on the prompted frame (``dense_prompt``; used only with
+        ``box_mask_prompt``); None, or an empty box (all zeros), on tracking frames.
         ``multimask`` True (SAM2 whenever a frame has no point inputs, which holds for the injected TPO prompt
         and for every tracking frame): 3 candidate masks, the one with the highest predicted IoU is kept, its
         token gives the object pointer. False: the single-mask token, falling back to the best of 3 when
@@ -433,7 +485,7 @@ class MaskHead(nn.Module):
             raise ValueError(f"sparse_prompt must be [{b}, N, {c}], got {tuple(sparse_prompt.shape)}")
         image = conditioned.transpose(1, 2).reshape(b, c, h, h)
         image_pe = self.sam.get_image_wide_positional_embeddings().to(image.dtype).expand(b, -1, -1, -1)
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, c, 1, 1).expand(b, c, h, h)
+        dense = self.dense_prompt(b, box).to(image.dtype)
         masks, iou, tokens, obj = self.sam.mask_decoder(
             image_embeddings=image, image_positional_embeddings=image_pe,
             sparse_prompt_embeddings=sparse_prompt[:, None].to(image.dtype), dense_prompt_embeddings=dense,
@@ -483,5 +535,5 @@ def estimate_memory_bytes(cfg: MaskHeadConfig, dtype_bytes: int = 2) -> int:
     return dtype_bytes * (cfg.num_maskmem * hw * cfg.mem_dim + MAX_OBJECT_POINTERS * cfg.hidden_dim)
 
 
-__all__ = ["NO_OBJ_SCORE", "MAX_OBJECT_POINTERS", "SAM_VARIANTS", "ImageFeatures", "DecodeOutput", "MemoryState",
+__all__ = ["NO_OBJ_SCORE", "MAX_OBJECT_POINTERS", "SAM_VARIANTS", "BOX_RASTER_EDGE", "box_raster", "ImageFeatures", "DecodeOutput", "MemoryState",
            "MLP", "MaskHead", "build_sam2_video_config", "count_parameters", "estimate_memory_bytes"]

@@ -87,8 +87,10 @@ def _encode_frames(head: MaskHead, pixels: Tensor, image_batch: int | None) -> I
                            ("feat_s0", "feat_s1", "embedding", "embedding_pos")))
 
 
-def track(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: int | None = None) -> TrackOutput:
-    """Segment one object through a video: pixels [T, 3, S, S], sparse_prompt [1, N, C] -> ``TrackOutput``.
+def track(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: int | None = None,
+          box: Tensor | None = None) -> TrackOutput:
+    """Segment one object through a video: pixels [T, 3, S, S], sparse_prompt [1, N, C] (+ the prompt box [1, 4]
+    for a head with ``box_mask_prompt``) -> ``TrackOutput``.
 
     Frame 0 is the conditioning frame (the prompt, no memory); every later frame runs memory attention over
     the ring buffer, then the decoder without a prompt. Each frame's selected mask is encoded into the bank.
@@ -100,14 +102,16 @@ def track(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: in
         raise ValueError(f"pixels must be [T >= 1, 3, {s}, {s}], got {tuple(pixels.shape)}")
     if sparse_prompt.ndim != 3 or sparse_prompt.shape[0] != 1 or sparse_prompt.shape[2] != c:
         raise ValueError(f"sparse_prompt must be [1, N, {c}] (one object), got {tuple(sparse_prompt.shape)}")
-    out = track_batch(head, pixels[None], sparse_prompt, image_batch)
+    out = track_batch(head, pixels[None], sparse_prompt, image_batch, box)
     return TrackOutput(*(t[0] for t in (out.low_res_logits, out.object_score_logits, out.iou,
                                         out.raw_low_res_logits)))
 
 
-def track_batch(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: int | None = None) -> TrackOutput:
+def track_batch(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_batch: int | None = None,
+                box: Tensor | None = None) -> TrackOutput:
     """``track`` for B videos at once (one object each, same frame count): pixels [B, T, 3, S, S],
-    sparse_prompt [B, N, C] -> ``TrackOutput`` whose fields have a leading batch dim ([B, T, 1, s, s], [B, T, 1]).
+    sparse_prompt [B, N, C], box [B, 4] (the prompt box; needed by a head with ``box_mask_prompt``, unused
+    otherwise) -> ``TrackOutput`` whose fields have a leading batch dim ([B, T, 1, s, s], [B, T, 1]).
 
     Training runs every mask sample of a batch through one call: the image encoder sees all B*T frames at once
     and each frame step decodes / attends / encodes memories for the B videos together (B memory banks side by
@@ -120,6 +124,10 @@ def track_batch(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_bat
     if sparse_prompt.ndim != 3 or sparse_prompt.shape[0] != b or sparse_prompt.shape[2] != c:
         raise ValueError(f"sparse_prompt must be [{b}, N, {c}] (one object per video), got "
                          f"{tuple(sparse_prompt.shape)}")
+    if head.uses_box_mask and (box is None or tuple(box.shape) != (b, 4)):
+        raise ValueError(f"this mask head takes the prompt box as a mask prompt (box_mask_prompt): pass box [{b}, 4] "
+                         f"(normalized xyxy, the box the sparse prompt embeds), got "
+                         f"{None if box is None else tuple(box.shape)}")
     flat = _encode_frames(head, pixels.reshape(b * num_frames, 3, s, s), image_batch)
     rows = torch.arange(b, device=pixels.device) * num_frames  # row of video i's frame 0 in the flat batch
     bank = MaskMemoryBank.for_head(head, batch=b, device=pixels.device, dtype=flat.embedding.dtype)
@@ -127,7 +135,8 @@ def track_batch(head: MaskHead, pixels: Tensor, sparse_prompt: Tensor, image_bat
     for t in range(num_frames):
         f = flat.select(rows + t)
         if t == 0:
-            dec = head.decode(f, head.condition_without_memory(f.embedding), sparse_prompt.to(f.embedding.dtype))
+            dec = head.decode(f, head.condition_without_memory(f.embedding), sparse_prompt.to(f.embedding.dtype),
+                              box=box)
         else:
             dec = head.decode(f, head.memory_attention(f.embedding, f.embedding_pos, bank.state(t)), None)
         if t < num_frames - 1:  # the last frame's memory would never be read
