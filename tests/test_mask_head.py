@@ -389,3 +389,32 @@ def test_box_mask_prompt_reaches_the_mask():
         track(head, torch.randn(2, 3, 128, 128), sparse)
     out = track(head, torch.randn(2, 3, 128, 128), sparse, box=a_box)
     assert out.low_res_logits.shape == (2, 1, 32, 32)
+
+
+def test_multimask_select_first_keeps_candidate_zero_whatever_the_iou_head_says():
+    """The tiny preset trains no IoU head, so SAM2's best-of-3 picked by float noise: candidate 0 in every case under
+    bf16 training (exact ties), mostly candidate 2 in fp32 inference. ``multimask_select="first"`` keeps candidate 0
+    in both; "iou" keeps the highest predicted IoU (SAM2, the release)."""
+    head = _perturb(_pointer_model().mask_head, 4).eval()
+    assert head.cfg.multimask_select == "first" and get_preset("videochat-tpo-7b").mask.multimask_select == "iou"
+    with torch.no_grad():
+        iou_bias = head.sam.mask_decoder.iou_prediction_head.proj_out.bias
+        iou_bias.copy_(torch.tensor([0.0, -5.0, -5.0, 5.0]))  # candidate 2 (token 3) predicts the best IoU
+        feats = head.encode_image(torch.randn(1, 3, 128, 128))
+        cond = head.condition_without_memory(feats.embedding)
+        box = torch.tensor([[0.2, 0.2, 0.6, 0.7]])
+        sparse = head.embed_boxes(box)
+        c, h = head.cfg.hidden_dim, head.embed_size
+        masks, iou, _, _ = head.sam.mask_decoder(
+            image_embeddings=cond.transpose(1, 2).reshape(1, c, h, h),
+            image_positional_embeddings=head.sam.get_image_wide_positional_embeddings(),
+            sparse_prompt_embeddings=sparse[:, None], dense_prompt_embeddings=head.dense_prompt(1, box),
+            multimask_output=True, high_resolution_features=[feats.feat_s0, feats.feat_s1])
+        assert int(iou[0, 0].argmax()) == 2
+        first = head.decode(feats, cond, sparse, box=box)
+        torch.testing.assert_close(first.raw_low_res_logits[:, 0], masks[:, 0, 0])
+        head.cfg = dataclasses.replace(head.cfg, multimask_select="iou")
+        best = head.decode(feats, cond, sparse, box=box)
+        torch.testing.assert_close(best.raw_low_res_logits[:, 0], masks[:, 0, 2])
+    with pytest.raises(ValueError, match="multimask_select"):
+        dataclasses.replace(TINY_SAM, multimask_select="best")

@@ -245,6 +245,9 @@ class TemporalHeadConfig:
         _unit_interval(self, "dropout")
 
 
+MULTIMASK_SELECT = ("iou", "first")
+
+
 @dataclass
 class MaskHeadConfig:
     """SAM2-style mask head (image encoder, prompt MLP, mask decoder, memory attention/encoder).
@@ -270,6 +273,10 @@ class MaskHeadConfig:
     # the prompted frame also gets SAM2's *mask* prompt of the prompt box (a soft box raster through the prompt
     # encoder's mask_embed, added to the image embedding): needs the pointer (a box). Off in the release (7B).
     box_mask_prompt: bool = False
+    # which of SAM2's 3 multimask candidates is kept: "iou" = the highest predicted IoU (SAM2; needs a trained IoU
+    # head: the release's), "first" = candidate 0 always (the tiny preset, trained without an IoU loss: its IoU head
+    # is untrained, so "iou" picked by float noise, candidate 0 in bf16 training and mostly 2 in fp32 inference)
+    multimask_select: str = "iou"
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "hiera_embed_dim", "hiera_num_heads", "hidden_dim", "mem_dim",
@@ -284,6 +291,8 @@ class MaskHeadConfig:
                              f"{self.backbone_channel_list}")
         if self.image_size % 32:
             raise ValueError(f"MaskHeadConfig.image_size must be a multiple of 32, got {self.image_size}")
+        if self.multimask_select not in MULTIMASK_SELECT:
+            raise ValueError(f"MaskHeadConfig.multimask_select={self.multimask_select!r}; choose one of {MULTIMASK_SELECT}")
 
     @property
     def low_res_size(self) -> int:
@@ -393,7 +402,8 @@ def tiny_config() -> TPOConfig:
         mask=MaskHeadConfig(image_size=128, hiera_embed_dim=16, hiera_num_heads=1, hiera_stages=(1, 1, 2, 1),
                             hiera_global_attn_blocks=(3,), hiera_window_spec=(4, 4, 4, 4),
                             backbone_channel_list=(128, 64, 32, 16), hidden_dim=64, mem_dim=16, num_maskmem=7,
-                            memory_attention_layers=1, prompt_mlp_dim=256, box_mlp_dim=128, box_mask_prompt=True),
+                            memory_attention_layers=1, prompt_mlp_dim=256, box_mlp_dim=128, box_mask_prompt=True,
+                            multimask_select="first"),
         pointer=PointerConfig(enabled=True, dim=128, num_heads=4, num_layers=2),
         loc_encoder_hidden=256,
         max_new_tokens=32,

@@ -473,8 +473,9 @@ class MaskHead(nn.Module):
         ``box`` [B, 4] normalized xyxy: the prompt box on the prompted frame (``dense_prompt``; used only with
         ``box_mask_prompt``); None, or an empty box (all zeros), on tracking frames.
         ``multimask`` True (SAM2 whenever a frame has no point inputs, which holds for the injected TPO prompt
-        and for every tracking frame): 3 candidate masks, the one with the highest predicted IoU is kept, its
-        token gives the object pointer. False: the single-mask token, falling back to the best of 3 when
+        and for every tracking frame): 3 candidate masks, the one with the highest predicted IoU is kept (with
+        ``multimask_select="first"``: candidate 0, for a head without a trained IoU head), its token gives the
+        object pointer. False: the single-mask token, falling back to the best of 3 when
         unstable in eval (SAM2's choice for >= 2 clicks).
         """
         b, hw, c = conditioned.shape
@@ -491,7 +492,10 @@ class MaskHead(nn.Module):
             sparse_prompt_embeddings=sparse_prompt[:, None].to(image.dtype), dense_prompt_embeddings=dense,
             multimask_output=multimask, high_resolution_features=[features.feat_s0, features.feat_s1])
         masks, iou, tokens, obj = masks[:, 0], iou[:, 0], tokens[:, 0], obj[:, 0]  # [B, K, s, s] [B, K] [B, K, C]
-        best = select_candidate(iou)  # [B, 1]; K == 1 -> 0
+        if self.cfg.multimask_select == "first":  # no trained IoU head (MaskHeadConfig.multimask_select)
+            best = torch.zeros_like(iou[:, :1], dtype=torch.long)
+        else:
+            best = select_candidate(iou)  # [B, 1]; K == 1 -> 0
         low = torch.gather(masks, 1, best[:, :, None, None].expand(-1, -1, *masks.shape[-2:]))
         iou = torch.gather(iou, 1, best)
         token = torch.gather(tokens, 1, best[:, :, None].expand(-1, -1, c))[:, 0]
