@@ -292,7 +292,8 @@ class MaskHeadConfig:
         if self.image_size % 32:
             raise ValueError(f"MaskHeadConfig.image_size must be a multiple of 32, got {self.image_size}")
         if self.multimask_select not in MULTIMASK_SELECT:
-            raise ValueError(f"MaskHeadConfig.multimask_select={self.multimask_select!r}; choose one of {MULTIMASK_SELECT}")
+            raise ValueError(f"MaskHeadConfig.multimask_select={self.multimask_select!r}; choose one of "
+                             f"{MULTIMASK_SELECT}")
 
     @property
     def low_res_size(self) -> int:

@@ -22,8 +22,8 @@ One call on a ``Batch`` (B samples, L tokens, T frames):
      box (the release's distillation), ``mask_box`` = L1 of the auxiliary box MLP vs that box, over the
      samples whose object is visible on mask frame 0. With the pointer (``config.pointer.enabled``) the
      prompt is SAM2's box prompt of the pointer head's box (``MaskHead.embed_boxes``, differentiable: the
-     pixel loss reaches the box), ``mask_distill`` is only a readout (no gradient) and ``mask_box`` = 2 L1 +
-     (1 - GIoU) / 5 of that box.
+     pixel loss reaches the box; with ``mask.box_mask_prompt`` also SAM2's mask prompt of it), ``mask_distill``
+     is only a readout (no gradient) and ``mask_box`` = 2 L1 + (1 - GIoU) / 5 of that box.
    - region / mask: with the pointer, the heads also read the patch tokens [B, T', P, Dv]
      (``encode_video_patches``), scaled into the trunk by the head's ``head_grad_scale`` like the task embedding.
 
@@ -216,8 +216,7 @@ class TPOObjective(nn.Module):
             pixels = batch.mask_pixels  # [Bm, Tm, 3, S, S], preprocessed by the collator
             if pixels is None:
                 pixels = torch.stack([head.preprocess(frames) for frames in batch.mask_frames])
-            track = track_batch(head, pixels.to(task_emb.dtype), prompts.to(task_emb.dtype),
-                                box=pred_box if head.uses_box_mask else None)
+            track = track_batch(head, pixels.to(task_emb.dtype), prompts.to(task_emb.dtype), box=pred_box)
             out["mask_pixel"], out["mask_object"] = batched_mask_terms(
                 track.raw_low_res_logits.float(), track.object_score_logits.float(), batch.mask_targets)
         return out

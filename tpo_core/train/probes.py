@@ -126,7 +126,7 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
             label_box = np.asarray(mask_bbox(gts[0]), np.float64) / (w, h, w, h)
             box = torch.tensor(label_box[None], dtype=model.dtype, device=model.device)
             pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(clip.frames))).to(model.device, model.dtype)
-            out = track(head, pixels, head.embed_boxes(box), box=box if head.uses_box_mask else None)
+            out = track(head, pixels, head.embed_boxes(box), box=box)
             masks = head.masks_at_resolution(out.low_res_logits, h, w).cpu().numpy()
             oracle.append(video_j_and_f(masks, gts)["J"])
             res = model.generate(clip, s.question)  # as tpo eval runs it: tracks the clip's sampled frames

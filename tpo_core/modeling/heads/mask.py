@@ -539,5 +539,6 @@ def estimate_memory_bytes(cfg: MaskHeadConfig, dtype_bytes: int = 2) -> int:
     return dtype_bytes * (cfg.num_maskmem * hw * cfg.mem_dim + MAX_OBJECT_POINTERS * cfg.hidden_dim)
 
 
-__all__ = ["NO_OBJ_SCORE", "MAX_OBJECT_POINTERS", "SAM_VARIANTS", "BOX_RASTER_EDGE", "box_raster", "ImageFeatures", "DecodeOutput", "MemoryState",
-           "MLP", "MaskHead", "build_sam2_video_config", "count_parameters", "estimate_memory_bytes"]
+__all__ = ["NO_OBJ_SCORE", "MAX_OBJECT_POINTERS", "SAM_VARIANTS", "BOX_RASTER_EDGE", "box_raster", "ImageFeatures",
+           "DecodeOutput", "MemoryState", "MLP", "MaskHead", "build_sam2_video_config", "count_parameters",
+           "estimate_memory_bytes"]
