@@ -38,8 +38,9 @@ def _perturb(head: MaskHead, seed: int = 0) -> MaskHead:
     return head
 
 
-# the tiny preset's SAM2 without the pointer head: the release's prompt path (prompt MLP, no box mask prompt)
-TINY_SAM = dataclasses.replace(get_preset("tiny").mask, box_mask_prompt=False)
+# the tiny preset's SAM2 without the pointer head: the release's prompt path (prompt MLP, no box mask prompt, SAM2's
+# candidate choice by predicted IoU)
+TINY_SAM = dataclasses.replace(get_preset("tiny").mask, box_mask_prompt=False, multimask_select="iou")
 
 
 def _tiny_head(variant: str = "sam2", seed: int = 0) -> MaskHead:

@@ -26,7 +26,9 @@ def test_ablation_variants_share_budgets_and_parents():
     assert o["stage1"]["stage1"]["steps"] == 450
     for task in abl.HEAD_TASKS:  # one head alone: only its task, the full head budget S
         assert o[f"a_{task}"]["stage2"]["tasks"] == [task] and o[f"a_{task}"]["stage2"]["steps"] == 350
-    assert "tasks" not in o["b_cotrain"]["stage2"] and o["b_cotrain"]["stage2"]["steps"] == 350
+    # the heads co-trained: the three head tasks by count (the default stage 2 also mixes in QA and negatives)
+    assert o["b_cotrain"]["stage2"]["tasks"] == list(abl.HEAD_TASKS) and o["b_cotrain"]["stage2"]["task_weights"] == {}
+    assert o["b_cotrain"]["stage2"]["steps"] == 350
     c = o["c_full"]
     assert c["stage2"]["steps"] + c["stage3"]["steps"] == 350  # same head budget as b
     assert "tasks" not in o["d_stage3_qa"]["stage3"]  # default stage-3 tasks include qa
