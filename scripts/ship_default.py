@@ -5,7 +5,11 @@
 1. loads SRC (a ``tpo train`` output folder, e.g. ``<work>/d_stage3_qa/final``) in float32;
 2. greedy-decodes ``--samples`` held-out samples (spread over the tasks) before and after merging LoRA and
    after the fp16 round trip (DST reloaded), and reports how many token sequences / routed heads changed;
-3. writes DST (model.safetensors in fp16, config, tokenizer) and prints its size (budget: 15 MB).
+3. writes DST (model.safetensors in fp16, config, tokenizer) and prints its size (budget: 15 MB);
+4. tracks the mask samples from their label box in fp32 and under bf16 autocast (the GPU training precision) and
+   reports the mean IoU of the two masks per sample (``mask_bf16_vs_fp32_iou``): a head whose output depends on the
+   precision shows here (the fourth default's candidate choice by an untrained IoU head: 0.2-0.3 where a sound head
+   gives ~1).
 
 Exit status 1 if DST exceeds the budget or if the merge (fp32) changed any token sequence; fp16 differences
 are reported, not fatal (half precision may flip a near-tie).
@@ -53,6 +57,33 @@ def _answers(model, samples: list, clips: dict) -> list[tuple[list[int], list[st
     return out
 
 
+def _mask_precision_agreement(model, samples: list, clips: dict) -> float | None:
+    """Mean IoU between the label-box-prompted masks of the mask samples in fp32 and under bf16 autocast (CPU)."""
+    from tpo_core.data.rle import mask_bbox
+    from tpo_core.modeling.heads.mask_track import track
+
+    head, ious = model.mask_head, []
+    with torch.no_grad():
+        for s in samples:
+            if s.task != "mask" or s.video not in clips:
+                continue
+            clip = clips[s.video]
+            first = s.segmentation.mask(int(clip.indices[0])) if s.segmentation is not None else None
+            if first is None or not first.any():
+                continue
+            h, w = first.shape
+            box = torch.from_numpy(np.asarray(mask_bbox(first), np.float32) / np.float32([w, h, w, h]))[None]
+            pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(clip.frames)))
+            masks = []
+            for bf16 in (False, True):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = track(head, pixels, head.embed_boxes(box), box=box)
+                masks.append(head.masks_at_resolution(out.low_res_logits.float(), h, w).numpy())
+            inter, union = (masks[0] & masks[1]).sum(), (masks[0] | masks[1]).sum()
+            ious.append(1.0 if union == 0 else float(inter / union))
+    return float(np.mean(ious)) if ious else None
+
+
 def main(argv: list[str] | None = None) -> int:
     from tpo_core.data.synth_tasks import task_samples
     from tpo_core.model import TPOModel
@@ -79,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "merge_changed_tokens": sum(a[0] != b[0] for a, b in zip(before, merged)),
         "fp16_changed_tokens": sum(a[0] != b[0] for a, b in zip(before, half)),
         "fp16_changed_routing": sum(a[1] != b[1] for a, b in zip(before, half)),
+        "mask_bf16_vs_fp32_iou": _mask_precision_agreement(model.float(), samples, clips),
     }
     print(json.dumps(report, indent=1))
     (dst / "ship_report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -119,3 +120,21 @@ def test_gpu_session_plans_within_its_budget(tmp_path):
                "negative": {"false_found": 0.1}, "diagnostics": {"flags": []}}
     lines = sess.target_lines(summary)
     assert [ln[:4] for ln in lines[:7]] == ["MET ", "MISS", "MET ", "MET ", "MET ", "MISS", "MET "]
+
+
+def test_ship_default_flags_a_mask_head_whose_output_depends_on_the_precision(synth_root):
+    """The fourth GPU default chose SAM2's candidate by an untrained IoU head: candidate 0 under bf16 autocast (its
+    training), others in fp32 (evaluation, exports). ``mask_bf16_vs_fp32_iou`` shows it: the shipped model with its
+    ``multimask_select="first"`` agrees with itself across precisions, the same weights choosing by IoU do not."""
+    from tpo_core.data.synth_tasks import task_samples
+    from tpo_core.data.video import read_video
+    from tpo_core.model import load_model
+
+    ship = _load("ship_default")
+    model = load_model("embedded").float().eval()
+    samples = [s for s in task_samples(synth_root) if s.task == "mask"][:4]
+    clips = {s.video: read_video(s.video, model.config.vision.num_frames) for s in samples}
+    assert model.mask_head.cfg.multimask_select == "first"
+    assert ship._mask_precision_agreement(model, samples, clips) > 0.9
+    model.mask_head.cfg = dataclasses.replace(model.mask_head.cfg, multimask_select="iou")
+    assert ship._mask_precision_agreement(model, samples, clips) < 0.5
