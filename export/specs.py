@@ -105,12 +105,9 @@ def _example(spec: IOSpec, shape, dtype: torch.dtype, sizes: dict[str, int], gen
         if shape[0] > 1 and shape[1] > 1:
             mask[-1, -(shape[1] // 2):] = False  # a shorter video in the last row
         return mask
-    if name == "prompt_box":
-        xy = torch.sort(torch.rand(shape[0], 2, 2, generator=gen), dim=1).values
-        return xy.reshape(shape[0], 4).to(dtype)
-    if name == "boxes":
+    if name in ("boxes", "prompt_box"):
         xy = torch.sort(torch.rand(shape[0], 2, 2, generator=gen), dim=1).values  # [K, (min, max), (x, y)]
-        return xy.reshape(shape[0], 4)
+        return xy.reshape(shape[0], 4).to(dtype)
     if name in ("memory_valid", "pointer_valid"):
         return _valid_slots(shape, gen)
     if name in ("memory_offsets", "pointer_offsets"):
