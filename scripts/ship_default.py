@@ -59,10 +59,9 @@ def _answers(model, samples: list, clips: dict) -> list[tuple[list[int], list[st
 
 def _mask_precision_agreement(model, samples: list, clips: dict) -> float | None:
     """Mean IoU between the label-box-prompted masks of the mask samples in fp32 and under bf16 autocast (CPU)."""
-    from tpo_core.data.rle import mask_bbox
-    from tpo_core.modeling.heads.mask_track import track
+    from tpo_core.train.probes import track_from_label_box
 
-    head, ious = model.mask_head, []
+    ious = []
     with torch.no_grad():
         for s in samples:
             if s.task != "mask" or s.video not in clips:
@@ -71,14 +70,10 @@ def _mask_precision_agreement(model, samples: list, clips: dict) -> float | None
             first = s.segmentation.mask(int(clip.indices[0])) if s.segmentation is not None else None
             if first is None or not first.any():
                 continue
-            h, w = first.shape
-            box = torch.from_numpy(np.asarray(mask_bbox(first), np.float32) / np.float32([w, h, w, h]))[None]
-            pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(clip.frames)))
             masks = []
             for bf16 in (False, True):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = track(head, pixels, head.embed_boxes(box), box=box)
-                masks.append(head.masks_at_resolution(out.low_res_logits.float(), h, w).numpy())
+                    masks.append(track_from_label_box(model, first, clip.frames)[0])
             inter, union = (masks[0] & masks[1]).sum(), (masks[0] | masks[1]).sum()
             ious.append(1.0 if union == 0 else float(inter / union))
     return float(np.mean(ious)) if ious else None

@@ -98,6 +98,22 @@ def format_probe(probe: dict | None, mask: dict | None = None) -> str | None:
             f"recall {100 * (pr['recall'] or 0):.1f}%, false positives {100 * (pr['false_positive_rate'] or 0):.1f}%"])
 
 
+def track_from_label_box(model, first_mask: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mask head tracking ``frames`` (uint8 [T, H, W, 3]) from the box around ``first_mask`` (bool [H, W], the
+    label of frame 0, non-empty), prompted as a perfect pointer would (``MaskHead.embed_boxes``, and the box itself
+    for a ``box_mask_prompt`` head) -> (bool masks [T, H, W] at the label's resolution, normalized xyxy box [4])."""
+    from ..data.rle import mask_bbox
+    from ..modeling.heads.mask_track import track
+
+    head = model.mask_head
+    h, w = first_mask.shape
+    label_box = np.asarray(mask_bbox(first_mask), np.float64) / (w, h, w, h)
+    box = torch.tensor(label_box[None], dtype=model.dtype, device=model.device)
+    pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(frames))).to(model.device, model.dtype)
+    out = track(head, pixels, head.embed_boxes(box), box=box)
+    return head.masks_at_resolution(out.low_res_logits.float(), h, w).cpu().numpy(), label_box
+
+
 def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | None:
     """Which part holds mask J back: the prompt or the segmenter? On up to ``max_samples`` mask samples, J (as
     ``tpo eval`` scores it: every sampled frame at video resolution) of the mask head tracking from the *label*
@@ -107,7 +123,6 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
     without mask samples or without the pointer (the 7B release's prompt MLP gives no box)."""
     from ..data.rle import mask_bbox
     from ..data.video import read_video
-    from ..modeling.heads.mask_track import track
     from .metrics import box_iou, video_j_and_f
 
     head = model.mask_head
@@ -123,11 +138,7 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
             if not gts[0].any():
                 continue
             h, w = gts.shape[1:]
-            label_box = np.asarray(mask_bbox(gts[0]), np.float64) / (w, h, w, h)
-            box = torch.tensor(label_box[None], dtype=model.dtype, device=model.device)
-            pixels = head.preprocess(torch.from_numpy(np.ascontiguousarray(clip.frames))).to(model.device, model.dtype)
-            out = track(head, pixels, head.embed_boxes(box), box=box)
-            masks = head.masks_at_resolution(out.low_res_logits, h, w).cpu().numpy()
+            masks, label_box = track_from_label_box(model, gts[0], clip.frames)
             oracle.append(video_j_and_f(masks, gts)["J"])
             res = model.generate(clip, s.question)  # as tpo eval runs it: tracks the clip's sampled frames
             own.append(video_j_and_f(res.mask.masks, gts)["J"] if res.mask is not None else 0.0)
