@@ -18,7 +18,7 @@
 #   bash scripts/gpu_session.sh collect  # training (waits for it) and convert results
 #
 # Knobs (environment): TRAIN=0 / LLM=0 skip training / the LLM builds at start; TRAIN_BUDGET_S, TRAIN_SHARES,
-# TRAIN_GPU; LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
+# TRAIN_GPU, TRAIN_VIDEOS, ABLATION=1 (+ ABLATION_GPU); LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
 # full-size convert chain and three 32-layer LLM folders at once); TEST_FILES; WAIT_S; STREAM_REPEAT.
 # Everything a phase measures is written under $OUT (at most 8 files; logs are tarred).
 set -u
@@ -59,9 +59,12 @@ start)
 print(torch.__version__, o.__version__, o.get_available_providers(), g.__version__, t.__version__, triton.__version__)"; \
     nproc; free -g | head -2; df -h /tmp | tail -1; } > $OUT/versions.txt 2>&1
   cat $OUT/versions.txt
-  # training: issue 12 (GPU 1 for the default alone; the 3-seed ablation ran in the earlier session)
+  # training: issue 12, the default on GPU $TRAIN_GPU; ABLATION=1: the 3-seed co-training ablation beside it on GPU
+  # $ABLATION_GPU (same data and recipe); TRAIN_VIDEOS: the train split's size
+  abl="--skip-ablation"; [ "${ABLATION:-0}" = 1 ] && abl="--ablation-gpu ${ABLATION_GPU:-0}"
   [ "${TRAIN:-1}" = 1 ] && bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train \
-    --default-gpu $TRAIN_GPU --skip-ablation --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
+    --default-gpu $TRAIN_GPU $abl --train-videos ${TRAIN_VIDEOS:-3000} --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} \
+    --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
   # issue 11 full size: synth -> convert -> export (GQA fp16) -> verify (cuda) -> run (cuda), low CPU priority
   [ "${CONVERT:-1}" = 1 ] && CUDA_VISIBLE_DEVICES=0 OUT=$S/convert_out bg nice -n 10 python3 scripts/convert_fullsize.py all \
     --llm-graph gqa --device cuda --state $S/fullsize > $S/convert.log 2>&1 &

@@ -196,4 +196,22 @@ def test_mask_prompt_probe_separates_the_prompt_from_the_segmenter(synth_root, s
     b = mask_prompt_probe(model, samples, max_samples=2)
     assert b["J_label_box_prompt"] == pytest.approx(a["J_label_box_prompt"], abs=1e-9)
     assert "J tracking from the label box" in format_probe(None, a)
+    tracked = a["samples"] * (model.config.vision.num_frames - 1)
+    assert a["tracked_present_frames"] + a["tracked_absent_frames"] == tracked
+    assert "a mask drawn where it is absent" in format_probe(None, a)
     assert mask_prompt_probe(model, [s for s in samples if s.task != "mask"]) is None
+
+
+def test_tracked_frame_split_scores_visible_frames_and_counts_masks_on_absent_ones():
+    from tpo_core.train.probes import tracked_frame_split
+
+    gts = np.zeros((4, 4, 4), bool)
+    gts[0, :2, :2] = gts[1, :2, :2] = gts[3, :2, :2] = True  # frame 2: the object is gone
+    masks = np.zeros_like(gts)
+    masks[0] = gts[0]  # frame 0 (the prompt) is not counted
+    masks[1, :2, :1] = True  # half the object
+    masks[2, 3, 3] = True  # a mask where the object is absent
+    masks[3] = gts[3]
+    present, absent = tracked_frame_split(masks, gts)
+    assert present == pytest.approx([0.5, 1.0])
+    assert absent == [True]

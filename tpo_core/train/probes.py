@@ -87,6 +87,12 @@ def format_probe(probe: dict | None, mask: dict | None = None) -> str | None:
         lines.append(f"mask probe (n={mask['samples']:4d}) J tracking from the label box {oracle:5.1f}% vs from the "
                      f"model's own prompt {own:5.1f}% (the gap is what the prompt costs; the label-box J is what the "
                      "segmenter reaches)")
+        if mask.get("J_tracked_present") is not None or mask.get("absent_frames_masked") is not None:
+            pj, am = mask.get("J_tracked_present"), mask.get("absent_frames_masked")
+            lines.append("  from the label box, on the tracked frames: J where the object is visible "
+                         f"{'n/a' if pj is None else f'{100 * pj:5.1f}%'} ({mask.get('tracked_present_frames', 0)} "
+                         f"frames); a mask drawn where it is absent {'n/a' if am is None else f'{100 * am:5.1f}%'} "
+                         f"({mask.get('tracked_absent_frames', 0)} frames; 0 % is right)")
     if not probe or "patch_acc" not in probe:
         return "\n".join(lines) or None
     pr = probe["presence"]
@@ -114,6 +120,20 @@ def track_from_label_box(model, first_mask: np.ndarray, frames: np.ndarray) -> t
     return head.masks_at_resolution(out.low_res_logits.float(), h, w).cpu().numpy(), label_box
 
 
+def tracked_frame_split(masks: np.ndarray, gts: np.ndarray) -> tuple[list[float], list[bool]]:
+    """Predicted and label masks (bool [T, H, W]) of one track -> (J of each tracked frame where the object is
+    visible, whether a mask was drawn on each tracked frame where it is absent); frame 0 (the prompt) is left out."""
+    from .metrics import video_j_and_f
+
+    present_j, absent_masked = [], []
+    for k in range(1, len(gts)):
+        if gts[k].any():
+            present_j.append(float(video_j_and_f(masks[k:k + 1], gts[k:k + 1])["J"]))
+        else:
+            absent_masked.append(bool(masks[k].any()))
+    return present_j, absent_masked
+
+
 def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | None:
     """Which part holds mask J back: the prompt or the segmenter? On up to ``max_samples`` mask samples, J (as
     ``tpo eval`` scores it: every sampled frame at video resolution) of the mask head tracking from the *label*
@@ -130,7 +150,7 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
     if not picked or not hasattr(head, "embed_boxes") or not head.uses_patches:
         return None
     model.eval()
-    oracle, own, ious = [], [], []
+    oracle, own, ious, present_j, absent_masked = [], [], [], [], []
     with torch.no_grad():
         for s in picked:
             clip = read_video(s.video, model.config.vision.num_frames)
@@ -140,6 +160,9 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
             h, w = gts.shape[1:]
             masks, label_box = track_from_label_box(model, gts[0], clip.frames)
             oracle.append(video_j_and_f(masks, gts)["J"])
+            pj, am = tracked_frame_split(masks, gts)
+            present_j += pj
+            absent_masked += am
             res = model.generate(clip, s.question)  # as tpo eval runs it: tracks the clip's sampled frames
             own.append(video_j_and_f(res.mask.masks, gts)["J"] if res.mask is not None else 0.0)
             pred = mask_bbox(res.mask.mask(0)) if res.mask is not None else None
@@ -148,4 +171,8 @@ def mask_prompt_probe(model, samples: list, max_samples: int = 100) -> dict | No
     if not oracle:
         return None
     return {"samples": len(oracle), "J_label_box_prompt": float(np.mean(oracle)), "J_model": float(np.mean(own)),
-            "frame0_mask_box_iou_vs_label": float(np.mean(ious)) if ious else None}
+            "frame0_mask_box_iou_vs_label": float(np.mean(ious)) if ious else None,
+            "tracked_present_frames": len(present_j),
+            "J_tracked_present": float(np.mean(present_j)) if present_j else None,
+            "tracked_absent_frames": len(absent_masked),
+            "absent_frames_masked": float(np.mean(absent_masked)) if absent_masked else None}
