@@ -189,3 +189,48 @@ def test_explicit_mask_and_sliced_visual_tokens_equal_the_reference_paths(sample
         b = model.llm(sliced, attention_mask=causal_padding_mask(batch.attention_mask))[0]
     real = batch.attention_mask.bool()
     assert torch.allclose(a[real], b[real], atol=1e-5)
+
+
+def _agree_worker(rank: int, world: int, port: int, out) -> None:
+    import os
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from tpo_core.train.trainer import agree_any, agree_min
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        acc = SimpleNamespace(num_processes=world, device=torch.device("cpu"))
+        # a re-plan / deadline flag seen by one process only, and per-process step plans
+        out.put((rank, agree_any(acc, rank == 1, False), agree_min(acc, 100 - 7 * rank)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_processes_agree_on_time_based_decisions():
+    """Under DDP a re-plan or the --max-minutes stop measured on one process must apply to all at the same step, and
+    the step plans must be equal, or the next gradient all-reduce hangs: a flag set on any process is set on all, and
+    the shortest plan wins (2 CPU processes, gloo)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tpo_core.train.trainer import agree_any, agree_min
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_agree_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results == [(0, (True, False), 93), (1, (True, False), 93)]
+    one = type("Acc", (), {"num_processes": 1, "device": torch.device("cpu")})()
+    assert agree_any(one, True, False) == (True, False) and agree_min(one, 5) == 5  # no collective without DDP

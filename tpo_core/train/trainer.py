@@ -324,9 +324,12 @@ class StageRunner:
             return  # no budget, or a resumed stage (its plan came with the checkpoint)
         if "t1" not in probe and step < BUDGET_PROBE[0] + ("t" in probe) * (BUDGET_PROBE[1] - BUDGET_PROBE[0]):
             return
-        if "t1" in probe and (probe["next"] >= len(REPLAN_AT) or step - probe["s1"] < BUDGET_PROBE[1] - BUDGET_PROBE[0]
-                              or time.perf_counter() - t_start < REPLAN_AT[probe["next"]] * st.time_budget_s):
-            return  # all re-plans done, too few steps since the probe to measure, or not yet time
+        probe_steps = BUDGET_PROBE[1] - BUDGET_PROBE[0]
+        if "t1" in probe and (probe["next"] >= len(REPLAN_AT) or step - probe["s1"] < probe_steps):
+            return  # all re-plans done, or too few steps since the probe to measure
+        if "t1" in probe and not agree_any(self.acc, time.perf_counter() - t_start
+                                           >= REPLAN_AT[probe["next"]] * st.time_budget_s)[0]:
+            return  # not yet time (on any process: under DDP they re-plan at the same step)
         _device_sync(self.acc.device)
         now = time.perf_counter()
         if "t" not in probe:
@@ -341,7 +344,8 @@ class StageRunner:
             probe["next"] += 1
             cap = st.steps
         left = st.time_budget_s - (now - t_start)
-        self.total_steps = max(step, min(cap, step + int(left / max(per_step, 1e-9))))
+        # under DDP every process must stop at the same step (or the next gradient all-reduce hangs): the shortest plan
+        self.total_steps = agree_min(self.acc, max(step, min(cap, step + int(left / max(per_step, 1e-9)))))
         self.schedule.total = self.total_steps
         self.state.planned_steps = self.total_steps
         if self.acc.is_main_process:
@@ -375,7 +379,8 @@ class StageRunner:
             bar.update(1)
             if st.save_every and self.state.step % st.save_every == 0 and self.state.step < self.total_steps:
                 self.save(self.out / "checkpoints" / f"step_{self.state.step:06d}")
-            if deadline is not None and time.time() > deadline and self.state.step < self.total_steps:
+            if deadline is not None and agree_any(self.acc, time.time() > deadline)[0] \
+                    and self.state.step < self.total_steps:
                 bar.close()
                 path = self.out / "checkpoints" / f"step_{self.state.step:06d}"
                 self.save(path)
@@ -416,6 +421,26 @@ def _checkpointing(model) -> bool:
     if hasattr(type(model), "is_activation_checkpointing"):
         return bool(model.is_activation_checkpointing)
     return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def agree_any(acc, *flags: bool) -> tuple[bool, ...]:
+    """Under DDP (``acc.num_processes`` > 1) each flag is set on every process when it is set on any (one MAX
+    all-reduce), so that a time-based decision (a re-plan, the ``--max-minutes`` stop) is taken at the same step
+    everywhere; one process: the flags as given, no collective."""
+    if acc.num_processes <= 1:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(bool(f)) for f in flags], device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def agree_min(acc, value: int) -> int:
+    """Under DDP the smallest ``value`` over the processes (one MIN all-reduce); one process: ``value``."""
+    if acc.num_processes <= 1:
+        return int(value)
+    t = torch.tensor([int(value)], device=acc.device, dtype=torch.long)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
 
 
 def _device_sync(device: torch.device) -> None:
