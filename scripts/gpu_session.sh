@@ -18,7 +18,8 @@
 #   bash scripts/gpu_session.sh collect  # training (waits for it) and convert results
 #
 # Knobs (environment): TRAIN=0 / LLM=0 skip training / the LLM builds at start; TRAIN_BUDGET_S, TRAIN_SHARES,
-# TRAIN_GPU, TRAIN_VIDEOS, ABLATION=1 (+ ABLATION_GPU); LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
+# TRAIN_GPU (a comma list such as 0,1: the default under DDP), TRAIN_VIDEOS, ABLATION=1 (+ ABLATION_GPU);
+# LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
 # full-size convert chain and three 32-layer LLM folders at once); TEST_FILES; WAIT_S; STREAM_REPEAT.
 # Everything a phase measures is written under $OUT (at most 8 files; logs are tarred).
 set -u

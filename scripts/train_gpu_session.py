@@ -115,6 +115,10 @@ def preflight(s: Session) -> dict:
                          "PyAV (av) and the loader reads them with decord; install them and run again")
     if not s.args.cpu and len(info["gpus"]) < 1:
         raise SystemExit("no CUDA device is visible; run with --cpu for a CPU smoke run")
+    wanted = [int(g) for g in str(s.args.default_gpu).split(",") if g.strip()]
+    if not s.args.cpu and max(wanted) >= len(info["gpus"]):
+        raise SystemExit(f"--default-gpu {s.args.default_gpu}: only {len(info['gpus'])} GPU(s) are visible "
+                         f"(ids 0-{len(info['gpus']) - 1}); name visible GPUs")
     if not s.args.cpu and len(info["gpus"]) < 2 and s.args.ablation_gpu != s.args.default_gpu:
         s.say(f"only {len(info['gpus'])} GPU visible: the ablation shares GPU {s.args.default_gpu} with the default")
         s.args.ablation_gpu = s.args.default_gpu
@@ -168,7 +172,12 @@ def start_default(s: Session, data: dict, deadline_s: float) -> subprocess.Popen
     a = s.args
     window = deadline_s - s.elapsed()
     cfg = default_config(s, window)
-    cmd = [sys.executable, "-m", "tpo_core.train", "--preset", "tiny", "--stage", "all", "--config", str(cfg),
+    gpus = [g for g in str(a.default_gpu).split(",") if g.strip()]
+    # several GPUs: DDP through Accelerate (one process per GPU, each with --batch and its own loader workers)
+    launch = ([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(len(gpus)),
+               "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]
+              if len(gpus) > 1 and not a.cpu else [sys.executable])
+    cmd = [*launch, "-m", "tpo_core.train", "--preset", "tiny", "--stage", "all", "--config", str(cfg),
            "--data", str(data["train"]), "--out", str(s.work / "default"), "--quiet", "--seed", str(a.default_seed),
            "--loader-workers", str(a.loader_workers), "--max-minutes", f"{max(0.5, window - 15) / 60:.3f}"]
     if a.cpu:
@@ -340,7 +349,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loader-workers", type=int, default=6)
     p.add_argument("--default-threads", type=int, default=2)
     p.add_argument("--default-seed", type=int, default=0)
-    p.add_argument("--default-gpu", default="0")
+    p.add_argument("--default-gpu", default="0",
+                   help="GPU(s) of the default run; a comma list (e.g. 0,1) trains under DDP, --batch per GPU")
     p.add_argument("--ablation-gpu", default="1")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--ablation-batch", type=int, default=128,
@@ -351,7 +361,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="S1,S,S3 step targets (the time caps cut them; the table shows the steps run)")
     p.add_argument("--ablation-parallel", type=int, default=15)
     p.add_argument("--ablation-per-task", type=int, default=60)
-    p.add_argument("--ablation-reserve-s", type=float, default=130.0, help="start-ups and the last evals")
+    p.add_argument("--ablation-reserve-s", type=float, default=220.0,
+                   help="start-ups and the evals after each phase (130 s left the stage-3 runs unfinished with 15 "
+                        "runs evaluating on shared cores, 2026-12-01)")
     p.add_argument("--eval-workers", type=int, default=24)
     p.add_argument("--skip-ablation", action="store_true")
     p.add_argument("--cpu", action="store_true", help="no GPU (smoke runs)")

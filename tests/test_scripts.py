@@ -122,6 +122,23 @@ def test_gpu_session_plans_within_its_budget(tmp_path):
     assert [ln[:4] for ln in lines[:7]] == ["MET ", "MISS", "MET ", "MET ", "MET ", "MISS", "MET "]
 
 
+def test_gpu_session_trains_the_default_under_ddp_on_several_gpus(tmp_path, monkeypatch):
+    """``--default-gpu 0,1``: one Accelerate DDP launch over both GPUs; one id: the plain module entry point."""
+    sess = _load("train_gpu_session")
+    started = []
+    for gpus, launcher in (("0,1", "accelerate.commands.launch"), ("1", None)):
+        args = sess.parse(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--default-gpu", gpus])
+        s = sess.Session(args)
+        monkeypatch.setattr(s, "start", lambda name, cmd, gpu=None, threads=1: started.append((cmd, gpu)))
+        sess.start_default(s, {"train": tmp_path / "data"}, 300.0)
+        cmd, gpu = started[-1]
+        assert gpu == gpus and cmd[cmd.index("tpo_core.train") - 1] == "-m"
+        if launcher:
+            assert cmd[1:3] == ["-m", launcher] and cmd[cmd.index("--num_processes") + 1] == "2"
+        else:
+            assert "--num_processes" not in cmd
+
+
 def test_ship_default_flags_a_mask_head_whose_output_depends_on_the_precision(synth_root):
     """The fourth GPU default chose SAM2's candidate by an untrained IoU head: candidate 0 under bf16 autocast (its
     training), others in fp32 (evaluation, exports). ``mask_bf16_vs_fp32_iou`` shows it: the shipped model with its
