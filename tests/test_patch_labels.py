@@ -154,7 +154,8 @@ def test_time_budget_replans_from_the_steady_step_time(monkeypatch):
     monkeypatch.setattr(trainer, "_device_sync", lambda device: None)
     r = SimpleNamespace(stage=SimpleNamespace(time_budget_s=100.0, steps=1000, name="stage1"),
                         state=SimpleNamespace(step=0, planned_steps=None), total_steps=1000,
-                        schedule=SimpleNamespace(total=1000), acc=SimpleNamespace(device="cpu", is_main_process=False))
+                        schedule=SimpleNamespace(total=1000),
+                        acc=SimpleNamespace(device="cpu", is_main_process=False, num_processes=1))
     probe: dict = {}
     plans = []
     while r.state.step < r.total_steps:
