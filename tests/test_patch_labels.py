@@ -216,3 +216,31 @@ def test_tracked_frame_split_scores_visible_frames_and_counts_masks_on_absent_on
     present, absent = tracked_frame_split(masks, gts)
     assert present == pytest.approx([0.5, 1.0])
     assert absent == [True]
+
+
+def test_linear_probe_scores_separable_and_random_labels():
+    from tpo_core.train.probes import _linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 64, generator=g)  # more dimensions than a half has rows per class, as in the LLM probe
+    train = torch.arange(400) % 2 == 0
+    assert _linear_probe_accuracy(x, (x[:, 3] > 0).float(), train) >= 0.8  # 200 rows in 64 dimensions: ~0.88
+    assert _linear_probe_accuracy(x, (torch.rand(400, generator=g) > 0.5).float(), train) < 0.65
+
+
+def test_presence_probe_reports_the_llm_decision_and_a_probe_per_layer(samples):
+    """On the embedded default: one probe accuracy per hidden-state layer (embeddings + each block), the decision
+    rates consistent with each other, a report line; None without negatives."""
+    from tpo_core.model import load_model
+    from tpo_core.train.probes import format_probe, presence_probe
+
+    model = load_model("embedded").float()
+    p = presence_probe(model, samples, per_class=6)
+    assert p is not None and p["questions"] == p["present"] + min(6, sum(s.task == "negative" for s in samples))
+    assert len(p["layer_probe_accuracy"]) == model.config.llm.num_layers + 1
+    assert all(0.0 <= a <= 1.0 for a in p["layer_probe_accuracy"])
+    n_neg = p["questions"] - p["present"]
+    right = (1 - p["heads_on_absent"]) * n_neg + (1 - p["denials_of_present"]) * p["present"]
+    assert p["decision_accuracy"] == pytest.approx(right / p["questions"])
+    assert "linear probe of its state per layer" in format_probe(None, None, p)
+    assert presence_probe(model, [s for s in samples if s.task != "negative"]) is None

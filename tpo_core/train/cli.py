@@ -83,7 +83,7 @@ def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool,
     from ..data.synth_tasks import task_samples
     from ..model import load_model
     from .evaluate import evaluate, evaluate_parallel, format_report
-    from .probes import mask_prompt_probe, patch_probe
+    from .probes import mask_prompt_probe, patch_probe, presence_probe
 
     samples = task_samples(data)
     model = load_model(checkpoint)  # a folder, "embedded" or "untrained-tiny" (as tpo ask / tpo export)
@@ -95,6 +95,7 @@ def _eval_and_report(checkpoint, data, limit, per_task, out_file, as_json: bool,
     summary.update(checkpoint=str(checkpoint), data=str(data))
     summary["vision_probe"] = patch_probe(model, data)
     summary["mask_prompt_probe"] = mask_prompt_probe(model, samples, max_samples=50)
+    summary["presence_probe"] = presence_probe(model, samples, per_class=100)
     if out_file:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
         Path(out_file).write_text(json.dumps({"summary": summary, "samples": records}, indent=1) + "\n")

@@ -244,7 +244,7 @@ def format_report(summary: dict) -> str:
     ]
     from .probes import format_probe
 
-    probe = format_probe(summary.get("vision_probe"), summary.get("mask_prompt_probe"))
+    probe = format_probe(summary.get("vision_probe"), summary.get("mask_prompt_probe"), summary.get("presence_probe"))
     if probe:
         lines.append(probe)
     diag = summary.get("diagnostics")

@@ -1,4 +1,10 @@
-"""The vision probe of ``tpo eval``: does the video encoder tell what each patch shows? (issue 12 diagnostics)
+"""The probes of ``tpo eval`` (issue 12 diagnostics): which stage holds a head back?
+
+- ``patch_probe`` (below): does the video encoder tell what each patch shows?
+- ``mask_prompt_probe``: the mask head from the label box against its own prompt, and its tracked frames;
+- ``presence_probe``: does the LLM work out whether the asked object is in the video (a linear probe per layer)?
+
+The vision probe in detail:
 
 On a dataset with patch labels (``data/patch_labels.py``) and a model with a patch classifier
 (``vision.patch_classes``), every held-out video's sampled frames go through the video encoder and the
@@ -79,9 +85,94 @@ def patch_probe(model, data_dir, max_videos: int = 200) -> dict | None:
     return out
 
 
-def format_probe(probe: dict | None, mask: dict | None = None) -> str | None:
-    """``tpo eval``'s report lines of the vision probe and the mask-prompt probe (None when there is neither)."""
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def _linear_probe_accuracy(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor,
+                           l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)) -> float:
+    """Logistic regression (L-BFGS) on the ``train`` rows of standardized features ``x [N, D]`` for labels ``y [N]``
+    in {0, 1}; accuracy on the other rows. The L2 weight is chosen from ``l2_grid`` by a 2-fold split of the train
+    rows (a state has more dimensions than a probe has questions: without it the probe fits noise)."""
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+    x = (x - mu) / sd
+    rows = torch.nonzero(train).flatten()
+    folds = (rows[0::2], rows[1::2])
+
+    def acc(w, b, idx):
+        return float((((x[idx] @ w + b) > 0).float() == y[idx]).float().mean())
+
+    best = max(l2_grid, key=lambda lam: sum(acc(*_fit_logistic(x[a], y[a], lam), b_)
+                                            for a, b_ in (folds, folds[::-1])))
+    return acc(*_fit_logistic(x[train], y[train], best), torch.nonzero(~train).flatten())
+
+
+def presence_probe(model, samples: list, per_class: int = 100, seed: int = 0) -> dict | None:
+    """Does the LLM work out whether the asked object is in the video? On up to ``per_class`` questions about present
+    objects (region, temporal, mask samples) and as many about absent ones (negatives), the LLM's state at the
+    answer position, every layer: a linear probe of "present" trained on the questions of half the videos and tested
+    on the other half, beside the model's own decision (its first answer token opens a head = "present"). A probe
+    near the decision means the LLM's last layer carries no more than it uses; a probe near 50 % means the LLM never
+    computed it (its visual inputs may still hold it: the vision probe says). None without both kinds."""
+    from ..data.video import preprocess_frames, read_video
+
+    rng = np.random.default_rng(seed)
+    pos = [s for s in samples if s.task in ("region", "temporal", "mask")]
+    neg = [s for s in samples if s.task == "negative"]
+    if not pos or not neg:
+        return None
+    pos, neg = ([group[i] for i in rng.permutation(len(group))[:per_class]] for group in (pos, neg))
+    cfg, begins = model.config, set(model.task_ids.begin_ids())
+    model.eval()
+    states, labels, heads, videos = [], [], [], []
+    with torch.no_grad():
+        for label, group in ((1, pos), (0, neg)):
+            for s in group:
+                clip = read_video(s.video, cfg.vision.num_frames)
+                ids = model.prompts.build(s.question, clip.timestamps, num_boxes=0, max_new_tokens=cfg.max_new_tokens)
+                pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
+                                           mode=cfg.vision.resize).to(model.device, model.dtype)
+                visual = model.encode_video_patches(pixels[None])[0]
+                out = model.llm.lm(inputs_embeds=model.sequence_embeds(ids, visual, None), output_hidden_states=True,
+                                   return_dict=True)
+                states.append(torch.stack([h[0, -1].float().cpu() for h in out.hidden_states]))  # [layers + 1, D]
+                heads.append(int(int(out.logits[0, -1].argmax()) in begins))
+                labels.append(label)
+                videos.append(s.video)
+    x, y, d = torch.stack(states), torch.tensor(labels, dtype=torch.float32), np.array(heads)
+    held = set(sorted(set(videos))[::2])  # half the videos test the probe (no video on both sides)
+    train = torch.tensor([v not in held for v in videos])
+    if train.all() or not train.any() or len(set(y[train].tolist())) < 2:
+        return None
+    lab = np.array(labels)
+    return {"questions": len(labels), "present": int(lab.sum()), "test_questions": int((~train).sum()),
+            "decision_accuracy": float(np.mean(d == lab)), "heads_on_absent": float(d[lab == 0].mean()),
+            "denials_of_present": float(1 - d[lab == 1].mean()),
+            "layer_probe_accuracy": [_linear_probe_accuracy(x[:, k], y, train) for k in range(x.shape[1])]}
+
+
+def format_probe(probe: dict | None, mask: dict | None = None, presence: dict | None = None) -> str | None:
+    """``tpo eval``'s report lines of the vision probe, the mask-prompt probe and the LLM presence probe (None when
+    there is none)."""
     lines = []
+    if presence:
+        layers = ", ".join(f"{100 * a:.1f}" for a in presence["layer_probe_accuracy"])
+        lines.append(f"presence (n={presence['questions']:4d}) the LLM's own call (a head = present) "
+                     f"{100 * presence['decision_accuracy']:5.1f}% (heads on absent "
+                     f"{100 * presence['heads_on_absent']:.1f}%, denials {100 * presence['denials_of_present']:.1f}%); "
+                     f"linear probe of its state per layer (embeddings .. last, {presence['test_questions']} held-out "
+                     f"questions, 50 % = chance): {layers}%")
     if mask:
         oracle, own = 100 * mask["J_label_box_prompt"], 100 * mask["J_model"]
         lines.append(f"mask probe (n={mask['samples']:4d}) J tracking from the label box {oracle:5.1f}% vs from the "
