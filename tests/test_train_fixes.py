@@ -234,3 +234,27 @@ def test_ddp_processes_agree_on_time_based_decisions():
     assert results == [(0, (True, False), 93), (1, (True, False), 93)]
     one = type("Acc", (), {"num_processes": 1, "device": torch.device("cpu")})()
     assert agree_any(one, True, False) == (True, False) and agree_min(one, 5) == 5  # no collective without DDP
+
+
+def test_two_process_ddp_stops_every_process_at_one_step(synth_root, tmp_path):
+    """A real 2-process DDP run on the CPU (torchrun, gloo; ``accelerate launch --cpu`` runs a single process): the
+    ``--max-minutes`` stop is agreed, so both processes save the same checkpoint and exit 0 instead of one waiting
+    in an all-reduce for the other."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "stages": {"stage1": {"steps": 400, "batch_size": 2,
+                                                                       "log_every": 2}}}))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "tpo_core.train", "--preset", "tiny", "--stage", "1", "--config", str(cfg), "--data",
+                           str(synth_root), "--out", str(tmp_path / "run"), "--quiet", "--cpu", "--max-minutes",
+                           "0.05"], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("time budget reached") == 2  # each process stopped ...
+    saved = list((tmp_path / "run" / "stage1" / "checkpoints").iterdir())
+    assert len(saved) == 1  # ... at the same step
+    step = int(saved[0].name.split("_")[1])
+    assert step % 2 == 0 and 0 < step < 400  # at a logging step, well before the 400 configured

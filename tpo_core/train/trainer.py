@@ -327,8 +327,8 @@ class StageRunner:
         probe_steps = BUDGET_PROBE[1] - BUDGET_PROBE[0]
         if "t1" in probe and (probe["next"] >= len(REPLAN_AT) or step - probe["s1"] < probe_steps):
             return  # all re-plans done, or too few steps since the probe to measure
-        if "t1" in probe and not agree_any(self.acc, time.perf_counter() - t_start
-                                           >= REPLAN_AT[probe["next"]] * st.time_budget_s)[0]:
+        if "t1" in probe and not (_agreement_step(self.acc, step, st) and agree_any(
+                self.acc, time.perf_counter() - t_start >= REPLAN_AT[probe["next"]] * st.time_budget_s)[0]):
             return  # not yet time (on any process: under DDP they re-plan at the same step)
         _device_sync(self.acc.device)
         now = time.perf_counter()
@@ -379,8 +379,8 @@ class StageRunner:
             bar.update(1)
             if st.save_every and self.state.step % st.save_every == 0 and self.state.step < self.total_steps:
                 self.save(self.out / "checkpoints" / f"step_{self.state.step:06d}")
-            if deadline is not None and agree_any(self.acc, time.time() > deadline)[0] \
-                    and self.state.step < self.total_steps:
+            if deadline is not None and _agreement_step(self.acc, self.state.step, st) \
+                    and agree_any(self.acc, time.time() > deadline)[0] and self.state.step < self.total_steps:
                 bar.close()
                 path = self.out / "checkpoints" / f"step_{self.state.step:06d}"
                 self.save(path)
@@ -421,6 +421,13 @@ def _checkpointing(model) -> bool:
     if hasattr(type(model), "is_activation_checkpointing"):
         return bool(model.is_activation_checkpointing)
     return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def _agreement_step(acc, step: int, stage: StageConfig) -> bool:
+    """Whether a time-based decision is checked at ``step``: every step on one process; under DDP only at the logging
+    steps, where the metrics are read back anyway (the agreement's all-reduce waits for the device), so a stop or a
+    re-plan comes at most ``log_every`` steps late."""
+    return acc.num_processes <= 1 or step % stage.log_every == 0
 
 
 def agree_any(acc, *flags: bool) -> tuple[bool, ...]:
