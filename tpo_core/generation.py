@@ -40,6 +40,24 @@ def _routes(model) -> dict[int, TaskRoute]:
             for begin, (ph, head) in model.task_ids.begin_ids().items()}
 
 
+def prompt_embeds(model, clip: Clip, prompt: str, boxes: torch.Tensor | None = None,
+                  max_new_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    """The prefill of ``prompt`` about ``clip``: the token layout (the contract's prompt guard: UTF-8, non-empty, no
+    control tokens, one ``<track_box>`` slot per box, KV capacity), the clip's frames through the video encoder and
+    the connector -> (input embeddings [1, L, D], frame features, patch tokens or None, vision milliseconds)."""
+    from .data.video import preprocess_frames
+
+    cfg = model.config
+    ids = model.prompts.build(prompt, clip.timestamps, num_boxes=0 if boxes is None else int(boxes.shape[0]),
+                              max_new_tokens=max_new_tokens or cfg.max_new_tokens)
+    t0 = time.perf_counter()
+    pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
+                               mode=cfg.vision.resize).to(model.device, model.dtype)
+    visual, frame_feats, patches = model.encode_video_patches(pixels[None])
+    vision_ms = (time.perf_counter() - t0) * 1e3
+    return model.sequence_embeds(ids, visual, boxes), frame_feats, patches, vision_ms
+
+
 def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do_sample: bool = False,
              top_p: float = 0.9, temperature: float = 1.0, seed: int = 0, track_boxes=None,
              mask_frames: np.ndarray | None = None, mask_timestamps: np.ndarray | None = None,
@@ -54,8 +72,6 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
     (constrained decoding, e.g. to force a task).
     Returns a ``TPOResult``: text, ids, and boxes in pixels / spans in seconds / masks at video resolution.
     """
-    from .data.video import preprocess_frames
-
     cfg, dev, timings = model.config, model.device, {}
     clip = _load_clip(model, video)
     max_new = max_new_tokens or cfg.max_new_tokens
@@ -64,15 +80,7 @@ def generate(model, video, prompt: str, *, max_new_tokens: int | None = None, do
     boxes = None if track_boxes is None else torch.as_tensor(np.asarray(track_boxes), dtype=model.dtype, device=dev)
     if boxes is not None and (boxes.dim() != 2 or boxes.shape[1] != 4):
         raise ValueError(f"track_boxes must be normalized xyxy boxes [K, 4], got shape {tuple(boxes.shape)}")
-    # the contract's prompt guard: UTF-8, non-empty, no control tokens, one <track_box> slot per box, KV capacity
-    ids = model.prompts.build(prompt, clip.timestamps, num_boxes=0 if boxes is None else int(boxes.shape[0]),
-                              max_new_tokens=max_new)
-    t0 = time.perf_counter()
-    pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
-                               mode=cfg.vision.resize).to(dev, model.dtype)
-    visual, frame_feats, patches = model.encode_video_patches(pixels[None])
-    timings["vision_ms"] = (time.perf_counter() - t0) * 1e3
-    embeds = model.sequence_embeds(ids, visual, boxes)
+    embeds, frame_feats, patches, timings["vision_ms"] = prompt_embeds(model, clip, prompt, boxes, max_new)
 
     t0 = time.perf_counter()
     cache = DynamicCache()

@@ -125,7 +125,8 @@ def presence_probe(model, samples: list, per_class: int = 100, seed: int = 0) ->
     on the other half, beside the model's own decision (its first answer token opens a head = "present"). A probe
     near the decision means the LLM's last layer carries no more than it uses; a probe near 50 % means the LLM never
     computed it (its visual inputs may still hold it: the vision probe says). None without both kinds."""
-    from ..data.video import preprocess_frames, read_video
+    from ..data.video import read_video
+    from ..generation import prompt_embeds
 
     rng = np.random.default_rng(seed)
     pos = [s for s in samples if s.task in ("region", "temporal", "mask")]
@@ -139,13 +140,8 @@ def presence_probe(model, samples: list, per_class: int = 100, seed: int = 0) ->
     with torch.no_grad():
         for label, group in ((1, pos), (0, neg)):
             for s in group:
-                clip = read_video(s.video, cfg.vision.num_frames)
-                ids = model.prompts.build(s.question, clip.timestamps, num_boxes=0, max_new_tokens=cfg.max_new_tokens)
-                pixels = preprocess_frames(clip.frames, cfg.vision.img_size, cfg.vision.mean, cfg.vision.std,
-                                           mode=cfg.vision.resize).to(model.device, model.dtype)
-                visual = model.encode_video_patches(pixels[None])[0]
-                out = model.llm.lm(inputs_embeds=model.sequence_embeds(ids, visual, None), output_hidden_states=True,
-                                   return_dict=True)
+                embeds = prompt_embeds(model, read_video(s.video, cfg.vision.num_frames), s.question)[0]
+                out = model.llm.lm(inputs_embeds=embeds, output_hidden_states=True, return_dict=True)
                 states.append(torch.stack([h[0, -1].float().cpu() for h in out.hidden_states]))  # [layers + 1, D]
                 heads.append(int(int(out.logits[0, -1].argmax()) in begins))
                 labels.append(label)
