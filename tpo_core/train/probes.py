@@ -146,12 +146,12 @@ def presence_probe(model, samples: list, per_class: int = 100, seed: int = 0) ->
                 heads.append(int(int(out.logits[0, -1].argmax()) in begins))
                 labels.append(label)
                 videos.append(s.video)
-    x, y, d = torch.stack(states), torch.tensor(labels, dtype=torch.float32), np.array(heads)
+    lab, d = np.array(labels), np.array(heads)
+    x, y = torch.stack(states), torch.from_numpy(lab).float()
     held = set(sorted(set(videos))[::2])  # half the videos test the probe (no video on both sides)
     train = torch.tensor([v not in held for v in videos])
-    if train.all() or not train.any() or len(set(y[train].tolist())) < 2:
+    if train.all() or not train.any() or len(set(lab[train.numpy()].tolist())) < 2:
         return None
-    lab = np.array(labels)
     return {"questions": len(labels), "present": int(lab.sum()), "test_questions": int((~train).sum()),
             "decision_accuracy": float(np.mean(d == lab)), "heads_on_absent": float(d[lab == 0].mean()),
             "denials_of_present": float(1 - d[lab == 1].mean()),
@@ -174,8 +174,8 @@ def format_probe(probe: dict | None, mask: dict | None = None, presence: dict | 
         lines.append(f"mask probe (n={mask['samples']:4d}) J tracking from the label box {oracle:5.1f}% vs from the "
                      f"model's own prompt {own:5.1f}% (the gap is what the prompt costs; the label-box J is what the "
                      "segmenter reaches)")
-        if mask.get("J_tracked_present") is not None or mask.get("absent_frames_masked") is not None:
-            pj, am = mask.get("J_tracked_present"), mask.get("absent_frames_masked")
+        pj, am = mask.get("J_tracked_present"), mask.get("absent_frames_masked")
+        if pj is not None or am is not None:
             lines.append("  from the label box, on the tracked frames: J where the object is visible "
                          f"{'n/a' if pj is None else f'{100 * pj:5.1f}%'} ({mask.get('tracked_present_frames', 0)} "
                          f"frames); a mask drawn where it is absent {'n/a' if am is None else f'{100 * am:5.1f}%'} "
