@@ -86,6 +86,7 @@ class VisionGraph(nn.Module):
         super().__init__()
         v = model.config.vision
         self.vision, self.connector = model.vision, model.connector
+        self.connect = model.connect  # the connector, with the patch classifier's logits for object tokens
         self.norm = Normalize(v.mean, v.std, channel_dim=2, rank=5, dtype=dtype)
         self.slots = v.num_frames // v.tubelet_size
 
@@ -93,7 +94,7 @@ class VisionGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor):
         tokens = self.vision(self.norm(frames))
-        out = (self.connector(tokens), self.vision.frame_features(tokens, self.slots))
+        out = (self.connect(tokens), self.vision.frame_features(tokens, self.slots))
         return out + (split_patches(tokens, self.slots),) if self.patches else out
 
 

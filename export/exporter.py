@@ -102,6 +102,9 @@ def restore_buffers(model, force: bool = False, allow_meta: bool = False) -> Non
         pointer = getattr(head, "pointer", None)
         if pointer is not None and (force or pointer.centres.is_meta):
             pointer.centres = patch_centres(pointer.side)
+    objects = model.connector.objects  # the object tokens' patch-centre table (config.qformer.object_tokens)
+    if objects is not None and (force or objects.xy.is_meta):
+        objects.xy = patch_centres(objects.side)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left and not allow_meta:
         raise RuntimeError(f"tensors still on the meta device after loading: {left[:8]}; "

@@ -20,7 +20,8 @@
 # Knobs (environment): TRAIN=0 / LLM=0 skip training / the LLM builds at start; TRAIN_BUDGET_S, TRAIN_SHARES,
 # TRAIN_GPU (a comma list such as 0,1: the default under DDP), TRAIN_VIDEOS, ABLATION=1 (+ ABLATION_GPU);
 # LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
-# full-size convert chain and three 32-layer LLM folders at once); TEST_FILES; WAIT_S; STREAM_REPEAT.
+# full-size convert chain and three 32-layer LLM folders at once); TEST_FILES; WAIT_S; STREAM_REPEAT; FG_CPUS (the
+# cores kept for timed work, default 8 of 32 / 6 of 16: FG_CPUS=1 gives training the rest when nothing is timed).
 # Everything a phase measures is written under $OUT (at most 8 files; logs are tarred).
 set -u
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ phase=${1:?phase}
 
 # GPU 0 and the first cores for what is timed (8 of 32, 6 of 16); the other cores for the background jobs; training
 # on GPU 1 where there are two (on a one-GPU machine it shares GPU 0: do not time anything while it runs)
-NCPU=$(nproc); NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); FG=$(( NCPU >= 32 ? 8 : 6 ))
+NCPU=$(nproc); NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); FG=${FG_CPUS:-$(( NCPU >= 32 ? 8 : 6 ))}
 TRAIN_GPU=${TRAIN_GPU:-$(( NGPU > 1 ? 1 : 0 ))}
 LAYERS=${LLM_LAYERS:+--layers $LLM_LAYERS}  # the 7B LLM's layers for the builds and the profile (default: all 32)
 gpu0() { CUDA_VISIBLE_DEVICES=0 taskset -c 0-$((FG - 1)) "$@"; }

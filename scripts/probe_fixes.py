@@ -117,7 +117,7 @@ def cached_temporal_features(model, samples: list, data: str, batch: int = 32) -
         for i in range(0, len(samples), batch):
             b = collate(samples[i:i + batch])
             tokens = model.vision(b.frames)  # [b, T * HW, Dv]
-            visual = model.connector(tokens)
+            visual = model.connect(tokens)
             grid = tokens.reshape(tokens.shape[0], t, -1, tokens.shape[-1])
             _, hidden, _ = model.llm(objective._embeddings(b, visual), attention_mask=causal_padding_mask(
                 b.attention_mask))
@@ -278,7 +278,7 @@ def lookup_features(model, root: str, batch: int = 32) -> dict[str, torch.Tensor
         for i in range(0, len(samples), batch):
             b = collate(samples[i:i + batch])
             tokens = model.vision(b.frames)
-            visual = model.connector(tokens)
+            visual = model.connect(tokens)
             _, hidden, _ = model.llm(objective._embeddings(b, visual), attention_mask=causal_padding_mask(
                 b.attention_mask))
             out["h"].append(hidden[torch.arange(hidden.shape[0]), b.placeholder_pos])

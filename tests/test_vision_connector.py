@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tpo_core.config import get_preset
-from tpo_core.modeling.connector import QFormerConnector, SpatialTokens
+from tpo_core.modeling.connector import ObjectTokens, QFormerConnector, SpatialTokens
 from tpo_core.modeling.vision import VideoEncoder, sinusoid_table, video_pos_embed
 
 INDEX = Path(__file__).resolve().parent / "fixtures/videochat_tpo/model.safetensors.index.json"
@@ -83,18 +83,23 @@ def test_connector_shapes(tiny, encoder):
     torch.manual_seed(0)
     v = tiny.vision
     conn = QFormerConnector(tiny.qformer, v.embed_dim, tiny.llm.hidden_size, v.tokens_per_frame,
-                            v.num_frames).eval()
+                            v.num_frames, v.patch_classes).eval()
+    tokens = encoder(_frames(tiny))
     with torch.no_grad():
-        out = conn(encoder(_frames(tiny)))
-    assert tiny.num_visual_tokens == tiny.qformer.num_queries + v.num_frames * tiny.qformer.spatial_pool ** 2 == 144
+        out = conn(tokens, encoder.patch_classifier(tokens))
+    objects = v.patch_classes - 1
+    assert tiny.num_visual_tokens == (tiny.qformer.num_queries + v.num_frames * tiny.qformer.spatial_pool ** 2
+                                      + objects) == 144 + 32
+    with pytest.raises(ValueError, match="object_tokens needs patch_logits"):
+        conn(tokens)
     assert out.shape == (2, tiny.num_visual_tokens, tiny.llm.hidden_size)
     assert conn.query_tokens.shape == (1, tiny.qformer.num_query_tokens, tiny.qformer.hidden_size)
     assert conn.extra_query_tokens.shape == (1, tiny.qformer.num_extra_query_tokens, tiny.qformer.hidden_size)
     with pytest.raises(ValueError, match="spatial_pool=4 needs all 8 frames"):
-        conn(torch.randn(1, 7, v.embed_dim))
+        conn(torch.randn(1, 7, v.embed_dim), torch.randn(1, 7, v.patch_classes))
     with pytest.raises(ValueError, match="needs tokens_per_frame"):
         QFormerConnector(tiny.qformer, v.embed_dim, tiny.llm.hidden_size)
-    queries_only = QFormerConnector(dataclasses.replace(tiny.qformer, spatial_pool=0), v.embed_dim,
+    queries_only = QFormerConnector(dataclasses.replace(tiny.qformer, spatial_pool=0, object_tokens=False), v.embed_dim,
                                     tiny.llm.hidden_size).eval()
     with torch.no_grad():  # the release's connector: any number of vision tokens (fewer frames)
         assert queries_only(torch.randn(1, 7, v.embed_dim)).shape == (1, tiny.qformer.num_queries,
@@ -172,3 +177,29 @@ def test_qformer_names_follow_documented_renames():
         name = name.replace("qformer.bert.", "qformer.").replace(".self.", ".attention.")
         mapped.add(name)
     assert mapped == ours
+
+
+def test_object_tokens_read_presence_size_and_centroid_per_frame(tiny):
+    """A class seen on patch (row 2, col 5) of frames 2-5 only: presence ~1 there and ~0 elsewhere, the centroid at
+    that patch's centre where present and at the frame centre where absent; an absent class reads absent."""
+    v = tiny.vision
+    side, c, t = int(v.tokens_per_frame ** 0.5), v.patch_classes, v.num_frames
+    objects = ObjectTokens(c, v.tokens_per_frame, t, tiny.llm.hidden_size)
+    logits = torch.zeros(1, t, v.tokens_per_frame, c)
+    logits[..., 0] = 20.0  # background everywhere
+    logits[0, 2:6, 2 * side + 5, 7] = 40.0  # class 7 on one patch of frames 2..5
+    feats = objects.features(logits.reshape(1, t * v.tokens_per_frame, c))  # [1, C-1, T', 4]
+    assert feats.shape == (1, c - 1, t, 4)
+    cls7 = feats[0, 6]
+    assert torch.all(cls7[2:6, 0] > 0.99) and torch.all(cls7[[0, 1, 6, 7], 0] < 1e-6)
+    assert torch.allclose(cls7[2:6, 1], torch.full((4,), (1 / v.tokens_per_frame) ** 0.5), atol=1e-3)
+    want = torch.tensor([2 * (5.5 / side) - 1, 2 * (2.5 / side) - 1])  # centroid (x, y) in [-1, 1]
+    assert torch.allclose(cls7[2:6, 2:], want.expand(4, 2), atol=1e-3)
+    assert torch.allclose(cls7[[0, 1, 6, 7], 2:], torch.zeros(4, 2), atol=1e-3)  # absent: the frame centre
+    assert float(feats[0, 0, :, 0].max()) < 1e-6  # class 1 never appears
+    out = objects(logits.reshape(1, t * v.tokens_per_frame, c))
+    assert out.shape == (1, c - 1, tiny.llm.hidden_size)
+    with pytest.raises(ValueError, match=r"expected \[B, 512, 33\]"):
+        objects(torch.zeros(1, 500, c))
+    with pytest.raises(ValueError, match="object_tokens reads the video encoder's patch classifier"):
+        dataclasses.replace(tiny, vision=dataclasses.replace(v, patch_classes=0))

@@ -110,6 +110,9 @@ class QFormerConfig:
     ``spatial_pool = g > 0`` adds, after the Nq query tokens, ``g x g`` pooled patch tokens per frame slot with
     learned position embeddings (``connector.SpatialTokens``): the LLM then sees where things are (the tiny
     preset: g = 4). 0 = the release's connector (queries only); ``TPOConfig.num_visual_tokens`` counts both.
+    ``object_tokens`` adds, after those, one token per object class of the video encoder's patch classifier
+    (``vision.patch_classes - 1``; ``connector.ObjectTokens``: per frame slot, the class's presence, size and
+    centroid), so the LLM reads whether and where an asked object is (the tiny preset; the release has none).
     """
 
     hidden_size: int = 768
@@ -122,6 +125,7 @@ class QFormerConfig:
     vision_layer_norm_eps: float = 1e-12
     dropout: float = 0.1
     spatial_pool: int = 0  # g: g x g pooled patch tokens per frame slot beside the queries (0 = none, release)
+    object_tokens: bool = False  # one token per patch class (needs vision.patch_classes); False = the release
 
     def __post_init__(self) -> None:
         _positive(self, "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -131,6 +135,8 @@ class QFormerConfig:
         if not isinstance(self.spatial_pool, int) or isinstance(self.spatial_pool, bool) or self.spatial_pool < 0:
             raise ValueError(f"QFormerConfig.spatial_pool must be an int >= 0 (0 = no pooled patch tokens), "
                              f"got {self.spatial_pool!r}")
+        if not isinstance(self.object_tokens, bool):
+            raise ValueError(f"QFormerConfig.object_tokens must be true or false, got {self.object_tokens!r}")
         _divisible(self, "hidden_size", "num_heads")
         _unit_interval(self, "dropout")
 
@@ -334,6 +340,9 @@ class TPOConfig:
             raise ValueError(f"QFormerConfig.spatial_pool={self.qformer.spatial_pool} must divide the patch grid "
                              f"side {side} (vision img_size {self.vision.img_size} / patch_size "
                              f"{self.vision.patch_size}); choose a divisor of {side} or 0")
+        if self.qformer.object_tokens and self.vision.patch_classes < 2:
+            raise ValueError("QFormerConfig.object_tokens reads the video encoder's patch classifier: set "
+                             f"vision.patch_classes >= 2 (got {self.vision.patch_classes}) or object_tokens=false")
         if self.mask.box_mask_prompt and not self.pointer.enabled:
             raise ValueError("MaskHeadConfig.box_mask_prompt needs a prompt box, which only the pointer head gives: "
                              "set pointer.enabled=true or box_mask_prompt=false")
@@ -344,9 +353,11 @@ class TPOConfig:
     @property
     def num_visual_tokens(self) -> int:
         """Visual tokens the connector hands the LLM (``Nv``): the Q-Former queries, then ``spatial_pool^2``
-        pooled patch tokens per frame slot (``num_frames // tubelet_size`` slots)."""
+        pooled patch tokens per frame slot (``num_frames // tubelet_size`` slots), then (``object_tokens``) one
+        token per object class (``vision.patch_classes - 1``)."""
         slots = self.vision.num_frames // self.vision.tubelet_size
-        return self.qformer.num_queries + slots * self.qformer.spatial_pool ** 2
+        objects = self.vision.patch_classes - 1 if self.qformer.object_tokens else 0
+        return self.qformer.num_queries + slots * self.qformer.spatial_pool ** 2 + objects
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -392,9 +403,10 @@ def tiny_config() -> TPOConfig:
                             num_heads=4, pos_emb_frames=4, frame_pool="mean_max",
                             patch_classes=33),  # = data.patch_labels.NUM_CLASSES (background + 8 colours x 4 shapes)
         qformer=QFormerConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-                              num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0, spatial_pool=4),
+                              num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0, spatial_pool=4,
+                              object_tokens=True),
         llm=LLMConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                      intermediate_size=512, max_position_embeddings=512, max_context=256, rope_theta=10000.0,
+                      intermediate_size=512, max_position_embeddings=512, max_context=320, rope_theta=10000.0,
                       tokenizer="embedded-tiny", lora=LoRAConfig(r=8, alpha=16, dropout=0.05)),
         region=RegionHeadConfig(hidden_dim=256),
         temporal=TemporalHeadConfig(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,

@@ -37,7 +37,8 @@ class TPOModel(nn.Module):
         d = config.llm.hidden_size
         self.vision = VideoEncoder(config.vision)
         self.connector = QFormerConnector(config.qformer, config.vision.embed_dim, d, config.vision.tokens_per_frame,
-                                          config.vision.num_frames // config.vision.tubelet_size)
+                                          config.vision.num_frames // config.vision.tubelet_size,
+                                          config.vision.patch_classes)
         self.llm = TaskLLM(config.llm, config.loc_encoder_hidden)
         self.region_head = RegionHead(config.region, d, config.pointer, config.vision)
         self.temporal_head = TemporalHead(config.temporal, d, config.vision.embed_dim)
@@ -107,7 +108,13 @@ class TPOModel(nn.Module):
         tokens = self.vision(frames)
         num_steps = frames.shape[1] // self.config.vision.tubelet_size
         patches = split_patches(tokens, num_steps)
-        return self.connector(tokens), self.vision.frame_features(tokens, num_steps), patches
+        return self.connect(tokens), self.vision.frame_features(tokens, num_steps), patches
+
+    def connect(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Vision tokens ``[B, T' * P, Dv]`` -> visual tokens ``[B, Nv, D]``: the connector, given the patch
+        classifier's logits ``[B, T' * P, C]`` when it has object tokens (``config.qformer.object_tokens``)."""
+        logits = self.vision.patch_classifier(tokens) if self.connector.objects is not None else None
+        return self.connector(tokens, logits)
 
     @property
     def uses_patches(self) -> bool:

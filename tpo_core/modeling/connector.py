@@ -10,6 +10,12 @@ Q-Former's one cross-attention layer of the tiny preset attended almost evenly o
 its queries carried no position (a linear probe of the object layout from them: R^2 0.01); the pooled tokens
 keep it, with an explicit position embedding the LLM can read.
 
+With ``QFormerConfig.object_tokens`` (the tiny preset; needs the video encoder's ``patch_classifier``)
+``ObjectTokens`` appends one token per object class (``C - 1`` tokens, ``C = vision.patch_classes``), made from
+the classifier's per-patch class probabilities: per frame slot, the class's presence, area and centroid. The
+LLM then answers "is the red circle there / where / does it move" by reading a fixed token instead of
+searching 128 pooled tokens for matching features (docs/architecture.md, "Object tokens").
+
 Parameter names versus the official checkpoint:
 
 ===============================================  ===============================================
@@ -40,6 +46,7 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from tpo_core.config import QFormerConfig
+from tpo_core.modeling.heads.pointer import patch_centres
 from tpo_core.modeling.vision import sinusoid_table
 
 
@@ -104,18 +111,66 @@ class SpatialTokens(nn.Module):
         return x + self.pos.to(x.dtype)
 
 
+class ObjectTokens(nn.Module):
+    """Per-class object tokens: patch-classifier logits ``[B, T' * P, C]`` (class 0 = background) ->
+    ``[B, C - 1, D_llm]``, one token per object class ``1 .. C-1`` in class order.
+
+    Per class ``k`` and frame slot ``t``, from the softmax probabilities ``p[t, i, k]`` over the ``P = S x S``
+    patches ``i`` (centres ``(x_i, y_i)`` in ``[0, 1]``): presence ``max_i p``, size ``sqrt(mean_i p)``, and the
+    centroid ``sum_i p * (x_i, y_i) / sum_i p`` (0.5 where the class is absent), centred to ``[-1, 1]``. The
+    ``4 T'`` numbers of a class -> MLP ``4 T' -> D_llm -> D_llm`` -> + a class embedding (initialized with a
+    sinusoid table, 0.5 scale, like ``SpatialTokens``' positions). The logits are detached: the tokens read the
+    classifier the ``patch`` loss trains, and the LM loss does not bend its classes.
+    """
+
+    EPS = 1e-3  # pseudo-mass at the frame centre: the centroid of an absent class is 0.5
+
+    def __init__(self, num_classes: int, tokens_per_frame: int, num_slots: int, llm_dim: int):
+        super().__init__()
+        side = math.isqrt(tokens_per_frame)
+        if num_classes < 2 or side * side != tokens_per_frame:
+            raise ValueError(f"ObjectTokens needs >= 2 patch classes (background + objects) and a square patch "
+                             f"grid; got {num_classes} classes, {tokens_per_frame} patches per frame")
+        self.classes, self.slots, self.patches, self.side = num_classes, num_slots, tokens_per_frame, side
+        self.register_buffer("xy", patch_centres(side), persistent=False)  # [P, 2] (x, y), on CPU even under meta
+        self.mlp = nn.Sequential(nn.Linear(4 * num_slots, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+        self.embed = nn.Parameter(0.5 * sinusoid_table(num_classes - 1, llm_dim))
+
+    def features(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits [B, T' * P, C]`` -> ``[B, C - 1, T', 4]``: (presence, size, centroid x, centroid y) per slot."""
+        b, n, c = logits.shape
+        if n != self.slots * self.patches or c != self.classes:
+            raise ValueError(f"ObjectTokens: got patch logits {tuple(logits.shape)}; expected [B, "
+                             f"{self.slots * self.patches}, {self.classes}] (T'={self.slots} slots x P={self.patches} "
+                             f"patches, C={self.classes} classes)")
+        p = logits.detach().float().softmax(-1).reshape(b, self.slots, self.patches, c)[..., 1:]  # [B, T', P, K]
+        mass = p.sum(dim=2)  # [B, T', K]
+        moments = torch.einsum("btpk,pd->btkd", p, self.xy.to(p.dtype))  # [B, T', K, 2]
+        centroid = (moments + 0.5 * self.EPS) / (mass + self.EPS)[..., None]
+        feats = torch.cat([p.amax(dim=2)[..., None], (mass / self.patches).sqrt()[..., None],
+                           2.0 * centroid - 1.0], dim=-1)  # [B, T', K, 4]
+        return feats.permute(0, 2, 1, 3)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits [B, T' * P, C]`` -> object tokens ``[B, C - 1, D_llm]``."""
+        feats = self.features(logits)
+        x = self.mlp(feats.flatten(2).to(self.embed.dtype))
+        return x + self.embed.to(x.dtype)
+
+
 class QFormerConnector(nn.Module):
     """Vision tokens ``[B, N, Dv]`` -> ``[B, Nv, D_llm]``: ``qcfg.num_queries`` Q-Former tokens, then (with
-    ``qcfg.spatial_pool``) the ``SpatialTokens`` of the ``num_slots`` frame slots."""
+    ``qcfg.spatial_pool``) the ``SpatialTokens`` of the ``num_slots`` frame slots, then (with
+    ``qcfg.object_tokens``) the ``ObjectTokens`` of the ``patch_classes - 1`` object classes."""
 
     def __init__(self, qcfg: QFormerConfig, vision_dim: int, llm_dim: int, tokens_per_frame: int | None = None,
-                 num_slots: int | None = None):
+                 num_slots: int | None = None, patch_classes: int = 0):
         super().__init__()
         if vision_dim <= 0 or llm_dim <= 0:
             raise ValueError(f"QFormerConnector: vision_dim={vision_dim} and llm_dim={llm_dim} must be positive")
-        if qcfg.spatial_pool and (tokens_per_frame is None or num_slots is None):
-            raise ValueError("QFormerConnector: spatial_pool > 0 needs tokens_per_frame and num_slots (the "
-                             "vision encoder's patches per frame and frame slots)")
+        if (qcfg.spatial_pool or qcfg.object_tokens) and (tokens_per_frame is None or num_slots is None):
+            raise ValueError("QFormerConnector: spatial_pool > 0 or object_tokens needs tokens_per_frame and "
+                             "num_slots (the vision encoder's patches per frame and frame slots)")
         self.qcfg = qcfg
         self.vision_dim = vision_dim
         h = qcfg.hidden_size
@@ -128,9 +183,12 @@ class QFormerConnector(nn.Module):
         self.proj = nn.Linear(h, llm_dim)
         self.spatial = (SpatialTokens(qcfg.spatial_pool, vision_dim, llm_dim, tokens_per_frame, num_slots)
                         if qcfg.spatial_pool else None)
+        self.objects = (ObjectTokens(patch_classes, tokens_per_frame, num_slots, llm_dim)
+                        if qcfg.object_tokens else None)
 
-    def forward(self, vision_tokens: torch.Tensor) -> torch.Tensor:
-        """``vision_tokens [B, N, Dv]`` -> visual LLM tokens ``[B, Nv, D_llm]`` (queries first)."""
+    def forward(self, vision_tokens: torch.Tensor, patch_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``vision_tokens [B, N, Dv]`` (, ``patch_logits [B, N, C]`` of the video encoder's ``patch_classifier``,
+        needed with ``object_tokens``) -> visual LLM tokens ``[B, Nv, D_llm]`` (queries, pooled, object tokens)."""
         if vision_tokens.dim() != 3 or vision_tokens.shape[-1] != self.vision_dim:
             raise ValueError(f"QFormerConnector expects vision tokens [B, N, {self.vision_dim}], "
                              f"got shape {tuple(vision_tokens.shape)}")
@@ -138,7 +196,12 @@ class QFormerConnector(nn.Module):
         b = image_embeds.shape[0]
         queries = torch.cat([self.query_tokens, self.extra_query_tokens], dim=1).expand(b, -1, -1)
         out = self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds, return_dict=True)
-        visual = self.proj(out.last_hidden_state[:, : queries.shape[1]])
-        if self.spatial is None:
-            return visual
-        return torch.cat([visual, self.spatial(vision_tokens)], dim=1)
+        parts = [self.proj(out.last_hidden_state[:, : queries.shape[1]])]
+        if self.spatial is not None:
+            parts.append(self.spatial(vision_tokens))
+        if self.objects is not None:
+            if patch_logits is None:
+                raise ValueError("QFormerConnector: object_tokens needs patch_logits [B, N, C] from the video "
+                                 "encoder's patch_classifier (TPOModel.connect passes them)")
+            parts.append(self.objects(patch_logits))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -132,7 +132,8 @@ class VideoEncoder(nn.Module):
         self.max_slots = cfg.num_frames // cfg.tubelet_size
         pos = video_pos_embed(self.base_slots, cfg.tokens_per_frame, cfg.embed_dim, self.max_slots)
         self.register_buffer("pos_embed", pos, persistent=False)  # [1, T' * HW, D], on CPU even under meta
-        # training only (cfg.patch_classes > 0): patch tokens [..., D] -> class logits [..., C]; not in forward()
+        # cfg.patch_classes > 0: patch tokens [..., D] -> class logits [..., C]; not in forward(): the patch loss
+        # trains it, and the connector's object tokens read it (TPOModel.connect)
         self.patch_classifier = nn.Linear(cfg.embed_dim, cfg.patch_classes) if cfg.patch_classes else None
 
     def reset_pos_embed(self) -> None:
