@@ -300,3 +300,24 @@ def test_frame_patch_embed_equals_the_conv3d():
         got = pe(x)
     assert torch.allclose(got, ref, atol=1e-12) and got.shape == (2, 4 * 16, 32)
     assert torch.equal(pe(x), ref)  # restored
+
+
+def test_vision_graph_with_object_tokens_and_names_matches_pytorch(tmp_path):
+    """The vision graph of a tiny model with object tokens and class names (the patch classifier, the per-class
+    features, the class names' word embeddings) exports, runs in ONNX Runtime and matches PyTorch."""
+    import dataclasses
+
+    from tpo_core.config import get_preset
+    from tpo_core.model import TPOModel
+
+    cfg = get_preset("tiny")
+    cfg = dataclasses.replace(cfg, qformer=dataclasses.replace(cfg.qformer, object_tokens=True, object_names=True))
+    model = TPOModel.from_config(cfg, seed=0).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    m = export_model(tmp_path / "ckpt", tmp_path / "exp", "fp32", components=["vision"], log=lambda _msg: None)
+    assert m.components["vision"].outputs[0].dims == ("batch", cfg.num_visual_tokens, cfg.llm.hidden_size)
+    assert cfg.num_visual_tokens == 176
+    report = VerifyReport(str(tmp_path / "exp"), "fp32")
+    verify_components(report, m, TPOModel.from_pretrained(tmp_path / "ckpt"))
+    assert report.ok, report.summary()
+    assert report.checks > 0 and any(k.startswith("vision.visual_tokens") for k in report.worst), report.summary()

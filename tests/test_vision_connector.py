@@ -202,4 +202,36 @@ def test_object_tokens_read_presence_size_and_centroid_per_frame(tiny):
     with pytest.raises(ValueError, match=r"expected \[B, 512, 33\]"):
         objects(torch.zeros(1, 500, c))
     with pytest.raises(ValueError, match="object_tokens reads the video encoder's patch classifier"):
-        dataclasses.replace(tiny, vision=dataclasses.replace(v, patch_classes=0))
+        dataclasses.replace(tiny, vision=dataclasses.replace(v, patch_classes=0, patch_class_names=()))
+
+
+def test_object_names_add_each_class_names_word_embeddings(tiny):
+    """object_names: each object token gains the mean LLM input embedding of its class name's words ("red circle"
+    -> the rows of its two word tokens), scaled to RMS 0.5; the tokens differ from the unnamed ones by exactly that."""
+    from tpo_core.data.patch_labels import CLASS_NAMES, patch_class
+    from tpo_core.model import TPOModel
+
+    assert tiny.vision.patch_class_names == CLASS_NAMES and len(CLASS_NAMES) == tiny.vision.patch_classes - 1
+    assert CLASS_NAMES[patch_class("purple", "diamond") - 1] == "purple diamond"
+    named_cfg = dataclasses.replace(tiny, qformer=dataclasses.replace(tiny.qformer, object_names=True))
+    model = TPOModel.from_config(named_cfg, seed=0).eval()
+    table = model.llm.base_model().get_input_embeddings().weight
+    names = model.class_name_embeddings()
+    k = patch_class("red", "circle") - 1
+    ids = model.tokenizer.encode("red circle", add_special_tokens=False).ids
+    assert len(ids) == 2 and torch.allclose(names[k], table[ids].mean(0))
+    torch.manual_seed(0)
+    frames = torch.randn(1, tiny.vision.num_frames, 3, tiny.vision.img_size, tiny.vision.img_size)
+    with torch.no_grad():
+        tokens = model.vision(frames)
+        logits = model.vision.patch_classifier(tokens)
+        named = model.connect(tokens)[0, -(tiny.vision.patch_classes - 1):]
+        plain = model.connector.objects(logits)[0]
+    scaled = 0.5 * names / names.pow(2).mean(-1, keepdim=True).sqrt()
+    assert torch.allclose(named - plain, scaled, atol=1e-5)
+    with pytest.raises(ValueError, match="object_names needs class_names"):
+        model.connector(tokens, logits)
+    with pytest.raises(ValueError, match="object_names needs object_tokens=true and vision.patch_class_names"):
+        dataclasses.replace(named_cfg, vision=dataclasses.replace(tiny.vision, patch_class_names=()))
+    with pytest.raises(ValueError, match="must name every class but the background: 32"):
+        dataclasses.replace(tiny.vision, patch_class_names=("red circle",))

@@ -73,9 +73,11 @@ class VisionConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "bicubic"
     frame_pool: str = "mean"  # per-frame features for the temporal head: "mean" of the patches or "mean_max"
-    # > 0: a training-only linear classifier on the patch tokens (what each patch shows: background or one of the
-    # synthetic data's colour x shape classes, tpo_core/data/patch_labels.py); never exported. 0 = none (release)
+    # > 0: a linear classifier on the patch tokens (what each patch shows: background or one of the synthetic data's
+    # colour x shape classes, tpo_core/data/patch_labels.py); exported only inside the object tokens. 0 = none
     patch_classes: int = 0
+    # the names of classes 1 .. patch_classes - 1 (e.g. "red circle"), read by qformer.object_names; () = unnamed
+    patch_class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _positive(self, "img_size", "patch_size", "tubelet_size", "num_frames", "embed_dim", "depth",
@@ -84,6 +86,11 @@ class VisionConfig:
         if not isinstance(self.patch_classes, int) or isinstance(self.patch_classes, bool) or self.patch_classes < 0:
             raise ValueError(f"VisionConfig.patch_classes must be an int >= 0 (0 = no patch classifier), "
                              f"got {self.patch_classes!r}")
+        self.patch_class_names = tuple(self.patch_class_names)
+        if self.patch_class_names and (len(self.patch_class_names) != self.patch_classes - 1
+                                       or not all(isinstance(n, str) and n.strip() for n in self.patch_class_names)):
+            raise ValueError(f"VisionConfig.patch_class_names must name every class but the background: "
+                             f"{max(self.patch_classes - 1, 0)} non-empty strings, got {len(self.patch_class_names)}")
         _divisible(self, "embed_dim", "num_heads")
         _divisible(self, "num_frames", "tubelet_size")
         _choice(self, "resize", ("bicubic", "bilinear"))
@@ -113,6 +120,8 @@ class QFormerConfig:
     ``object_tokens`` adds, after those, one token per object class of the video encoder's patch classifier
     (``vision.patch_classes - 1``; ``connector.ObjectTokens``: per frame slot, the class's presence, size and
     centroid), so the LLM reads whether and where an asked object is (the tiny preset; the release has none).
+    ``object_names`` adds to each object token the mean LLM input embedding of its class name's words
+    (``vision.patch_class_names``): the token then shares its words with the question that asks for it.
     """
 
     hidden_size: int = 768
@@ -126,6 +135,7 @@ class QFormerConfig:
     dropout: float = 0.1
     spatial_pool: int = 0  # g: g x g pooled patch tokens per frame slot beside the queries (0 = none, release)
     object_tokens: bool = False  # one token per patch class (needs vision.patch_classes); False = the release
+    object_names: bool = False  # add each class name's LLM word embeddings to its object token (patch_class_names)
 
     def __post_init__(self) -> None:
         _positive(self, "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -135,8 +145,9 @@ class QFormerConfig:
         if not isinstance(self.spatial_pool, int) or isinstance(self.spatial_pool, bool) or self.spatial_pool < 0:
             raise ValueError(f"QFormerConfig.spatial_pool must be an int >= 0 (0 = no pooled patch tokens), "
                              f"got {self.spatial_pool!r}")
-        if not isinstance(self.object_tokens, bool):
-            raise ValueError(f"QFormerConfig.object_tokens must be true or false, got {self.object_tokens!r}")
+        for name in ("object_tokens", "object_names"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"QFormerConfig.{name} must be true or false, got {getattr(self, name)!r}")
         _divisible(self, "hidden_size", "num_heads")
         _unit_interval(self, "dropout")
 
@@ -343,6 +354,9 @@ class TPOConfig:
         if self.qformer.object_tokens and self.vision.patch_classes < 2:
             raise ValueError("QFormerConfig.object_tokens reads the video encoder's patch classifier: set "
                              f"vision.patch_classes >= 2 (got {self.vision.patch_classes}) or object_tokens=false")
+        if self.qformer.object_names and not (self.qformer.object_tokens and self.vision.patch_class_names):
+            raise ValueError("QFormerConfig.object_names needs object_tokens=true and vision.patch_class_names (the "
+                             "name of every patch class but the background); or set object_names=false")
         if self.mask.box_mask_prompt and not self.pointer.enabled:
             raise ValueError("MaskHeadConfig.box_mask_prompt needs a prompt box, which only the pointer head gives: "
                              "set pointer.enabled=true or box_mask_prompt=false")
@@ -397,11 +411,14 @@ def upgrade_config_dict(data: dict) -> dict:
 
 
 def tiny_config() -> TPOConfig:
+    from .data.patch_labels import CLASS_NAMES
+
     return TPOConfig(
         preset="tiny",
         vision=VisionConfig(img_size=64, patch_size=8, num_frames=8, embed_dim=128, depth=4, num_blocks_built=4,
                             num_heads=4, pos_emb_frames=4, frame_pool="mean_max",
-                            patch_classes=33),  # = data.patch_labels.NUM_CLASSES (background + 8 colours x 4 shapes)
+                            patch_classes=33,  # = data.patch_labels.NUM_CLASSES (background + 8 colours x 4 shapes)
+                            patch_class_names=CLASS_NAMES),
         qformer=QFormerConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
                               num_query_tokens=8, num_extra_query_tokens=8, dropout=0.0, spatial_pool=4,
                               object_tokens=True),

@@ -46,6 +46,7 @@ class TPOModel(nn.Module):
         self.task_ids = TaskTokenIds.after_vocab(config.llm.vocab_size)
         self.tokenizer = tokenizer
         self._prompts: PromptBuilder | None = None
+        self._name_avg: torch.Tensor | None = None  # [C - 1, V] averaging matrix of the class names' token ids
         self.untrained_heads: tuple[str, ...] = ()  # heads whose weights were never trained (checkpoint.json)
 
     # ------------------------------------------------------------------ construction helpers
@@ -113,8 +114,26 @@ class TPOModel(nn.Module):
     def connect(self, tokens: torch.Tensor) -> torch.Tensor:
         """Vision tokens ``[B, T' * P, Dv]`` -> visual tokens ``[B, Nv, D]``: the connector, given the patch
         classifier's logits ``[B, T' * P, C]`` when it has object tokens (``config.qformer.object_tokens``)."""
-        logits = self.vision.patch_classifier(tokens) if self.connector.objects is not None else None
-        return self.connector(tokens, logits)
+        if self.connector.objects is None:
+            return self.connector(tokens)
+        names = self.class_name_embeddings() if self.config.qformer.object_names else None
+        return self.connector(tokens, self.vision.patch_classifier(tokens), names)
+
+    def class_name_embeddings(self) -> torch.Tensor:
+        """``[C - 1, D]``: the mean LLM input embedding of each patch class name's words (``vision.
+        patch_class_names``, tokenized as in a question: "red circle" -> ``▁red``, ``▁circle``)."""
+        table = self.llm.base_model().get_input_embeddings().weight  # [V, D]
+        if self._name_avg is None:
+            if self.tokenizer is None:
+                raise ValueError("object_names needs the model's tokenizer; build it with TPOModel.from_config or "
+                                 "from_pretrained")
+            names = self.config.vision.patch_class_names
+            avg = torch.zeros(len(names), table.shape[0], device="cpu")  # [C - 1, V]: the mean over each name's ids
+            for i, name in enumerate(names):
+                ids = self.tokenizer.encode(name, add_special_tokens=False).ids
+                avg[i, ids] += 1.0 / len(ids)
+            self._name_avg = avg
+        return self._name_avg.to(table.device, table.dtype) @ table
 
     @property
     def uses_patches(self) -> bool:

@@ -38,6 +38,9 @@ NUM_CLASSES = 1 + len(COLOURS) * len(SHAPES)  # background + every colour x shap
 FILE = "patch_labels.npz"
 
 
+CLASS_NAMES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # classes 1 .. NUM_CLASSES - 1, in order
+
+
 def patch_class(colour: str, shape: str) -> int:
     """Class id of an object (1-based; 0 is the background)."""
     return 1 + list(COLOURS).index(colour) * len(SHAPES) + SHAPES.index(shape)

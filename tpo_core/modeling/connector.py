@@ -119,8 +119,9 @@ class ObjectTokens(nn.Module):
     patches ``i`` (centres ``(x_i, y_i)`` in ``[0, 1]``): presence ``max_i p``, size ``sqrt(mean_i p)``, and the
     centroid ``sum_i p * (x_i, y_i) / sum_i p`` (0.5 where the class is absent), centred to ``[-1, 1]``. The
     ``4 T'`` numbers of a class -> MLP ``4 T' -> D_llm -> D_llm`` -> + a class embedding (initialized with a
-    sinusoid table, 0.5 scale, like ``SpatialTokens``' positions). The logits are detached: the tokens read the
-    classifier the ``patch`` loss trains, and the LM loss does not bend its classes.
+    sinusoid table, 0.5 scale, like ``SpatialTokens``' positions) [+ the class names' word embeddings ``[C - 1, D]``
+    (``QFormerConfig.object_names``), scaled to RMS 0.5]. The logits are detached: the tokens read the classifier
+    the ``patch`` loss trains, and the LM loss does not bend its classes.
     """
 
     EPS = 1e-3  # pseudo-mass at the frame centre: the centroid of an absent class is 0.5
@@ -151,11 +152,20 @@ class ObjectTokens(nn.Module):
                            2.0 * centroid - 1.0], dim=-1)  # [B, T', K, 4]
         return feats.permute(0, 2, 1, 3)
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits [B, T' * P, C]`` -> object tokens ``[B, C - 1, D_llm]``."""
+    def forward(self, logits: torch.Tensor, names: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits [B, T' * P, C]`` (, ``names [C - 1, D_llm]``: each class name's mean word embedding) -> object
+        tokens ``[B, C - 1, D_llm]``."""
         feats = self.features(logits)
         x = self.mlp(feats.flatten(2).to(self.embed.dtype))
-        return x + self.embed.to(x.dtype)
+        x = x + self.embed.to(x.dtype)
+        if names is None:
+            return x
+        if names.shape != self.embed.shape:
+            raise ValueError(f"ObjectTokens: got class-name embeddings {tuple(names.shape)}; expected "
+                             f"{tuple(self.embed.shape)} (one per object class)")
+        names = names.float()
+        names = 0.5 * names / names.pow(2).mean(dim=-1, keepdim=True).add(1e-12).sqrt()
+        return x + names.to(x.dtype)
 
 
 class QFormerConnector(nn.Module):
@@ -186,9 +196,11 @@ class QFormerConnector(nn.Module):
         self.objects = (ObjectTokens(patch_classes, tokens_per_frame, num_slots, llm_dim)
                         if qcfg.object_tokens else None)
 
-    def forward(self, vision_tokens: torch.Tensor, patch_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, vision_tokens: torch.Tensor, patch_logits: torch.Tensor | None = None,
+                class_names: torch.Tensor | None = None) -> torch.Tensor:
         """``vision_tokens [B, N, Dv]`` (, ``patch_logits [B, N, C]`` of the video encoder's ``patch_classifier``,
-        needed with ``object_tokens``) -> visual LLM tokens ``[B, Nv, D_llm]`` (queries, pooled, object tokens)."""
+        needed with ``object_tokens``; ``class_names [C - 1, D_llm]`` with ``object_names``) -> visual LLM tokens
+        ``[B, Nv, D_llm]`` (queries, pooled, object tokens)."""
         if vision_tokens.dim() != 3 or vision_tokens.shape[-1] != self.vision_dim:
             raise ValueError(f"QFormerConnector expects vision tokens [B, N, {self.vision_dim}], "
                              f"got shape {tuple(vision_tokens.shape)}")
@@ -203,5 +215,8 @@ class QFormerConnector(nn.Module):
             if patch_logits is None:
                 raise ValueError("QFormerConnector: object_tokens needs patch_logits [B, N, C] from the video "
                                  "encoder's patch_classifier (TPOModel.connect passes them)")
-            parts.append(self.objects(patch_logits))
+            if self.qcfg.object_names and class_names is None:
+                raise ValueError("QFormerConnector: object_names needs class_names [C - 1, D_llm] (TPOModel.connect "
+                                 "passes the LLM's embeddings of the class names)")
+            parts.append(self.objects(patch_logits, class_names if self.qcfg.object_names else None))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
