@@ -18,7 +18,8 @@
 #   bash scripts/gpu_session.sh collect  # training (waits for it) and convert results
 #
 # Knobs (environment): TRAIN=0 / LLM=0 skip training / the LLM builds at start; TRAIN_BUDGET_S, TRAIN_SHARES,
-# TRAIN_GPU (a comma list such as 0,1: the default under DDP), TRAIN_VIDEOS, ABLATION=1 (+ ABLATION_GPU);
+# TRAIN_GPU (a comma list such as 0,1: the default under DDP), TRAIN_VIDEOS, TRAIN_STAGES + TRAIN_INIT (e.g. 3 and a
+# carried model folder: continue its stage 3), ABLATION=1 (+ ABLATION_GPU);
 # LLM_LAYERS (builds and profile at fewer layers: the disk of a one-GPU machine, 64 GB, does not hold the
 # full-size convert chain and three 32-layer LLM folders at once); TEST_FILES; WAIT_S; STREAM_REPEAT; FG_CPUS (the
 # cores kept for timed work, default 8 of 32 / 6 of 16: FG_CPUS=1 gives training the rest when nothing is timed).
@@ -66,6 +67,7 @@ print(torch.__version__, o.__version__, o.get_available_providers(), g.__version
   abl="--skip-ablation"; [ "${ABLATION:-0}" = 1 ] && abl="--ablation-gpu ${ABLATION_GPU:-0}"
   [ "${TRAIN:-1}" = 1 ] && bg python3 scripts/train_gpu_session.py --out $S/train_out --work $S/train \
     --default-gpu $TRAIN_GPU $abl --train-videos ${TRAIN_VIDEOS:-3000} --stage-shares ${TRAIN_SHARES:-0.3,0.35,0.35} \
+    --stages ${TRAIN_STAGES:-1,2,3} ${TRAIN_INIT:+--init $TRAIN_INIT} \
     --budget-s ${TRAIN_BUDGET_S:-1250} > $S/train.log 2>&1 &
   # issue 11 full size: synth -> convert -> export (GQA fp16) -> verify (cuda) -> run (cuda), low CPU priority
   [ "${CONVERT:-1}" = 1 ] && CUDA_VISIBLE_DEVICES=0 OUT=$S/convert_out bg nice -n 10 python3 scripts/convert_fullsize.py all \

@@ -156,12 +156,15 @@ def make_data(s: Session) -> dict[str, Path]:
 def default_config(s: Session, window_s: float) -> Path:
     """Stage overrides of the default run: batch, step targets and per-stage time budgets filling ``window_s``."""
     a = s.args
-    usable = max(30.0, window_s - 3 * a.stage_overhead_s)
-    shares = a.stage_shares
+    run = a.stages  # the stages this run trains (all three, or e.g. [3] from --init)
+    usable = max(30.0, window_s - len(run) * a.stage_overhead_s)
+    # the selected stages share the whole window in the proportions of their --stage-shares
+    scale = sum(a.stage_shares) / sum(a.stage_shares[i - 1] for i in run)
     steps = (a.steps1, a.steps2, a.steps3)
-    stages = {f"stage{i + 1}": {"batch_size": a.batch, "steps": steps[i], "time_budget_s": round(shares[i] * usable, 1),
-                                "log_every": a.log_every, "save_every": 0,
-                                "warmup_steps": min(50, max(1, steps[i] // 10))} for i in range(3)}
+    stages = {f"stage{i}": {"batch_size": a.batch, "steps": steps[i - 1],
+                            "time_budget_s": round(a.stage_shares[i - 1] * scale * usable, 1),
+                            "log_every": a.log_every, "save_every": 0,
+                            "warmup_steps": min(50, max(1, steps[i - 1] // 10))} for i in run}
     path = s.work / "default_config.json"
     path.write_text(json.dumps({"preset": "tiny", "stages": stages}, indent=1) + "\n")
     s.record["default_config"] = stages
@@ -177,9 +180,12 @@ def start_default(s: Session, data: dict, deadline_s: float) -> subprocess.Popen
     launch = ([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(len(gpus)),
                "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]
               if len(gpus) > 1 and not a.cpu else [sys.executable])
-    cmd = [*launch, "-m", "tpo_core.train", "--preset", "tiny", "--stage", "all", "--config", str(cfg),
+    stage_arg = "all" if a.stages == [1, 2, 3] else ",".join(map(str, a.stages))
+    cmd = [*launch, "-m", "tpo_core.train", "--preset", "tiny", "--stage", stage_arg, "--config", str(cfg),
            "--data", str(data["train"]), "--out", str(s.work / "default"), "--quiet", "--seed", str(a.default_seed),
            "--loader-workers", str(a.loader_workers), "--max-minutes", f"{max(0.5, window - 15) / 60:.3f}"]
+    if a.init:
+        cmd += ["--init", a.init]
     if a.cpu:
         cmd.append("--cpu")
     return s.start("default_train", cmd, None if a.cpu else a.default_gpu, threads=a.default_threads)
@@ -343,6 +349,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps3", type=int, default=6000)
     p.add_argument("--stage-shares", type=lambda t: [float(x) for x in t.split(",")], default=[0.36, 0.16, 0.48],
                    help="shares of the default's training time for stages 1, 2, 3 (the time budgets)")
+    p.add_argument("--stages", type=lambda t: sorted({int(x) for x in t.split(",")}), default=[1, 2, 3],
+                   help="the default's stages, e.g. 3 (with --init): the selected stages share the training time in "
+                        "the proportions of --stage-shares")
+    p.add_argument("--init", help="start the default from this model folder (weights only, e.g. a previous "
+                                  "session's shipped/); needed when --stages leaves out stage 1")
     p.add_argument("--stage-overhead-s", type=float, default=12.0, help="per stage: start-up, saving, plots")
     p.add_argument("--reserve-s", type=float, default=110.0, help="after training: ship, eval, packing")
     p.add_argument("--log-every", type=int, default=25)
@@ -373,6 +384,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--out is required (or set $OUT)")
     if len(args.stage_shares) != 3 or min(args.stage_shares) <= 0 or sum(args.stage_shares) > 1.0 + 1e-6:
         p.error(f"--stage-shares takes three positive shares summing to at most 1, got {args.stage_shares}")
+    if not args.stages or not set(args.stages) <= {1, 2, 3}:
+        p.error(f"--stages takes stage numbers 1-3 separated by commas, got {args.stages}")
+    if 1 not in args.stages and not args.init:
+        p.error("--stages without stage 1 continues a trained model: pass --init <model folder>")
+    if args.init and not (Path(args.init) / "model.safetensors").is_file():
+        p.error(f"--init {args.init}: no model.safetensors there; pass a model folder (e.g. <out>/final or shipped/)")
     if args.smoke:
         args.train_videos, args.val_videos, args.heldout_videos, args.per_task = 12, 4, 4, 2
         args.steps1 = args.steps2 = args.steps3 = 2

@@ -139,6 +139,32 @@ def test_gpu_session_trains_the_default_under_ddp_on_several_gpus(tmp_path, monk
             assert "--num_processes" not in cmd
 
 
+def test_gpu_session_continues_a_model_with_the_stages_it_is_given(tmp_path, monkeypatch):
+    """``--stages 3 --init DIR``: stage 3 alone gets the whole training window and starts from DIR's weights; leaving
+    out stage 1 without --init, or an --init folder without a model, is refused with the fix."""
+    sess = _load("train_gpu_session")
+    init = tmp_path / "model"
+    init.mkdir()
+    (init / "model.safetensors").write_bytes(b"x")
+    base = ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    args = sess.parse([*base, "--stages", "3", "--init", str(init)])
+    s = sess.Session(args)
+    stages = json.loads(sess.default_config(s, 400.0).read_text())["stages"]
+    assert list(stages) == ["stage3"]
+    assert stages["stage3"]["time_budget_s"] == pytest.approx(400.0 - args.stage_overhead_s, abs=0.1)
+    started = []
+    monkeypatch.setattr(s, "start", lambda name, cmd, gpu=None, threads=1: started.append(cmd))
+    sess.start_default(s, {"train": tmp_path / "data"}, 300.0)
+    cmd = started[-1]
+    assert cmd[cmd.index("--stage") + 1] == "3" and cmd[cmd.index("--init") + 1] == str(init)
+    full = sess.Session(sess.parse(base))
+    assert list(json.loads(sess.default_config(full, 400.0).read_text())["stages"]) == ["stage1", "stage2", "stage3"]
+    with pytest.raises(SystemExit):
+        sess.parse([*base, "--stages", "2,3"])
+    with pytest.raises(SystemExit):
+        sess.parse([*base, "--stages", "3", "--init", str(tmp_path)])
+
+
 def test_ship_default_flags_a_mask_head_whose_output_depends_on_the_precision(synth_root):
     """The fourth GPU default chose SAM2's candidate by an untrained IoU head: candidate 0 under bf16 autocast (its
     training), others in fp32 (evaluation, exports). ``mask_bf16_vs_fp32_iou`` shows it: the shipped model with its
