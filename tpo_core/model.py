@@ -130,8 +130,8 @@ class TPOModel(nn.Module):
             names = self.config.vision.patch_class_names
             avg = torch.zeros(len(names), table.shape[0], device="cpu")  # [C - 1, V]: the mean over each name's ids
             for i, name in enumerate(names):
-                ids = self.tokenizer.encode(name, add_special_tokens=False).ids
-                avg[i, ids] += 1.0 / len(ids)
+                ids = torch.tensor(self.tokenizer.encode(name, add_special_tokens=False).ids)
+                avg[i].index_add_(0, ids, torch.full((len(ids),), 1.0 / len(ids)))  # a repeated word counts twice
             self._name_avg = avg
         return self._name_avg.to(table.device, table.dtype) @ table
 
