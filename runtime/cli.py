@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               f"`pip install 'tpo-edge[{extra}]'` (in a checkout: `pip install -e '.[{extra}]'`); the base install "
               "only runs export folders (tpo run, tpo stream, tpo bench)", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:  # user-facing errors already say what is wrong and the fix
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user-facing errors say what is wrong and the fix
         if os.environ.get("TPO_DEBUG"):
             raise
         print(f"tpo {args.command}: error: {e}\n(set TPO_DEBUG=1 for the traceback)", file=sys.stderr)

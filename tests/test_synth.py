@@ -40,7 +40,7 @@ def _norm(box, w, h):
     return [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
 
 
-def test_deterministic_and_splits_differ(dataset, tmp_path):
+def test_deterministic_and_splits_differ(dataset, tmp_path, capsys):
     again = tmp_path / "again"
     generate(again, videos=6, seed=3, split="train", mask_mode="both")
     for name in ANNOTATIONS:
@@ -55,6 +55,14 @@ def test_deterministic_and_splits_differ(dataset, tmp_path):
     assert set(manifest["format_versions"]) == {"temporal", "region", "segmentation", "conversations"}
     with pytest.raises(FileExistsError, match="--overwrite"):
         generate(val, videos=1, seed=3, split="val")
+    # from the command line, both entry points: the problem and the fix, exit 2, no traceback
+    from runtime.cli import main as tpo_main
+    from tpo_core.data.synth import synth_main
+
+    for entry, argv in ((synth_main, []), (tpo_main, ["data", "synth"])):
+        assert entry([*argv, "--out", str(val), "--videos", "1", "--seed", "3", "--split", "val"]) == 2
+        err = capsys.readouterr().err
+        assert "already holds a dataset" in err and "--overwrite" in err and "Traceback" not in err
 
 
 def test_videos_decode_with_declared_properties(dataset):

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
@@ -332,7 +333,12 @@ def synth_main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``python -m tpo_core.data.synth --out DIR --videos N --seed S``."""
     p = argparse.ArgumentParser(prog="tpo data synth", description=__doc__.splitlines()[0])
     _add_arguments(p)
-    return run_synth(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        return run_synth(args)
+    except (ValueError, FileExistsError) as e:  # the message names the problem and the fix
+        print(f"tpo data synth: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
