@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TAR_LIMIT = 16_000_000
+HARD_STOP_MARGIN_S = 15.0  # the default run's --max-minutes stop: this much before the end of its window
 # The targets of issue 12 (held-out split)
 TARGETS = (("task routing", ("routing_accuracy",), ">=", 0.95), ("region Acc@0.5", ("region", "acc@0.5"), ">=", 0.80),
            ("temporal R1@0.5", ("temporal", "r1@0.5"), ">=", 0.70), ("mask J", ("mask", "J"), ">=", 0.70),
@@ -157,7 +158,9 @@ def default_config(s: Session, window_s: float) -> Path:
     """Stage overrides of the default run: batch, step targets and per-stage time budgets filling ``window_s``."""
     a = s.args
     run = a.stages  # the stages this run trains (all three, or e.g. [3] from --init)
-    usable = max(30.0, window_s - len(run) * a.stage_overhead_s)
+    # the stage budgets end before the hard stop (--max-minutes: the window less HARD_STOP_MARGIN_S, counted from the
+    # process start), which also covers the process start-up (imports, model, data index: ~30 s on the H200)
+    usable = max(30.0, window_s - HARD_STOP_MARGIN_S - a.startup_s - len(run) * a.stage_overhead_s)
     # the selected stages share the whole window in the proportions of their --stage-shares
     scale = sum(a.stage_shares) / sum(a.stage_shares[i - 1] for i in run)
     steps = (a.steps1, a.steps2, a.steps3)
@@ -183,7 +186,8 @@ def start_default(s: Session, data: dict, deadline_s: float) -> subprocess.Popen
     stage_arg = "all" if a.stages == [1, 2, 3] else ",".join(map(str, a.stages))
     cmd = [*launch, "-m", "tpo_core.train", "--preset", "tiny", "--stage", stage_arg, "--config", str(cfg),
            "--data", str(data["train"]), "--out", str(s.work / "default"), "--quiet", "--seed", str(a.default_seed),
-           "--loader-workers", str(a.loader_workers), "--max-minutes", f"{max(0.5, window - 15) / 60:.3f}"]
+           "--loader-workers", str(a.loader_workers), "--max-minutes",
+           f"{max(0.5, window - HARD_STOP_MARGIN_S) / 60:.3f}"]
     if a.init:
         cmd += ["--init", a.init]
     if a.cpu:
@@ -355,6 +359,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", help="start the default from this model folder (weights only, e.g. a previous "
                                   "session's shipped/); needed when --stages leaves out stage 1")
     p.add_argument("--stage-overhead-s", type=float, default=12.0, help="per stage: start-up, saving, plots")
+    p.add_argument("--startup-s", type=float, default=30.0,
+                   help="the training process's start-up before its first stage (2026-12-01: a one-stage run whose "
+                        "budget left no room for it was stopped by --max-minutes 24 steps before its schedule's end)")
     p.add_argument("--reserve-s", type=float, default=110.0, help="after training: ship, eval, packing")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--loader-workers", type=int, default=6)

@@ -106,7 +106,9 @@ def test_gpu_session_plans_within_its_budget(tmp_path):
     s = sess.Session(args)
     stages = json.loads(sess.default_config(s, 400.0).read_text())["stages"]
     budgets = [stages[f"stage{i}"]["time_budget_s"] for i in (1, 2, 3)]
-    assert sum(budgets) + 3 * args.stage_overhead_s <= 400.0 and budgets[2] > budgets[0] > budgets[1] > 0
+    # the stages end before the hard stop (--max-minutes), with room for the process start-up
+    assert sum(budgets) + 3 * args.stage_overhead_s + args.startup_s <= 400.0 - sess.HARD_STOP_MARGIN_S
+    assert budgets[2] > budgets[0] > budgets[1] > 0
     assert all(stages[f"stage{i}"]["batch_size"] == 128 for i in (1, 2, 3))
     assert args.budget_s <= 570 and sum(args.ablation_shares) == pytest.approx(1.0)
     # the newest model when the run was cut: stage 2 finished, stage 3 only has a checkpoint
@@ -151,11 +153,15 @@ def test_gpu_session_continues_a_model_with_the_stages_it_is_given(tmp_path, mon
     s = sess.Session(args)
     stages = json.loads(sess.default_config(s, 400.0).read_text())["stages"]
     assert list(stages) == ["stage3"]
-    assert stages["stage3"]["time_budget_s"] == pytest.approx(400.0 - args.stage_overhead_s, abs=0.1)
+    assert stages["stage3"]["time_budget_s"] == pytest.approx(
+        400.0 - sess.HARD_STOP_MARGIN_S - args.startup_s - args.stage_overhead_s, abs=0.1)
     started = []
     monkeypatch.setattr(s, "start", lambda name, cmd, gpu=None, threads=1: started.append(cmd))
     sess.start_default(s, {"train": tmp_path / "data"}, 300.0)
     cmd = started[-1]
+    # the one stage's budget plus the start-up fits under the hard stop it is launched with (it did not: 2026-12-01)
+    budget = json.loads((tmp_path / "work" / "default_config.json").read_text())["stages"]["stage3"]["time_budget_s"]
+    assert budget + args.startup_s + args.stage_overhead_s <= 60 * float(cmd[cmd.index("--max-minutes") + 1]) + 0.1
     assert cmd[cmd.index("--stage") + 1] == "3" and cmd[cmd.index("--init") + 1] == str(init)
     full = sess.Session(sess.parse(base))
     assert list(json.loads(sess.default_config(full, 400.0).read_text())["stages"]) == ["stage1", "stage2", "stage3"]

@@ -258,3 +258,4 @@ def test_two_process_ddp_stops_every_process_at_one_step(synth_root, tmp_path):
     assert len(saved) == 1  # ... at the same step
     step = int(saved[0].name.split("_")[1])
     assert step % 2 == 0 and 0 < step < 400  # at a logging step, well before the 400 configured
+    assert (tmp_path / "run" / "stage1" / "loss_curve.png").stat().st_size > 1000  # the cut stage keeps its plot

@@ -386,6 +386,7 @@ class StageRunner:
                 self.save(path)
                 self.freeze.remove()
                 self._close()
+                self._plot(st)  # a stage cut by the deadline keeps its loss plot too
                 return StageResult(stage=st.name, steps=self.state.step, history=self.history,
                                    seconds=time.perf_counter() - t_start, checkpoint=str(path), interrupted=True)
         bar.close()
@@ -393,12 +394,15 @@ class StageRunner:
         self.save(self.out)
         self.freeze.remove()
         self._close()
-        if self.acc.is_main_process:
+        self._plot(st)
+        return StageResult(stage=st.name, steps=self.state.step, history=self.history,
+                           seconds=time.perf_counter() - t_start, checkpoint=str(self.out))
+
+    def _plot(self, st) -> None:
+        if self.acc.is_main_process and self.history:
             from .plots import plot_losses
 
             plot_losses(self.history, self.out / "loss_curve.png", title=f"{st.name} ({self.cfg.preset})")
-        return StageResult(stage=st.name, steps=self.state.step, history=self.history,
-                           seconds=time.perf_counter() - t_start, checkpoint=str(self.out))
 
     def _close(self) -> None:
         self._prefetch = None
